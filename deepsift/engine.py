@@ -1,0 +1,229 @@
+"""The loops: inference over records (sharded over ranks) and training epochs.
+
+One code path for one process and for ``torchrun``: evaluation shards the
+records without padding and gathers every rank's scores, so metrics over N
+processes equal metrics over one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from datasets.base import Record, RecordDataset, collate_samples
+from deepsift import distributed as dist
+from deepsift.runtime import autocast
+from detectors.base import Detector
+
+log = logging.getLogger(__name__)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of a dataset: no padding, no duplicates."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class InferenceResult:
+    """Scores for the records that could be read, in record order, plus the files skipped."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def subset(self, records: Sequence[Record]) -> dict[str, list[Any]]:
+        chosen = [records[i] for i in self.indices]
+        return {
+            "videos": [r.video for r in chosen],
+            "generators": [r.generator for r in chosen],
+            "paths": [r.path for r in chosen],
+        }
+
+
+def move_batch(
+    batch: dict[str, Any], device: torch.device, channels_last: bool = False
+) -> dict[str, Any]:
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.ndim == 4 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+def make_loader(
+    dataset: RecordDataset,
+    batch_size: int,
+    num_workers: int,
+    sampler: Sampler[int],
+    seed: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+@torch.no_grad()
+def run_inference(
+    detector: Detector,
+    records: Sequence[Record],
+    device: torch.device,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    limit_batches: int | None = None,
+    desc: str = "eval",
+) -> InferenceResult:
+    """Fake probabilities for ``records`` with the detector's test-time preprocessing."""
+    dataset = RecordDataset(records, detector.eval_transform)
+    sampler = ShardSampler(len(dataset), dist.rank(), dist.world_size())
+    loader = make_loader(
+        dataset, batch_size, num_workers, sampler, pin_memory=device.type == "cuda"
+    )
+    detector.eval()
+    indices, probs, skipped = [], [], []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if limit_batches is not None and step >= limit_batches:
+            break
+        skipped.extend(batch.pop("errors"))
+        if "index" not in batch:
+            continue
+        batch = move_batch(batch, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = detector(batch)["logits"]
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        indices.append(batch["index"].cpu())
+    local_idx = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+    local_prob = torch.cat(probs) if probs else torch.zeros(0)
+    all_idx = torch.cat([t for t in dist.all_gather_objects(local_idx)])
+    all_prob = torch.cat([t for t in dist.all_gather_objects(local_prob)])
+    all_skipped = [item for part in dist.all_gather_objects(skipped) for item in part]
+    order = torch.argsort(all_idx)
+    idx = all_idx[order].numpy()
+    labels = np.array([records[i].label for i in idx], dtype=np.int64)
+    for path, reason in all_skipped:
+        if dist.is_main():
+            log.warning("skipped unreadable image %s (%s)", path, reason)
+    return InferenceResult(
+        idx, all_prob[order].numpy().astype(np.float64), labels, sorted(all_skipped)
+    )
+
+
+class _StepModule(nn.Module):
+    """Routes ``forward`` to ``training_step`` so DDP's gradient hooks see the detector's loss."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.detector.training_step(batch)
+
+
+def wrap_for_training(
+    detector: Detector, device: torch.device, find_unused: bool = False
+) -> Callable:
+    """The callable that runs one training step: DDP-wrapped under torchrun when there are gradients."""
+    step_module = _StepModule(detector)
+    if dist.world_size() > 1 and detector.fits_by_gradient:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            step_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused,
+        )
+    return step_module
+
+
+def train_one_epoch(
+    step_fn: Callable,
+    detector: Detector,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+    limit_batches: int | None = None,
+    desc: str = "train",
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """One pass over ``loader``; returns the mean of each loss term and the skipped files."""
+    detector.train()
+    sums: dict[str, float] = {}
+    count = 0
+    skipped: list[tuple[str, str]] = []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if limit_batches is not None and step >= limit_batches:
+            break
+        skipped.extend(batch.pop("errors"))
+        if "index" not in batch:
+            continue
+        batch = move_batch(batch, device, channels_last)
+        with autocast(device, amp_dtype):
+            outputs = step_fn(batch)
+        loss = outputs.get("loss")
+        if loss is not None and optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(detector.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        scalars = {
+            k: float(v.detach()) for k, v in outputs.items() if torch.is_tensor(v) and v.ndim == 0
+        }
+        for key, value in scalars.items():
+            sums[key] = sums.get(key, 0.0) + value
+        count += 1
+        if scalars:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in scalars.items()})
+        if on_step is not None:
+            on_step(step, scalars)
+    means = {k: v / max(count, 1) for k, v in sums.items()}
+    # average the epoch means over ranks so every rank logs and decides alike
+    gathered = dist.all_gather_objects(means)
+    keys = set().union(*gathered)
+    means = {k: float(np.mean([g[k] for g in gathered if k in g])) for k in keys}
+    all_skipped = [item for part in dist.all_gather_objects(skipped) for item in part]
+    return means, all_skipped

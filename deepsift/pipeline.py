@@ -1,0 +1,157 @@
+"""What train.py and evaluate.py share: run directory, device, data, detector, reports."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datasets.base import Record
+from deepsift import distributed as dist
+from deepsift.engine import InferenceResult, run_inference
+from deepsift.errors import UserError
+from deepsift.metrics import metrics_table
+from deepsift.reporting import TABLE_KEYS, split_metrics, write_split_report
+from deepsift.runtime import autocast_dtype, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """Per-process facts of a run."""
+
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
+def setup_run(cfg: DictConfig) -> Context:
+    """Join torchrun's process group and agree on rank 0's run directory."""
+    device = dist.setup(resolve_device(cfg.trainer.device).type)
+    run_dir = Path(dist.broadcast_object(str(Path(cfg.paths.output_dir).resolve())))
+    amp_dtype = autocast_dtype(device, str(cfg.trainer.precision))
+    channels_last = (
+        device.type == "cuda"
+        if cfg.trainer.channels_last == "auto"
+        else bool(cfg.trainer.channels_last)
+    )
+    if dist.is_main():
+        log.info(
+            "run directory %s; device %s; world size %d; amp %s",
+            run_dir,
+            device,
+            dist.world_size(),
+            amp_dtype,
+        )
+    return Context(run_dir, device, amp_dtype, channels_last)
+
+
+def config_choice(group: str) -> str | None:
+    """The option chosen for a config group (``detector=npr`` -> ``npr``), when run by Hydra."""
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # HydraConfig not set: called outside a Hydra app
+        return None
+
+
+def build_data(cfg: DictConfig) -> Any:
+    if cfg.get("data") is None:
+        raise UserError("no data config: pass data=<name> (see configs/data)")
+    return instantiate(cfg.data, _convert_="all")
+
+
+def split_records(data: Any, split: str) -> list[Record]:
+    records = data.records(split)
+    if not records:
+        raise UserError(
+            f"data {getattr(data, 'name', '?')!r} has no images in split {split!r}; check data.root and its layout"
+        )
+    labels = {r.label for r in records}
+    if dist.is_main():
+        log.info(
+            "%s/%s: %d images (%d real, %d fake)",
+            getattr(data, "name", "data"),
+            split,
+            len(records),
+            sum(r.label == 0 for r in records),
+            sum(r.label == 1 for r in records),
+        )
+        if len(labels) < 2:
+            log.warning(
+                "split %s holds only %s images: ranking metrics will be NaN",
+                split,
+                "fake" if 1 in labels else "real",
+            )
+    return records
+
+
+def evaluate_split(
+    detector: Any,
+    records: Sequence[Record],
+    cfg: DictConfig,
+    ctx: Context,
+    split: str,
+) -> tuple[dict[str, Any], InferenceResult]:
+    result = run_inference(
+        detector,
+        records,
+        ctx.device,
+        batch_size=cfg.trainer.eval_batch_size,
+        num_workers=cfg.trainer.num_workers,
+        amp_dtype=ctx.amp_dtype,
+        channels_last=ctx.channels_last,
+        limit_batches=cfg.trainer.limit_eval_batches,
+        desc=split,
+    )
+    metrics = split_metrics(result, records, cfg.metrics.video_aggregation, cfg.metrics.threshold)
+    return metrics, result
+
+
+def report_split(
+    cfg: DictConfig,
+    ctx: Context,
+    split: str,
+    metrics: dict[str, Any],
+    result: InferenceResult,
+    records: Sequence[Record],
+    info: dict[str, Any],
+    logger: Any,
+) -> None:
+    """Rank 0 writes the files, logs the figures, and prints the table."""
+    if not dist.is_main():
+        return
+    written = write_split_report(
+        ctx.run_dir, split, metrics, result, records, info, plots=cfg.metrics.plots
+    )
+    frame = metrics["frame"]
+    logger.log(
+        {f"{split}/{k}": v for k, v in frame.items() if isinstance(v, float) and not math.isnan(v)}
+    )
+    if "roc" in written:
+        logger.log_image(f"{split}/roc", written["roc"])
+    if metrics["n_skipped"]:
+        log.warning(
+            "%s: %d unreadable images skipped (listed in %s)",
+            split,
+            metrics["n_skipped"],
+            written["json"].name,
+        )
+    print(f"\n{split} ({written['json']}):\n{written['md'].read_text()}", flush=True)
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> str:
+    return metrics_table({name: m["frame"] for name, m in results.items()}, keys=TABLE_KEYS)

@@ -1,0 +1,190 @@
+"""The interface every deepsift detector honours.
+
+A detector is a :class:`torch.nn.Module` that also owns
+
+* its **preprocessing** (:meth:`Detector.transform`: a sample dict holding a PIL
+  image and its record becomes a dict of tensors; auxiliary inputs such as a
+  mask, landmarks or a second augmented view are just more keys),
+* its **loss** (:meth:`Detector.training_step` returns ``{"loss": ..., ...}``;
+  auxiliary losses are more keys, logged as they are),
+* its **optimiser** (a Hydra partial in its config, after the paper's defaults),
+* and, for detectors fitted in closed form (scikit-learn classifiers on
+  hand-crafted features), an epoch-end hook (:meth:`Detector.on_train_epoch_end`)
+  with no gradient step at all.
+
+``forward(batch)`` returns at least ``{"logits": (B,)}``, the logit of *fake*.
+:meth:`Detector.predict` scores files, PIL images or arrays with the detector's
+own test-time preprocessing, so the training engine, ``evaluate.py``,
+``score.py`` and notebooks all use one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from detectors.preprocessing import Preprocessing, as_preprocessing
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """A path, PIL image or uint8 array (H, W) / (H, W, 3|4) as an RGB PIL image."""
+    from datasets.base import load_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_rgb(image)
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"arrays must be uint8 (H, W[, C]), got dtype {image.dtype}")
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+            return Image.fromarray(image.squeeze()).convert("RGB")
+        raise ValueError(
+            f"arrays must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}"
+        )
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+class Detector(nn.Module):
+    """Base class: subclasses implement :meth:`forward` and, if needed, the hooks.
+
+    Args:
+        preprocessing: a :class:`Preprocessing` or its fields as a dict.
+        optimizer: a partial that takes ``params`` and returns an optimiser
+            (Hydra ``_partial_: true``); ``None`` for closed-form detectors.
+        scheduler: a partial that takes the optimiser and returns an LR scheduler
+            stepped once per epoch, or ``None``.
+    """
+
+    #: name of the config in ``configs/detector`` (set by ``load_detector`` and checkpoints)
+    config_name: str | None = None
+    #: closed-form detectors need one pass over the training data; ``None`` = no limit
+    epochs_needed: int | None = None
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing | dict[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.preprocessing = as_preprocessing(preprocessing)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.config: dict[str, Any] = {}
+
+    # -- data ------------------------------------------------------------------
+    def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
+        """Sample dict (``image``: PIL RGB, ``record``) -> dict of tensors for the batch."""
+        return {"image": self.preprocessing(sample["image"], train=train)}
+
+    def train_transform(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return self.transform(sample, train=True)
+
+    def eval_transform(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return self.transform(sample, train=False)
+
+    # -- model -----------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Default: binary cross-entropy on the fake logit."""
+        outputs = self(batch)
+        loss = F.binary_cross_entropy_with_logits(outputs["logits"].float(), batch["label"].float())
+        return {"loss": loss}
+
+    def on_train_epoch_end(self) -> None:
+        """Hook after each training epoch (closed-form detectors fit here)."""
+
+    @property
+    def fits_by_gradient(self) -> bool:
+        """True when training steps back-propagate (any parameter requires grad)."""
+        return any(p.requires_grad for p in self.parameters())
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer | None, Any]:
+        if not self.fits_by_gradient or self.optimizer_factory is None:
+            return None, None
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
+        return optimizer, scheduler
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load weights from ``path``: a state dict, with ``module.`` prefixes handled.
+
+        Detectors with official weight files in another layout override this.
+        """
+        from deepsift.checkpoint import load_state_dict_file
+
+        load_state_dict_file(self, path)
+
+    # -- inference -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @torch.no_grad()
+    def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fake probabilities for a batch of already-transformed tensors."""
+        self.eval()
+        device = self.device
+        batch = {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
+        return torch.sigmoid(self(batch)["logits"].float())
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray:
+        """Probability that each image is synthetic, with this detector's preprocessing.
+
+        ``images``: file paths, PIL images or uint8 arrays (one or a sequence).
+        Uses the GPU when there is one unless ``device`` says otherwise.
+        """
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        target = (
+            torch.device(device)
+            if device
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        if self.device != target:
+            self.to(target)
+        scores: list[np.ndarray] = []
+        chunk: list[dict[str, torch.Tensor]] = []
+
+        def flush() -> None:
+            batch = torch.utils.data.default_collate(chunk)
+            scores.append(self.predict_batch(batch).cpu().numpy())
+            chunk.clear()
+
+        for image in images:
+            chunk.append(self.eval_transform({"image": to_pil(image), "record": None}))
+            if len(chunk) == batch_size:
+                flush()
+        if chunk:
+            flush()
+        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,106 @@
+"""Build detectors from their configs, checkpoints and official weight files.
+
+Detector configs live in ``configs/detector/<name>.yaml`` and are instantiated
+with Hydra's ``_target_`` mechanism; this module is the Python door to the same
+configs, used by ``load_detector``, ``evaluate.py`` and ``score.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from deepsift.checkpoint import check_targets, read_checkpoint
+from deepsift.errors import UserError
+from detectors.base import Detector
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def list_detectors() -> list[str]:
+    """Names accepted by ``load_detector`` and ``detector=`` (the files in configs/detector)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "detector").glob("*.yaml"))
+
+
+def detector_config(name: str, **overrides: Any) -> DictConfig:
+    """The config of detector ``name`` with keyword overrides (``backbone="resnet50"``)."""
+    path = CONFIG_DIR / "detector" / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown detector {name!r}; valid names: {', '.join(list_detectors())}")
+    config = OmegaConf.load(path)
+    if overrides:
+        config = OmegaConf.merge(config, OmegaConf.create(overrides))
+    return config
+
+
+def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = None) -> Detector:
+    """Instantiate a detector config (``_target_`` restricted to deepsift and torch.optim).
+
+    A ``weights`` entry (official or third-party weights file) is not a constructor
+    argument: it is loaded after construction with the detector's ``load_weights``.
+    """
+    from hydra.utils import instantiate
+
+    plain = OmegaConf.to_container(
+        OmegaConf.create(config) if not isinstance(config, DictConfig) else config, resolve=True
+    )
+    check_targets(plain, f"detector config {name or ''}".strip())
+    weights = plain.pop("weights", None)
+    detector = instantiate(plain, _convert_="all")
+    if not isinstance(detector, Detector):
+        raise UserError(
+            f"detector config {name!r} builds a {type(detector).__name__}, not a deepsift Detector"
+        )
+    detector.config_name = name
+    detector.config = plain
+    if weights:
+        detector.load_weights(weights)
+    return detector
+
+
+def load_checkpoint_detector(
+    path: str | Path, expected_name: str | None = None
+) -> tuple[Detector, dict[str, Any]]:
+    """Rebuild the detector a deepsift checkpoint was trained as, with its weights."""
+    from deepsift.checkpoint import load_state_dict_strict
+
+    payload = read_checkpoint(path)
+    info = payload["detector"]
+    if expected_name and info.get("name") and info["name"] != expected_name:
+        raise UserError(
+            f"checkpoint {path} was trained as detector {info['name']!r}, not {expected_name!r}; "
+            f"drop detector={expected_name} or pass a checkpoint of that detector"
+        )
+    detector = build_detector(info["config"], info.get("name"))
+    load_state_dict_strict(detector, payload["state_dict"], f"checkpoint {path}")
+    return detector, payload
+
+
+def load_detector(
+    name_or_path: str | Path, weights: str | Path | None = None, **overrides: Any
+) -> Detector:
+    """A ready-to-use detector.
+
+    - ``load_detector("durall")``: the configured detector, untrained;
+    - ``load_detector("runs/.../best.pt")``: a trained deepsift checkpoint;
+    - ``load_detector("meso4", weights="Meso4_DF.h5")``: official weights, where the
+      detector supports their format (its ``load_weights``).
+
+    Keyword arguments override config fields (``backbone="resnet50"``).
+    """
+    text = str(name_or_path)
+    looks_like_file = text.endswith(CHECKPOINT_SUFFIXES) or "/" in text or Path(text).is_file()
+    if looks_like_file:
+        if weights is not None or overrides:
+            raise UserError(
+                "a checkpoint already fixes the detector and its weights; pass weights= and overrides only with a detector name"
+            )
+        detector, _ = load_checkpoint_detector(text)
+        return detector
+    if weights is not None:
+        overrides["weights"] = str(weights)
+    return build_detector(detector_config(text, **overrides), text)

@@ -1,0 +1,135 @@
+"""Image preprocessing that belongs to a detector.
+
+Results of synthetic-image detectors hinge on preprocessing (resize or not,
+which interpolation, crop, normalisation), so each detector carries a
+:class:`Preprocessing` in its config and the checkpoint stores it. Training
+augmentations (flip, Gaussian blur, JPEG) follow CNNDetection's recipe and are
+off unless the detector's config turns them on.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image, ImageFilter
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATION = {
+    "nearest": TF.InterpolationMode.NEAREST,
+    "bilinear": TF.InterpolationMode.BILINEAR,
+    "bicubic": TF.InterpolationMode.BICUBIC,
+}
+
+
+@dataclass
+class Preprocessing:
+    """How a detector turns a PIL image into its input tensor.
+
+    resize: ``"none"`` keeps the pixels as they are (the safest for artifact
+        detectors); ``"square"`` resizes to ``resize_to`` x ``resize_to``;
+        ``"shorter"`` resizes the shorter side to ``resize_to``.
+    crop: ``"center"`` or ``"none"`` at test time; training always crops at a
+        random position when ``crop`` is not ``"none"``.
+    size: the crop side (the detector's native input size). Images smaller than
+        the crop are zero-padded, as torchvision's ``CenterCrop`` does.
+    mean, std: per-channel normalisation after scaling to [0, 1].
+    hflip, blur_prob, jpeg_prob: training-only augmentation probabilities;
+        blur sigma ~ U(blur_sigma), JPEG quality ~ U{jpeg_quality}.
+    """
+
+    size: int = 224
+    resize: str = "none"
+    resize_to: int | None = None
+    interpolation: str = "bilinear"
+    crop: str = "center"
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    hflip: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: Sequence[float] = (0.0, 3.0)
+    jpeg_prob: float = 0.0
+    jpeg_quality: Sequence[int] = (30, 100)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("none", "square", "shorter"):
+            raise ValueError(
+                f"preprocessing.resize must be none, square or shorter, not {self.resize!r}"
+            )
+        if self.crop not in ("none", "center"):
+            raise ValueError(f"preprocessing.crop must be none or center, not {self.crop!r}")
+        if self.interpolation not in _INTERPOLATION:
+            raise ValueError(
+                f"preprocessing.interpolation must be one of {sorted(_INTERPOLATION)}, "
+                f"not {self.interpolation!r}"
+            )
+        if self.resize != "none" and not self.resize_to:
+            self.resize_to = self.size
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        out["blur_sigma"], out["jpeg_quality"] = list(self.blur_sigma), list(self.jpeg_quality)
+        return out
+
+    # -- steps ---------------------------------------------------------------
+    def augment(self, image: Image.Image) -> Image.Image:
+        """Training-only degradations, applied before resizing (as CNNDetection does)."""
+        if self.blur_prob and random.random() < self.blur_prob:
+            image = image.filter(ImageFilter.GaussianBlur(random.uniform(*self.blur_sigma)))
+        if self.jpeg_prob and random.random() < self.jpeg_prob:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=random.randint(*self.jpeg_quality))
+            buffer.seek(0)
+            image = Image.open(buffer).convert("RGB")
+        return image
+
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        mode = _INTERPOLATION[self.interpolation]
+        if self.resize == "square":
+            return TF.resize(image, [self.resize_to, self.resize_to], interpolation=mode)
+        if self.resize == "shorter":
+            return TF.resize(image, self.resize_to, interpolation=mode)
+        return image
+
+    def crop_image(self, image: torch.Tensor, train: bool) -> torch.Tensor:
+        if self.crop == "none":
+            return image
+        height, width = image.shape[-2:]
+        if height < self.size or width < self.size:
+            return TF.center_crop(image, [self.size, self.size])  # zero-pads
+        if train:
+            top = random.randint(0, height - self.size)
+            left = random.randint(0, width - self.size)
+            return image[..., top : top + self.size, left : left + self.size]
+        return TF.center_crop(image, [self.size, self.size])
+
+    def __call__(self, image: Image.Image, train: bool = False) -> torch.Tensor:
+        """PIL RGB image -> normalised float tensor of shape (3, H, W)."""
+        if train:
+            image = self.augment(image)
+        image = self.resize_image(image)
+        tensor = TF.to_tensor(image)
+        tensor = self.crop_image(tensor, train)
+        if train and self.hflip and random.random() < self.hflip:
+            tensor = tensor.flip(-1)
+        return TF.normalize(tensor, self.mean, self.std)
+
+
+def as_preprocessing(value: Preprocessing | dict[str, Any] | None) -> Preprocessing:
+    """Accept a Preprocessing, a plain dict from a config, or None (defaults)."""
+    if value is None:
+        return Preprocessing()
+    if isinstance(value, Preprocessing):
+        return value
+    return Preprocessing(**dict(value))

@@ -1,0 +1,24 @@
+"""Train a detector: ``python train.py detector=<name> data=<name> [overrides]``.
+
+Hydra config groups: detector, data, trainer, logger, experiment (see configs/).
+Runs unchanged under ``torchrun --nproc_per_node=N train.py ...``.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from deepsift.errors import user_errors
+from deepsift.launch import quiet_non_main_ranks
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from deepsift.training import train
+
+    with user_errors():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    quiet_non_main_ranks()
+    main()
