@@ -155,3 +155,28 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 
 def summary_table(results: dict[str, dict[str, Any]]) -> str:
     return metrics_table({name: m["frame"] for name, m in results.items()}, keys=TABLE_KEYS)
+
+
+def compose(
+    config_name: str, overrides: Sequence[str] = (), run_dir: str | Path | None = None
+) -> DictConfig:
+    """The config ``train.py`` / ``evaluate.py`` would get, for running them from Python.
+
+    >>> from deepsift.training import train
+    >>> results = train(compose("train", ["detector=durall"], run_dir="runs/nb"))
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    run_dir = Path(run_dir) if run_dir else Path(cfg.paths.log_dir) / cfg.task_name / "python"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir.resolve())
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as in a Hydra app: the hydra node is reachable only via ${hydra:...}
+        del cfg["hydra"]
+    return cfg

@@ -18,6 +18,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_file = Path(cfg.resume).with_name("best.pt")
         if best_file.is_file():
             best_state = read_checkpoint(best_file)["state_dict"]
+            if dist.is_main() and best_file.resolve() != (ctx.run_dir / "best.pt").resolve():
+                shutil.copy2(best_file, ctx.run_dir / "best.pt")  # the run directory stays complete
         if dist.is_main():
             log.info("resumed from %s after epoch %d", cfg.resume, state["epoch"])
 

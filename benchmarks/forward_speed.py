@@ -1,0 +1,68 @@
+"""Forward time per image and parameter count of each detector at its native input size.
+
+    python -m benchmarks.forward_speed [--detectors a b] [--batch 16] [--repeats 5] [--device cpu]
+
+Prints a Markdown table. Closed-form detectors that need fitting are fitted on
+random data first (their speed does not depend on the fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from detectors import list_detectors, load_detector
+from detectors.base import count_parameters
+
+
+def time_forward(name: str, batch: int, repeats: int, device: str) -> tuple[int, int, float]:
+    detector = load_detector(name).to(device).eval()
+    size = detector.preprocessing.size
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = (torch.arange(batch) % 2).float().to(device)
+    if not detector.fits_by_gradient:  # closed-form: fit once so forward is defined
+        detector.train()
+        detector.training_step({"image": images, "label": labels})
+        detector.on_train_epoch_end()
+        detector.eval()
+    with torch.no_grad():
+        detector({"image": images})  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            detector({"image": images})
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return count_parameters(detector), size, statistics.median(times) / batch * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--detectors", nargs="*", default=None, help="names (default: all)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}\n"
+    )
+    print("| detector | parameters | input | ms / image |")
+    print("|---|---:|---:|---:|")
+    for name in args.detectors or list_detectors():
+        params, size, ms = time_forward(name, args.batch, args.repeats, args.device)
+        print(f"| {name} | {params:,} | {size}×{size} | {ms:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
