@@ -8,7 +8,7 @@ processes equal metrics over one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,27 @@ def move_batch(
     return out
 
 
+def progress(loader: DataLoader, desc: str) -> tqdm:
+    """A progress bar on rank 0 only."""
+    return tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
+
+
+def good_batches(
+    loader: Iterable[dict[str, Any]],
+    skipped: list[tuple[str, str]],
+    device: torch.device,
+    channels_last: bool = False,
+    limit_batches: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Batches moved to ``device``; unreadable files are appended to ``skipped``, never raised."""
+    for step, batch in enumerate(loader):
+        if limit_batches is not None and step >= limit_batches:
+            return
+        skipped.extend(batch.pop("errors"))
+        if "index" in batch:  # at least one readable sample
+            yield move_batch(batch, device, channels_last)
+
+
 def make_loader(
     dataset: RecordDataset,
     batch_size: int,
@@ -111,14 +132,8 @@ def run_inference(
     )
     detector.eval()
     indices, probs, skipped = [], [], []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        if limit_batches is not None and step >= limit_batches:
-            break
-        skipped.extend(batch.pop("errors"))
-        if "index" not in batch:
-            continue
-        batch = move_batch(batch, device, channels_last)
+    bar = progress(loader, desc)
+    for batch in good_batches(bar, skipped, device, channels_last, limit_batches):
         with autocast(device, amp_dtype):
             logits = detector(batch)["logits"]
         probs.append(torch.sigmoid(logits.float()).cpu())
@@ -185,14 +200,8 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     count = 0
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        if limit_batches is not None and step >= limit_batches:
-            break
-        skipped.extend(batch.pop("errors"))
-        if "index" not in batch:
-            continue
-        batch = move_batch(batch, device, channels_last)
+    bar = progress(loader, desc)
+    for step, batch in enumerate(good_batches(bar, skipped, device, channels_last, limit_batches)):
         with autocast(device, amp_dtype):
             outputs = step_fn(batch)
         loss = outputs.get("loss")
