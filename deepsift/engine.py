@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from datasets.base import Record, RecordDataset, collate_samples
 from deepsift import distributed as dist
+from deepsift.progress import progress_bar
 from deepsift.runtime import autocast
 from detectors.base import Detector
 
@@ -68,11 +68,6 @@ def move_batch(
                 value = value.contiguous(memory_format=torch.channels_last)
         out[key] = value
     return out
-
-
-def progress(loader: DataLoader, desc: str) -> tqdm:
-    """A progress bar on rank 0 only."""
-    return tqdm(loader, desc=desc, leave=False, disable=not dist.is_main(), dynamic_ncols=True)
 
 
 def good_batches(
@@ -132,7 +127,7 @@ def run_inference(
     )
     detector.eval()
     indices, probs, skipped = [], [], []
-    bar = progress(loader, desc)
+    bar = progress_bar(loader, desc)
     for batch in good_batches(bar, skipped, device, channels_last, limit_batches):
         with autocast(device, amp_dtype):
             logits = detector(batch)["logits"]
@@ -200,7 +195,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     count = 0
     skipped: list[tuple[str, str]] = []
-    bar = progress(loader, desc)
+    bar = progress_bar(loader, desc)
     for step, batch in enumerate(good_batches(bar, skipped, device, channels_last, limit_batches)):
         with autocast(device, amp_dtype):
             outputs = step_fn(batch)

@@ -50,7 +50,6 @@ import platformdirs
 import torch
 from filelock import FileLock
 from PIL import Image
-from tqdm.auto import tqdm
 
 from datasets.embedded.generators import FAMILIES, synthesise, train_autoencoder
 from datasets.embedded.photos import (
@@ -62,6 +61,7 @@ from datasets.embedded.photos import (
     source_versions,
 )
 from deepsift.errors import UserError
+from deepsift.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def _build_into(folder: Path, config: BuildSettings, photos: list[Photo], progre
     )
 
     rows: list[tuple[Any, ...]] = []
-    for crop in tqdm(crops, desc="write real", disable=not progress, leave=False):
+    for crop in progress_bar(crops, "write real", enabled=progress):
         _save_png(crop.pixels, folder / _rel("real", crop))
         rows.append((_rel("real", crop), 0, splits[crop.photo], crop.photo, "real", crop.x, crop.y))
     losses: dict[str, float] = {}
@@ -321,7 +321,7 @@ def _build_into(folder: Path, config: BuildSettings, photos: list[Photo], progre
             mean_abs_diff[family] = float(np.abs(fakes.astype(np.int16) - pixels).mean())
             for crop, fake in zip(
                 crops,
-                tqdm(fakes, desc=f"write {family}", disable=not progress, leave=False),
+                progress_bar(fakes, f"write {family}", enabled=progress),
                 strict=True,
             ):
                 _save_png(fake, folder / _rel(family, crop))

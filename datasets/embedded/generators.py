@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from deepsift.progress import progress_bar
 
 FAMILIES: tuple[str, ...] = ("tconv", "nearest", "bilinear", "pixelshuffle")
 
@@ -130,7 +131,7 @@ def train_autoencoder(
     )
     tail: list[float] = []
     model.train()
-    bar = tqdm(range(steps), desc=f"train {family}", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), f"train {family}", enabled=progress)
     for step in bar:
         x = _sample_batch(crops, batch, patch, rng)
         loss = F.l1_loss(model(x), x)
