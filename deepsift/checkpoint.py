@@ -142,10 +142,13 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Any], sou
     module.load_state_dict(state_dict, strict=True)
 
 
-def load_state_dict_file(module: nn.Module, path: str | Path) -> None:
-    """Load a plain state dict (``.pt``/``.pth``/``.bin`` via weights_only, or ``.safetensors``).
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """The tensors of a weights file, safely.
 
-    ``{'model': ...}``, ``{'state_dict': ...}`` wrappers and ``module.`` prefixes are handled.
+    ``torch.load(weights_only=True)`` (nothing is unpickled as code) or
+    safetensors; a deepsift checkpoint's ``state_dict``; ``{'model': ...}``,
+    ``{'state_dict': ...}`` and ``{'model_state_dict': ...}`` wrappers unwrapped;
+    ``module.`` prefixes removed.
     """
     path = Path(path)
     if not path.is_file():
@@ -153,13 +156,14 @@ def load_state_dict_file(module: nn.Module, path: str | Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        state: Any = load_file(str(path))
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise UserError(
-                f"weights file {path} cannot be read safely ({type(exc).__name__}); it is corrupt or not a state dict"
+                f"weights file {path} cannot be read safely ({type(exc).__name__}); "
+                "it is corrupt or not a state dict"
             ) from None
     if isinstance(state, dict) and state.get("format") == FORMAT:
         state = state["state_dict"]
@@ -169,4 +173,9 @@ def load_state_dict_file(module: nn.Module, path: str | Path) -> None:
             break
     if not isinstance(state, dict):
         raise UserError(f"weights file {path} does not hold a state dict")
-    load_state_dict_strict(module, state, f"weights file {path}")
+    return strip_prefixes(state)
+
+
+def load_state_dict_file(module: nn.Module, path: str | Path) -> None:
+    """Load a weights file (see :func:`read_state_dict`) with strict key matching."""
+    load_state_dict_strict(module, read_state_dict(path), f"weights file {path}")
