@@ -13,6 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from datasets.reencode import reencode
+
 log = logging.getLogger(__name__)
 
 REAL, FAKE = 0, 1
@@ -82,7 +84,7 @@ class RecordDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            image = load_rgb(record.path)
+            image = reencode(load_rgb(record.path), record.extra.get("reencode"))
             sample = {"image": image, "label": record.label, "record": record, "index": index}
             out = self.transform(sample)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger("deepsift")
 
@@ -26,3 +27,29 @@ def user_errors() -> Iterator[None]:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a constructor's :class:`UserError` through.
+
+    Hydra wraps every constructor exception in ``InstantiationException``, which
+    would turn a one-line user error (bad ``methods``, unknown generator) into a
+    stack trace; a mandatory setting left at ``???`` becomes one line too.
+    """
+    from hydra.utils import instantiate as hydra_instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return hydra_instantiate(config, **kwargs)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, UserError):
+                raise cause from None
+            if isinstance(cause, MissingMandatoryValue):
+                key = getattr(cause, "full_key", None) or "a setting"
+                raise UserError(
+                    f"{key} is required and not set; pass {key}=<value> on the command line"
+                ) from None
+            cause = cause.__cause__
+        raise

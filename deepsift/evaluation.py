@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from deepsift import distributed as dist
-from deepsift.errors import UserError
+from deepsift.errors import UserError, instantiate
 from deepsift.loggers import NullLogger
 from deepsift.pipeline import (
     build_data,

@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from datasets.base import Record
 from deepsift import distributed as dist
 from deepsift.engine import InferenceResult, run_inference
-from deepsift.errors import UserError
+from deepsift.errors import UserError, instantiate
 from deepsift.metrics import metrics_table
 from deepsift.reporting import TABLE_KEYS, split_metrics, write_split_report
 from deepsift.runtime import autocast_dtype, resolve_device

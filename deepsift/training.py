@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DistributedSampler
 
@@ -31,7 +30,7 @@ from datasets.base import RecordDataset
 from deepsift import distributed as dist
 from deepsift.checkpoint import git_hash, load_state_dict_strict, read_checkpoint, save_checkpoint
 from deepsift.engine import make_loader, train_one_epoch, wrap_for_training
-from deepsift.errors import UserError
+from deepsift.errors import UserError, instantiate
 from deepsift.loggers import NullLogger
 from deepsift.metrics import to_jsonable
 from deepsift.pipeline import (

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from deepsift.checkpoint import check_targets, read_checkpoint
-from deepsift.errors import UserError
+from deepsift.errors import UserError, instantiate
 from detectors.base import Detector
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -43,8 +43,6 @@ def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = No
     A ``weights`` entry (official or third-party weights file) is not a constructor
     argument: it is loaded after construction with the detector's ``load_weights``.
     """
-    from hydra.utils import instantiate
-
     plain = OmegaConf.to_container(
         OmegaConf.create(config) if not isinstance(config, DictConfig) else config, resolve=True
     )

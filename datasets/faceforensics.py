@@ -1,0 +1,564 @@
+"""FaceForensics++ and DeepFakeDetection as face-crop caches, and the base of every video source.
+
+**FaceForensics++** (``data=ffpp``): Rössler, Cozzolino, Verdoliva, Riess, Thies and
+Nießner, "FaceForensics++: Learning to Detect Manipulated Facial Images", ICCV 2019.
+Access is granted on request at https://github.com/ondyari/FaceForensics (its
+``download-FaceForensics.py`` script, ``-c raw|c23|c40``); the official splits are
+``dataset/splits/{train,val,test}.json`` in that repository (MIT licence). Layout
+under ``root``::
+
+    original_sequences/youtube/<c>/videos/000.mp4 ...                     (1000 reals)
+    original_sequences/actors/<c>/videos/01__exit_phone_room.mp4 ...      (DFD reals)
+    manipulated_sequences/<method>/<c>/videos/000_003.mp4 ...             (fakes)
+    manipulated_sequences/<method>/masks/videos/000_003.mp4 ...           (masks)
+    splits/{train,val,test}.json                                          (data.splits_dir)
+
+with ``<c>`` one of ``raw`` (alias ``c0``), ``c23``, ``c40``. Each split file is a list
+of id pairs ``[a, b]``; a pair gives the reals ``a`` and ``b`` and, per method, the
+fakes ``a_b`` (face of ``b`` in video ``a``) and ``b_a``: 720/140/140 fakes per
+method and as many reals.
+
+**DeepFakeDetection** (``data=dfd``): Dufour and Gully (Google / Jigsaw), "Contributing
+Data to Deepfake Detection Research", 2019, shipped with the FaceForensics++
+download (``-d DeepFakeDetection DeepFakeDetection_original``): reals in
+``original_sequences/actors/<c>/videos`` (``<actor>__<scene>.mp4``), fakes in
+``manipulated_sequences/DeepFakeDetection/<c>/videos``
+(``<actor>_<actor>__<scene>__<code>.mp4``). It has no official split; see
+:class:`DeepFakeDetection` for the two protocols offered.
+
+**Face-crop caches.** Training never decodes video. ``python -m datasets.preprocess``
+writes the face crops of a video ``<root>/<rel>.mp4`` to
+``<crops_root>/<rel>/<frame>.png``; :meth:`VideoCropSource.records` reads them back,
+one :class:`~datasets.base.Record` per frame. :class:`VideoCropSource` is the base
+of every video benchmark (FF++, DFD, Celeb-DF, DFDC, DFDC preview).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets.base import FAKE, REAL, Record
+from datasets.folder import IMAGE_SUFFIXES
+from deepsift.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video of a benchmark split, before any frame is read.
+
+    ``path`` is the video file (it may be absent once the crop cache is built);
+    ``rel`` is its path relative to ``data.root``, which also names its crop folder
+    (``<crops_root>/<rel without suffix>/``). ``method`` is the manipulation method of
+    a fake or ``"real"``; ``video_id`` is unique within the benchmark; ``source_id``
+    is the ``video_id`` of the real video this one was made from (itself for reals),
+    so a real and its fakes share a ``source_id``. ``extra`` holds small per-video
+    values copied into every frame's ``Record.extra`` (``mask_rel``, a mask video's
+    ``rel``, becomes a per-frame ``mask`` path instead).
+    """
+
+    path: str
+    rel: str
+    label: int
+    method: str
+    video_id: str
+    source_id: str
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _frame_key(path: Path) -> tuple[int, str]:
+    stem = path.stem
+    return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """Crop images in ``folder`` (not recursive), in frame order; ``[]`` if it does not exist."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    frames = [
+        Path(e.path)
+        for e in entries
+        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+    ]
+    return sorted(frames, key=_frame_key)
+
+
+def spread(items: Sequence[Any], k: int | None) -> list[Any]:
+    """At most ``k`` items, evenly spaced over ``items`` (all of them when ``k`` is falsy)."""
+    n = len(items)
+    if not k or n <= k:
+        return list(items)
+    if k == 1:
+        return [items[n // 2]]
+    return [items[round(i * (n - 1) / (k - 1))] for i in range(k)]
+
+
+def check_split(split: str, available: Sequence[str], name: str, why: str = "") -> None:
+    if split in available:
+        return
+    if split in SPLITS:
+        raise UserError(
+            f"data {name!r} has no {split!r} split{why}; its splits: {', '.join(available)}"
+        )
+    raise UserError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+
+
+class VideoCropSource:
+    """Base of the video benchmarks: videos per split, frames read from a face-crop cache.
+
+    Subclasses implement :meth:`_list_videos` (the videos a split holds, with labels,
+    exactly per the benchmark's official split or label files) and set
+    ``layout_hint``. ``crops_root`` defaults to ``<root>/deepsift_crops``;
+    ``max_frames`` keeps at most that many evenly spaced frames per video.
+    """
+
+    name = "video"
+    layout_hint = "the benchmark's folders"
+    splits: tuple[str, ...] = SPLITS
+    split_note = ""
+
+    def __init__(
+        self,
+        root: str | None,
+        crops_root: str | None = None,
+        max_frames: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else None
+        if crops_root:
+            self.crops_root: Path | None = Path(crops_root).expanduser()
+        else:
+            self.crops_root = self.root / "deepsift_crops" if self.root else None
+        self.max_frames = int(max_frames) if max_frames else None
+        if name:
+            self.name = name
+        self._videos: dict[str, list[VideoItem]] = {}
+        self._missing: dict[str, list[str]] = {}
+        self._warned: set[str] = set()
+
+    # -- what subclasses provide ------------------------------------------------
+    def _list_videos(self, split: str) -> list[VideoItem]:
+        raise NotImplementedError
+
+    # -- public API ---------------------------------------------------------------
+    def videos(self, split: str) -> list[VideoItem]:
+        """The videos of ``split`` per the official layout (whether or not the files are here)."""
+        check_split(split, self.splits, self.name, self.split_note)
+        if split not in self._videos:
+            self._require_root()
+            self._videos[split] = self._list_videos(split)
+        return list(self._videos[split])
+
+    def missing_videos(self, split: str) -> list[str]:
+        """``rel`` paths of the videos that ``split`` names but ``root`` lacks."""
+        return [v.rel for v in self.videos(split) if not Path(v.path).is_file()]
+
+    def crop_dir(self, item: VideoItem) -> Path:
+        assert self.crops_root is not None
+        return self.crops_root / strip_suffix(item.rel)
+
+    def missing(self, split: str) -> list[str]:
+        """``rel`` paths of the videos of ``split`` that have no crops in the cache."""
+        if split not in self._missing:
+            self.records(split)
+        return list(self._missing[split])
+
+    def records(self, split: str) -> list[Record]:
+        """One record per cached face crop of every video of ``split``.
+
+        A video without crops is skipped, counted, logged once and listed by
+        :meth:`missing`; a split none of whose videos has crops is an error.
+        """
+        items = self.videos(split)
+        self._require_crops()
+        records: list[Record] = []
+        missing: list[str] = []
+        for item in items:
+            frames = spread(list_frames(self.crop_dir(item)), self.max_frames)
+            if not frames:
+                missing.append(item.rel)
+                continue
+            records.extend(self._frame_records(item, frames))
+        self._missing[split] = missing
+        if items and len(missing) == len(items):
+            raise UserError(
+                f"none of the {len(items)} videos of {self.name}/{split} has crops under {self.crops_root} "
+                f"(first: {self.crop_dir(items[0])}); run {self.preprocess_command()} first"
+            )
+        if missing and split not in self._warned:
+            self._warned.add(split)
+            log.warning(
+                "%s/%s: %d of %d videos have no crops under %s and are skipped (first: %s); "
+                "run %s, or list them with python -m datasets.summary data=%s",
+                self.name,
+                split,
+                len(missing),
+                len(items),
+                self.crops_root,
+                missing[0],
+                self.preprocess_command(),
+                self.name,
+            )
+        return records
+
+    def preprocess_command(self) -> str:
+        return f"python -m datasets.preprocess data={self.name} data.root={self.root}"
+
+    # -- helpers --------------------------------------------------------------------
+    def _frame_records(self, item: VideoItem, frames: Sequence[Path]) -> list[Record]:
+        extra = {k: v for k, v in item.extra.items() if k != "mask_rel"}
+        mask_names: set[str] = set()
+        mask_dir: Path | None = None
+        if "mask_rel" in item.extra and self.crops_root is not None:
+            mask_dir = self.crops_root / strip_suffix(item.extra["mask_rel"])
+            mask_names = {p.name for p in list_frames(mask_dir)}
+        out = []
+        for frame in frames:
+            frame_extra = {**extra, "frame": frame.stem}
+            if mask_dir is not None and frame.name in mask_names:
+                frame_extra["mask"] = str(mask_dir / frame.name)
+            out.append(
+                Record(
+                    str(frame),
+                    item.label,
+                    video=item.video_id,
+                    generator=item.method,
+                    source=item.source_id,
+                    extra=frame_extra,
+                )
+            )
+        return out
+
+    def _require_root(self) -> Path:
+        if self.root is None or not self.root.is_dir():
+            raise UserError(
+                f"data.root={self.root} is not a folder; pass data.root=<folder holding {self.layout_hint}>"
+            )
+        return self.root
+
+    def _require_crops(self) -> Path:
+        if self.crops_root is None or not self.crops_root.is_dir():
+            raise UserError(
+                f"face-crop cache {self.crops_root} does not exist: run {self.preprocess_command()} "
+                "first (or point data.crops_root at an existing cache)"
+            )
+        return self.crops_root
+
+    def _item(
+        self,
+        rel: str,
+        label: int,
+        method: str,
+        video_id: str,
+        source_id: str | None = None,
+        base: Path | None = None,
+        **extra: Any,
+    ) -> VideoItem:
+        base = base if base is not None else self.root
+        assert base is not None
+        return VideoItem(
+            str(base / rel), rel, label, method, video_id, source_id or video_id, extra
+        )
+
+    def _list_video_files(self, rel_folder: str) -> list[str]:
+        """``rel`` paths of the videos in ``<root>/<rel_folder>``, sorted.
+
+        When the video folder is gone but the crop cache has it (videos deleted after
+        preprocessing), the cached folders stand for the videos (as ``<name>.mp4``).
+        """
+        assert self.root is not None
+        folder = self.root / rel_folder
+        if folder.is_dir():
+            return sorted(
+                f"{rel_folder}/{e.name}"
+                for e in os.scandir(folder)
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in VIDEO_SUFFIXES
+            )
+        cached = self.crops_root / rel_folder if self.crops_root else None
+        if cached is not None and cached.is_dir():
+            return sorted(f"{rel_folder}/{e.name}.mp4" for e in os.scandir(cached) if e.is_dir())
+        raise UserError(
+            f"video folder {folder} does not exist (nor its crops under {cached}); "
+            f"check data.root, the compression level, and that the download is complete"
+        )
+
+
+def strip_suffix(rel: str) -> str:
+    """``a/b/c.mp4`` -> ``a/b/c``."""
+    head, tail = os.path.split(rel)
+    stem = os.path.splitext(tail)[0]
+    return f"{head}/{stem}" if head else stem
+
+
+# ---------------------------------------------------------------------------------------
+# FaceForensics++
+# ---------------------------------------------------------------------------------------
+
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
+CLASSIC_METHODS = FFPP_METHODS[:4]
+COMPRESSIONS = {"raw": "raw", "c0": "raw", "c23": "c23", "c40": "c40"}
+SPLITS_URL = "https://github.com/ondyari/FaceForensics/tree/master/dataset/splits"
+
+
+def _compression(value: Any) -> str:
+    key = str(value).lower()
+    if key not in COMPRESSIONS:
+        raise UserError(
+            f"data.compression={value!r} is not a FaceForensics++ level; use raw (alias c0), c23 or c40"
+        )
+    return COMPRESSIONS[key]
+
+
+class FaceForensics(VideoCropSource):
+    """FaceForensics++ videos per the official splits, read as face crops (see the module doc).
+
+    Config (``configs/data/ffpp.yaml``): ``root``, ``crops_root``, ``splits_dir``
+    (default ``<root>/splits``), ``methods`` (default the four classic ones; also
+    ``FaceShifter``), ``compression`` (``raw``/``c0``, ``c23``, ``c40``),
+    ``include_real``, ``max_frames``. ``Record.extra["method_label"]`` is 0 for reals
+    and ``1 + i`` for ``methods[i]`` (see :attr:`method_labels`), for multi-class
+    training; ``Record.extra["mask"]`` is the frame's mask crop when the cache has it.
+    """
+
+    name = "ffpp"
+    layout_hint = "original_sequences/ and manipulated_sequences/"
+
+    def __init__(
+        self,
+        root: str | None,
+        crops_root: str | None = None,
+        splits_dir: str | None = None,
+        methods: Sequence[str] = CLASSIC_METHODS,
+        compression: str = "c23",
+        include_real: bool = True,
+        max_frames: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, crops_root, max_frames, name)
+        self.splits_dir = (
+            Path(splits_dir).expanduser()
+            if splits_dir
+            else (self.root / "splits" if self.root else None)
+        )
+        self.methods = [str(m) for m in methods]
+        if "DeepFakeDetection" in self.methods:
+            raise UserError(
+                "DeepFakeDetection has no FF++ id pairs and no official split: use data=dfd, not data.methods"
+            )
+        unknown = [m for m in self.methods if m not in FFPP_METHODS]
+        if unknown or not self.methods:
+            raise UserError(
+                f"data.methods={self.methods}: unknown or empty; FaceForensics++ methods: {', '.join(FFPP_METHODS)}"
+            )
+        self.compression = _compression(compression)
+        self.include_real = bool(include_real)
+
+    @property
+    def method_labels(self) -> dict[str, int]:
+        """Class index per method for multi-class training: ``real`` is 0."""
+        return {"real": 0, **{m: i for i, m in enumerate(self.methods, 1)}}
+
+    def split_file(self, split: str) -> Path:
+        assert self.splits_dir is not None
+        return self.splits_dir / f"{split}.json"
+
+    def pairs(self, split: str) -> list[tuple[str, str]]:
+        """The ``[a, b]`` id pairs of the official ``<split>.json``."""
+        path = self.split_file(split)
+        if not path.is_file():
+            raise UserError(
+                f"FaceForensics++ split file {path} not found; put the official train/val/test.json "
+                f"({SPLITS_URL}) in data.splits_dir"
+            )
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path} is not valid JSON ({exc}); re-download it from {SPLITS_URL}"
+            ) from None
+        bad = [
+            i
+            for i, p in enumerate(raw if isinstance(raw, list) else [])
+            if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p))
+        ]
+        if not isinstance(raw, list) or bad:
+            raise UserError(
+                f"{path}: expected a list of [id, id] string pairs; {len(bad) if bad else 'top level'} bad "
+                f"entries (first at index {bad[0] if bad else '-'}); re-download it from {SPLITS_URL}"
+            )
+        return [(a, b) for a, b in raw]
+
+    def _list_videos(self, split: str) -> list[VideoItem]:
+        c = self.compression
+        pairs = self.pairs(split)
+        items: list[VideoItem] = []
+        if self.include_real:
+            for vid in sorted({x for pair in pairs for x in pair}):
+                items.append(
+                    self._item(
+                        f"original_sequences/youtube/{c}/videos/{vid}.mp4",
+                        REAL,
+                        "real",
+                        f"youtube/{vid}",
+                        method_label=0,
+                        compression=c,
+                    )
+                )
+        for index, method in enumerate(self.methods, 1):
+            for a, b in pairs:
+                for target, donor in ((a, b), (b, a)):
+                    vid = f"{target}_{donor}"
+                    items.append(
+                        self._item(
+                            f"manipulated_sequences/{method}/{c}/videos/{vid}.mp4",
+                            FAKE,
+                            method,
+                            f"{method}/{vid}",
+                            f"youtube/{target}",
+                            method_label=index,
+                            compression=c,
+                            mask_rel=f"manipulated_sequences/{method}/masks/videos/{vid}.mp4",
+                        )
+                    )
+        return items
+
+
+# ---------------------------------------------------------------------------------------
+# DeepFakeDetection
+# ---------------------------------------------------------------------------------------
+
+DFD_REAL = re.compile(r"^(\d+)__(.+)$")
+DFD_FAKE = re.compile(r"^(\d+)_(\d+)__(.+?)__([^_]+)$")
+
+
+def _actor_set(values: Iterable[Any], what: str) -> set[int]:
+    try:
+        return {int(v) for v in values}
+    except (TypeError, ValueError):
+        raise UserError(
+            f"data.{what}={list(values)}: actor ids are numbers like 01 or 21"
+        ) from None
+
+
+class DeepFakeDetection(VideoCropSource):
+    """Google/Jigsaw's DeepFakeDetection (inside the FF++ download), read as face crops.
+
+    DFD has no official split. ``protocol``:
+
+    * ``test`` (default): every video is in ``test`` (the usual cross-dataset use);
+      ``train`` and ``val`` do not exist.
+    * ``actors``: a deterministic split by actor id. Actors in ``val_actors`` go to
+      ``val``, those in ``test_actors`` to ``test``, the rest to ``train``; a fake
+      (``<a>_<b>__...``) goes to a split only when both its actors belong to it, and
+      is left out otherwise (counted in the log), so no face crosses splits.
+
+    Config (``configs/data/dfd.yaml``): ``root`` (the FF++ root), ``crops_root``,
+    ``compression``, ``protocol``, ``val_actors``, ``test_actors``, ``include_real``,
+    ``max_frames``. A fake's ``source_id`` is ``actors/<a>__<scene>``, taking the first
+    actor id as the target, as in FF++'s ``a_b`` naming.
+    """
+
+    name = "dfd"
+    layout_hint = "original_sequences/actors/ and manipulated_sequences/DeepFakeDetection/"
+
+    def __init__(
+        self,
+        root: str | None,
+        crops_root: str | None = None,
+        compression: str = "c23",
+        protocol: str = "test",
+        val_actors: Sequence[Any] = (19, 20, 21, 22),
+        test_actors: Sequence[Any] = (23, 24, 25, 26, 27, 28),
+        include_real: bool = True,
+        max_frames: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(root, crops_root, max_frames, name)
+        self.compression = _compression(compression)
+        if protocol not in ("test", "actors"):
+            raise UserError(f"data.protocol={protocol!r}: use test (all videos in test) or actors")
+        self.protocol = protocol
+        self.val_actors = _actor_set(val_actors, "val_actors")
+        self.test_actors = _actor_set(test_actors, "test_actors")
+        overlap = self.val_actors & self.test_actors
+        if overlap:
+            raise UserError(
+                f"actors {sorted(overlap)} are in both data.val_actors and data.test_actors"
+            )
+        self.include_real = bool(include_real)
+        if protocol == "test":
+            self.splits = ("test",)
+            self.split_note = " (data.protocol=test puts every video in test; data.protocol=actors splits by actor)"
+        self.dropped: dict[str, int] = {}
+
+    def _actor_split(self, actor: int) -> str:
+        if actor in self.test_actors:
+            return "test"
+        return "val" if actor in self.val_actors else "train"
+
+    def _list_videos(self, split: str) -> list[VideoItem]:
+        c = self.compression
+        reals = (
+            self._list_video_files(f"original_sequences/actors/{c}/videos")
+            if self.include_real
+            else []
+        )
+        fakes = self._list_video_files(f"manipulated_sequences/DeepFakeDetection/{c}/videos")
+        items: list[VideoItem] = []
+        dropped = unparsed = 0
+        for rel in reals:
+            stem = Path(rel).stem
+            m = DFD_REAL.match(stem)
+            if self.protocol == "actors":
+                if not m:
+                    unparsed += 1
+                    continue
+                if self._actor_split(int(m.group(1))) != split:
+                    continue
+            items.append(self._item(rel, REAL, "real", f"actors/{stem}", compression=c))
+        for rel in fakes:
+            stem = Path(rel).stem
+            m = DFD_FAKE.match(stem)
+            if self.protocol == "actors":
+                if not m:
+                    unparsed += 1
+                    continue
+                where = {self._actor_split(int(m.group(1))), self._actor_split(int(m.group(2)))}
+                if where != {split}:
+                    dropped += split in where
+                    continue
+            source = f"actors/{m.group(1)}__{m.group(3)}" if m else None
+            items.append(
+                self._item(
+                    rel,
+                    FAKE,
+                    "DeepFakeDetection",
+                    f"DeepFakeDetection/{stem}",
+                    source,
+                    compression=c,
+                    mask_rel=f"manipulated_sequences/DeepFakeDetection/masks/videos/{stem}.mp4",
+                )
+            )
+        self.dropped[split] = dropped
+        if dropped or unparsed:
+            log.info(
+                "dfd/%s: %d fakes left out (their two actors are in different splits); "
+                "%d videos with names not of the form <actor>__<scene> / <a>_<b>__<scene>__<code> left out",
+                split,
+                dropped,
+                unparsed,
+            )
+        return items
