@@ -84,7 +84,7 @@ class Preprocessing:
 
     # -- steps ---------------------------------------------------------------
     def augment(self, image: Image.Image) -> Image.Image:
-        """Training-only degradations, applied before resizing (as CNNDetection does)."""
+        """Training-only degradations, applied before resizing (CNNDetection resizes first: see detectors.cnnspot)."""
         if self.blur_prob and random.random() < self.blur_prob:
             image = image.filter(ImageFilter.GaussianBlur(random.uniform(*self.blur_sigma)))
         if self.jpeg_prob and random.random() < self.jpeg_prob:
