@@ -23,6 +23,7 @@ from deepsift import distributed as dist
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
 from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
+from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.cnnspot import merge_preprocessing
 from detectors.durall_spectrum import NotFittedError
 from detectors.preprocessing import Preprocessing
@@ -156,21 +157,12 @@ class ClipBased(ClipLinearProbe):
 
     def on_train_epoch_end(self) -> None:
         """Gather every rank's features, fit on rank 0, share the hyperplane."""
-        local_x = (
-            torch.cat(self._train_features)
-            if self._train_features
-            else torch.zeros(0, self.feature_dim)
+        x, y = gathered_training_set(
+            self._train_features, self._train_labels, (0, self.feature_dim)
         )
-        local_y = torch.cat(self._train_labels) if self._train_labels else torch.zeros(0)
-        self._train_features, self._train_labels = [], []
-        x = dist.all_gather_cat(local_x)
-        y = dist.all_gather_cat(local_y)
         if x.shape[0] == 0 and bool(self.fitted):
             return  # nothing new (e.g. a resumed run): keep the fit
-        result = self._fit(x.double().numpy(), y.numpy()) if dist.is_main() else None
-        result = dist.broadcast_object(result)
-        if "error" in result:
-            raise UserError(result["error"])
+        result = fit_on_main(self._fit, x.double().numpy(), y.numpy())
         with torch.no_grad():
             self.fc.weight.copy_(torch.as_tensor(result["weight"], dtype=torch.float32).view(1, -1))
             self.fc.bias.copy_(torch.as_tensor(result["bias"], dtype=torch.float32).view(1))
@@ -188,15 +180,10 @@ class ClipBased(ClipLinearProbe):
         from sklearn.linear_model import LogisticRegression
         from sklearn.svm import LinearSVC
 
-        if x.shape[0] == 0:
-            return {"error": "ClipBased saw no training images; check the training split"}
+        problem = training_set_problem("ClipBased", x, y)
+        if problem:
+            return {"error": problem}
         labels = np.rint(y).astype(np.int64)
-        present = sorted(int(v) for v in np.unique(labels))
-        if present != [0, 1]:
-            return {
-                "error": f"ClipBased needs real (0) and fake (1) training images, got only "
-                f"label {present}; check the training split"
-            }
         mean = x.mean(axis=0) if self.standardize else np.zeros(x.shape[1])
         scale = x.std(axis=0) if self.standardize else np.ones(x.shape[1])
         scale = np.where(scale < 1e-12, 1.0, scale)

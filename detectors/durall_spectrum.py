@@ -21,6 +21,7 @@ import torch
 from deepsift import distributed as dist
 from deepsift.errors import UserError
 from detectors.base import Detector
+from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -277,21 +278,10 @@ class DurallSpectrum(Detector):
 
     def on_train_epoch_end(self) -> None:
         """Gather every rank's features, fit scaler + classifier on rank 0, share the fit."""
-        local_x = (
-            torch.cat(self._train_features)
-            if self._train_features
-            else torch.zeros(0, self.n_features)
-        )
-        local_y = torch.cat(self._train_labels) if self._train_labels else torch.zeros(0)
-        self._train_features, self._train_labels = [], []
-        x = dist.all_gather_cat(local_x)
-        y = dist.all_gather_cat(local_y)
+        x, y = gathered_training_set(self._train_features, self._train_labels, (0, self.n_features))
         if x.shape[0] == 0 and bool(self.fitted):
             return  # nothing new (e.g. a resumed run): keep the fit
-        result = self._fit(x.double().numpy(), y.numpy()) if dist.is_main() else None
-        result = dist.broadcast_object(result)
-        if "error" in result:
-            raise UserError(result["error"])
+        result = fit_on_main(self._fit, x.double().numpy(), y.numpy())
         for name in ("scaler_mean", "scaler_scale", "coef", "intercept"):
             value = torch.as_tensor(result[name], dtype=torch.float32)
             getattr(self, name).copy_(value.to(self.coef.device))
@@ -310,21 +300,10 @@ class DurallSpectrum(Detector):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
-        if x.shape[0] == 0:
-            return {"error": "DurallSpectrum saw no training images; check the training split"}
+        problem = training_set_problem("DurallSpectrum", x, y)
+        if problem:
+            return {"error": problem}
         labels = np.rint(y).astype(np.int64)
-        present = sorted(int(v) for v in np.unique(labels))
-        if present != [0, 1]:
-            return {
-                "error": f"DurallSpectrum needs real (0) and fake (1) training images, "
-                f"got only label {present}; check the training split"
-            }
-        bad = int((~np.isfinite(x).all(axis=1)).sum())
-        if bad:
-            return {
-                "error": f"DurallSpectrum computed non-finite features for {bad} training images; "
-                f"check them for empty or constant content"
-            }
         scaler = StandardScaler().fit(x)
         z = scaler.transform(x)
         if self.classifier == "svm":

@@ -22,6 +22,7 @@ import torch
 from deepsift import distributed as dist
 from deepsift.errors import UserError
 from detectors.base import Detector
+from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.durall_spectrum import NotFittedError
 from detectors.preprocessing import Preprocessing
 
@@ -220,21 +221,10 @@ class FrankDCT(Detector):
 
     def on_train_epoch_end(self) -> None:
         """Gather every rank's features, fit scaler + classifier on rank 0, share the fit."""
-        local_x = (
-            torch.cat(self._train_features)
-            if self._train_features
-            else torch.zeros(0, self.n_features)
-        )
-        local_y = torch.cat(self._train_labels) if self._train_labels else torch.zeros(0)
-        self._train_features, self._train_labels = [], []
-        x = dist.all_gather_cat(local_x)
-        y = dist.all_gather_cat(local_y)
+        x, y = gathered_training_set(self._train_features, self._train_labels, (0, self.n_features))
         if x.shape[0] == 0 and bool(self.fitted):
             return  # nothing new (e.g. a resumed run): keep the fit
-        result = self._fit(x.numpy(), y.numpy()) if dist.is_main() else None
-        result = dist.broadcast_object(result)
-        if "error" in result:
-            raise UserError(result["error"])
+        result = fit_on_main(self._fit, x.numpy(), y.numpy())
         for name in ("scaler_mean", "scaler_scale", "coef", "intercept"):
             value = torch.as_tensor(result[name], dtype=torch.float32)
             getattr(self, name).copy_(value.to(self.coef.device))
@@ -251,18 +241,10 @@ class FrankDCT(Detector):
         """Standardise and fit the logistic regression; plain arrays out, or ``{"error": ...}``."""
         from sklearn.linear_model import LogisticRegression
 
-        if x.shape[0] == 0:
-            return {"error": "FrankDCT saw no training images; check the training split"}
+        problem = training_set_problem("FrankDCT", x, y)
+        if problem:
+            return {"error": problem}
         labels = np.rint(y).astype(np.int64)
-        present = sorted(int(v) for v in np.unique(labels))
-        if present != [0, 1]:
-            return {
-                "error": f"FrankDCT needs real (0) and fake (1) training images, "
-                f"got only label {present}; check the training split"
-            }
-        bad = int((~np.isfinite(x).all(axis=1)).sum())
-        if bad:
-            return {"error": f"FrankDCT computed non-finite features for {bad} training images"}
         mean = x.mean(axis=0, dtype=np.float64)
         std = x.std(axis=0, dtype=np.float64)  # population std, as the reference's Welford
         scale = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)

@@ -84,6 +84,7 @@ from torch import nn
 from deepsift import distributed as dist
 from deepsift.errors import UserError
 from detectors.base import Detector
+from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -466,17 +467,10 @@ class AEROBLADE(Detector):
 
     def on_train_epoch_end(self) -> None:
         """Gather every rank's distances, fit the 1-D logistic regression on rank 0, share it."""
-        local_d = torch.cat(self._train_distances) if self._train_distances else torch.zeros(0)
-        local_y = torch.cat(self._train_labels) if self._train_labels else torch.zeros(0)
-        self._train_distances, self._train_labels = [], []
-        d = dist.all_gather_cat(local_d)
-        y = dist.all_gather_cat(local_y)
+        d, y = gathered_training_set(self._train_distances, self._train_labels, (0,))
         if d.shape[0] == 0 and bool(self.fitted):
             return
-        result = self._fit(d.double().numpy(), y.numpy()) if dist.is_main() else None
-        result = dist.broadcast_object(result)
-        if "error" in result:
-            raise UserError(result["error"])
+        result = fit_on_main(self._fit, d.double().numpy(), y.numpy())
         self.scale.fill_(result["scale"])
         self.bias.fill_(result["bias"])
         self.fitted.fill_(True)
@@ -499,17 +493,17 @@ class AEROBLADE(Detector):
     def _fit(self, d: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         from sklearn.linear_model import LogisticRegression
 
-        if d.shape[0] == 0:
-            return {"error": "AEROBLADE saw no training images; check the training split"}
+        problem = training_set_problem(
+            "AEROBLADE",
+            d,
+            y,
+            purpose=" to calibrate",
+            hint="check the training split or set threshold",
+            what="distances",
+        )
+        if problem:
+            return {"error": problem}
         labels = np.rint(y).astype(np.int64)
-        present = sorted(int(v) for v in np.unique(labels))
-        if present != [0, 1]:
-            return {
-                "error": f"AEROBLADE needs real (0) and fake (1) training images to calibrate, "
-                f"got only label {present}; check the training split or set threshold"
-            }
-        if not np.isfinite(d).all():
-            return {"error": "AEROBLADE computed non-finite distances; check the images"}
         feature = -d
         mu, sigma = float(feature.mean()), float(feature.std()) or 1.0
         z = ((feature - mu) / sigma)[:, None]
