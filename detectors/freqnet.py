@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
@@ -29,6 +28,7 @@ from detectors.cnnspot import (
     merge_preprocessing,
     train_variant,
 )
+from detectors.npr import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 #: the official test-time preprocessing (``test.py``, ForenSynths: ``no_resize=False``,
@@ -182,27 +182,11 @@ class FreqNet(Detector):
             setattr(self, f"realconv{i}", _conv1x1(cout, cout))
             setattr(self, f"imagconv{i}", _conv1x1(cout, cout))
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, 64, blocks=3, stride=1)
-        self.layer2 = self._make_layer(256, 128, blocks=4, stride=2)
+        self.layer1 = bottleneck_layer(64, 64, blocks=3, stride=1)
+        self.layer2 = bottleneck_layer(256, 128, blocks=4, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc1 = nn.Linear(512, 1)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
-
-    @staticmethod
-    def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        out = planes * Bottleneck.expansion
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
-            nn.BatchNorm2d(out),
-        )
-        layers = [Bottleneck(inplanes, planes, stride, downsample)]
-        layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        init_resnet_weights(self)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         if train:

@@ -74,6 +74,28 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
     return x - up
 
 
+def bottleneck_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """A torchvision ResNet stage of ``blocks`` Bottlenecks (the first one downsamples)."""
+    out = planes * Bottleneck.expansion
+    downsample = nn.Sequential(
+        nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(out),
+    )
+    layers = [Bottleneck(inplanes, planes, stride, downsample)]
+    layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+def init_resnet_weights(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation: Kaiming-normal convolutions, unit BatchNorm."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+
+
 class NPR(Detector):
     """NPR residual (x 2/3) into ResNet-50's stem, ``layer1`` and ``layer2``, then ``fc1`` 512 -> 1.
 
@@ -147,27 +169,11 @@ class NPR(Detector):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, 64, blocks=3, stride=1)
-        self.layer2 = self._make_layer(256, 128, blocks=4, stride=2)
+        self.layer1 = bottleneck_layer(64, 64, blocks=3, stride=1)
+        self.layer2 = bottleneck_layer(256, 128, blocks=4, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc1 = nn.Linear(512, 1)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
-
-    @staticmethod
-    def _make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        out = planes * Bottleneck.expansion
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
-            nn.BatchNorm2d(out),
-        )
-        layers = [Bottleneck(inplanes, planes, stride, downsample)]
-        layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        init_resnet_weights(self)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         if train:
