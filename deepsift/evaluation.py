@@ -19,6 +19,7 @@ from deepsift.loggers import NullLogger
 from deepsift.pipeline import (
     build_data,
     config_choice,
+    evaluate_data_sets,
     evaluate_split,
     plain_config,
     report_split,
@@ -72,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics, result = evaluate_split(detector, records, cfg, ctx, split)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         results[split] = metrics
+    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger))
     if dist.is_main() and len(results) > 1:
         print(f"\nSummary:\n{summary_table(results)}", flush=True)
     logger.finish()

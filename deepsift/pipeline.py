@@ -69,6 +69,71 @@ def build_data(cfg: DictConfig) -> Any:
     return instantiate(cfg.data, _convert_="all")
 
 
+DATA_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
+
+
+def eval_data_sets(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """The extra datasets of ``eval_data``: ``(label, data source, split)`` per entry.
+
+    ``eval_data`` maps a label to overrides of a ``configs/data`` file, so one run
+    trains on one benchmark and tests on several::
+
+        python train.py data=ffpp data.root=/d/ffpp \\
+            +eval_data.celebdf_v2.root=/d/Celeb-DF-v2 +eval_data.dfdc.root=/d/dfdc
+
+    The label names the data config unless the entry says ``config: <name>`` (two
+    entries of one benchmark, e.g. FF++ c23 and c40); ``split`` defaults to ``test``.
+    """
+    entries = cfg.get("eval_data") or {}
+    out = []
+    for label, entry in entries.items():
+        entry = OmegaConf.to_container(entry, resolve=False) if entry is not None else {}
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"eval_data.{label} must be a mapping of data options (e.g. +eval_data.{label}.root=<folder>)"
+            )
+        config_name = str(entry.pop("config", label))
+        split = str(entry.pop("split", "test"))
+        path = DATA_CONFIG_DIR / f"{config_name}.yaml"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in DATA_CONFIG_DIR.glob("*.yaml")))
+            raise UserError(
+                f"eval_data.{label}: no data config {config_name!r} (set eval_data.{label}.config=<name>); valid names: {names}"
+            )
+        # resolve ${data.root}-style interpolations against the entry itself
+        node = OmegaConf.create({"data": OmegaConf.merge(OmegaConf.load(path), entry)})
+        node.data.name = str(label)
+        source = instantiate(OmegaConf.to_container(node.data, resolve=True), _convert_="all")
+        out.append((str(label), source, split))
+    return out
+
+
+def check_data_sets(sets: Sequence[tuple[str, Any, str]]) -> None:
+    """Read every extra set's records now, so a wrong root fails before training, not after."""
+    for _label, source, split in sets:
+        split_records(source, split)
+
+
+def evaluate_data_sets(
+    detector: Any,
+    cfg: DictConfig,
+    ctx: Context,
+    info: dict[str, Any],
+    logger: Any,
+    sets: Sequence[tuple[str, Any, str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate ``detector`` on every ``eval_data`` entry; results keyed ``<label>/<split>``."""
+    results: dict[str, dict[str, Any]] = {}
+    for label, source, split in eval_data_sets(cfg) if sets is None else sets:
+        records = split_records(source, split)
+        metrics, result = evaluate_split(detector, records, cfg, ctx, split)
+        report_split(
+            cfg, ctx, f"{label}-{split}", metrics, result, records, {**info, "data": label}, logger
+        )
+        results[f"{label}/{split}"] = metrics
+    return results
+
+
 def split_records(data: Any, split: str) -> list[Record]:
     records = data.records(split)
     if not records:

@@ -35,7 +35,10 @@ from deepsift.loggers import NullLogger
 from deepsift.metrics import to_jsonable
 from deepsift.pipeline import (
     build_data,
+    check_data_sets,
     config_choice,
+    eval_data_sets,
+    evaluate_data_sets,
     evaluate_split,
     plain_config,
     report_split,
@@ -72,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data = build_data(cfg)
     train_records = split_records(data, "train")
     val_records = split_records(data, "val")
+    extra_sets = eval_data_sets(cfg)
+    check_data_sets(extra_sets)
 
     detector = build_detector(cfg.detector, name).to(ctx.device)
     if ctx.channels_last:
@@ -242,6 +247,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics, result = evaluate_split(detector, records, cfg, ctx, split)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         results[split] = metrics
+    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, extra_sets))
     if dist.is_main():
         print(
             f"\nSummary (best epoch {state['best_epoch']}, selected on val/{stop.monitor}; seed {cfg.seed}):\n{summary_table(results)}",
