@@ -1,0 +1,167 @@
+"""In-family and cross-family ROC-AUC of each detector on the embedded benchmark.
+
+    python -m benchmarks.embedded_zoo [--detectors npr cnnspot ...] [--epochs 3]
+        [--limit-train-batches 40] [--train-family tconv] [--out runs/zoo]
+
+Each detector is trained with ``train.py``'s own code path (``deepsift.training.train``)
+on one generator family of the embedded benchmark, selected on that family's
+val split, and tested on the held-out photos of every family. The embedded
+images are 64 px, so every detector reads them at 64 px with no resize (CLIP
+encoders, whose position embeddings fix 224 px, get a 224 px resize); that and
+the short budget (``--epochs``, ``--limit-train-batches``) are the only changes
+to each detector's config, and both are printed with the table. Detectors whose
+encoder weights cannot be had offline (UnivFD, ClipBased, clip_face) are
+skipped unless ``--clip-file`` gives a local CLIP file.
+
+Prints a Markdown table and writes it, with every run's metrics, to
+``<out>/zoo.json`` and ``<out>/zoo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from detectors import detector_config, list_detectors
+from detectors.base import count_parameters
+
+FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
+CLIP_DETECTORS = {"univfd", "clipbased", "clip_face"}
+
+
+def size_overrides(name: str, size: int) -> list[str]:
+    """Read the 64 px embedded images as they are: no resize, centre crop of ``size``."""
+    config = detector_config(name)
+    groups = ["preprocessing"] + (
+        ["train_preprocessing"] if "train_preprocessing" in config else []
+    )
+    out = []
+    for group in groups:
+        node = config.get(group) or {}
+        prefix = f"detector.{group}"
+        if name in CLIP_DETECTORS:
+            pairs = {"size": 224, "resize": "square", "resize_to": 224, "crop": "center"}
+        else:
+            pairs = {"size": size, "resize": "none", "crop": "center"}
+        for key, value in pairs.items():
+            out.append(f"{prefix}.{key}={value}" if key in node else f"+{prefix}.{key}={value}")
+    return out
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from deepsift.pipeline import compose
+    from deepsift.training import train
+    from detectors import load_detector
+
+    overrides = [
+        f"detector={name}",
+        "data=embedded",
+        f"data.train_generators=[{args.train_family}]",
+        "trainer=cpu",
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.num_workers={args.num_workers}",
+        "eval_splits=[test]",
+        "logger=none",
+        "metrics.plots=false",
+        f"seed={args.seed}",
+        *size_overrides(name, 64),
+    ]
+    if args.limit_train_batches:
+        overrides.append(f"trainer.limit_train_batches={args.limit_train_batches}")
+    if name in CLIP_DETECTORS:
+        overrides.append(f"detector.backbone_file={args.clip_file}")
+    run_dir = Path(args.out) / name
+    start = time.perf_counter()
+    results = train(compose("train", overrides, run_dir=run_dir))
+    minutes = (time.perf_counter() - start) / 60
+    test = results["test"]
+    by_family = {f: test["by_generator"].get(f, {}).get("auc", math.nan) for f in FAMILIES}
+    cross = [v for f, v in by_family.items() if f != args.train_family]
+    params = count_parameters(
+        load_detector(name, **({"random_init": True} if name in CLIP_DETECTORS else {}))
+    )
+    return {
+        "detector": name,
+        "parameters": params,
+        "in_family_auc": by_family[args.train_family],
+        "cross_family_auc": sum(cross) / len(cross),
+        "by_family_auc": by_family,
+        "test_auc_all": test["frame"]["auc"],
+        "minutes": minutes,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+    }
+
+
+def table(rows: list[dict[str, Any]], train_family: str) -> str:
+    others = [f for f in FAMILIES if f != train_family]
+    head = [
+        "detector",
+        "params",
+        f"in-family ({train_family})",
+        "cross-family (mean)",
+        *others,
+        "min",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['detector']} | | {r['error']} |" + " |" * (len(head) - 3))
+            continue
+        cells = [
+            r["detector"],
+            f"{r['parameters']:,}",
+            f"{r['in_family_auc']:.3f}",
+            f"{r['cross_family_auc']:.3f}",
+            *(f"{r['by_family_auc'][f]:.3f}" for f in others),
+            f"{r['minutes']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--detectors", nargs="*", default=None, help="names (default: all)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--limit-train-batches", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--train-family", default="tconv", choices=FAMILIES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-file", default=None, help="local CLIP weights for CLIP detectors")
+    parser.add_argument("--out", default="runs/zoo")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    names = args.detectors or list_detectors()
+    rows = []
+    for name in names:
+        if name in CLIP_DETECTORS and not args.clip_file:
+            rows.append({"detector": name, "error": "needs CLIP weights (--clip-file)"})
+            continue
+        rows.append(run_one(name, args))
+        print(table(rows, args.train_family), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(rows, args.train_family)
+    budget = (
+        f"seed {args.seed}; {args.epochs} epochs x at most {args.limit_train_batches} batches of "
+        f"{args.batch_size}; trained on {args.train_family}, selected on its val split; "
+        "64 px, no resize (CLIP: 224 px resize); min = wall minutes"
+    )
+    (out / "zoo.md").write_text(f"{text}\n\n{budget}\n")
+    (out / "zoo.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    print(f"\n{text}\n\n{budget}\nwritten to {out / 'zoo.md'}")
+
+
+if __name__ == "__main__":
+    main()
