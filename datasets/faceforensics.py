@@ -28,9 +28,14 @@ download (``-d DeepFakeDetection DeepFakeDetection_original``): reals in
 
 **Face-crop caches.** Training never decodes video. ``python -m datasets.preprocess``
 writes the face crops of a video ``<root>/<rel>.mp4`` to
-``<crops_root>/<rel>/<frame>.png``; :meth:`VideoCropSource.records` reads them back,
-one :class:`~datasets.base.Record` per frame. :class:`VideoCropSource` is the base
-of every video benchmark (FF++, DFD, Celeb-DF, DFDC, DFDC preview).
+``<crops_root>/<rel>/<frame>.png`` (``<frame>_<k>.png`` for the ``k``-th further face
+when every face is kept), its 68 landmarks in crop pixels beside it
+(``<frame>.npy``), FF++ mask crops under the mask video's own folder with the same
+names, and one line per frame to ``<crops_root>/index.jsonl``.
+:meth:`VideoCropSource.records` reads them back, one :class:`~datasets.base.Record`
+per face crop, from the index when the cache has one (videos it does not list are
+scanned), from the folders otherwise. :class:`VideoCropSource` is the base of every
+video benchmark (FF++, DFD, Celeb-DF, DFDC, DFDC preview).
 """
 
 from __future__ import annotations
@@ -77,9 +82,63 @@ class VideoItem:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-def _frame_key(path: Path) -> tuple[int, str]:
-    stem = path.stem
-    return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
+CROP_INDEX = "index.jsonl"
+_FRAME_STEM = re.compile(r"^(\d+)(?:_(\d+))?$")
+
+
+def parse_frame_stem(stem: str) -> tuple[int, int] | None:
+    """``"000012"`` -> ``(12, 0)``, ``"000012_2"`` -> ``(12, 2)`` (frame, face); else ``None``."""
+    m = _FRAME_STEM.match(stem)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def _frame_key(path: Path) -> tuple[int, int, str]:
+    parsed = parse_frame_stem(path.stem)
+    return (*parsed, path.stem) if parsed else (1 << 62, 0, path.stem)
+
+
+def read_crop_index(crops_root: Path) -> dict[str, list[dict[str, Any]]] | None:
+    """``{video rel: its index lines}`` from ``<crops_root>/index.jsonl``; ``None`` without one.
+
+    A video processed twice keeps its last block of lines (lines of one block share
+    ``run``); unreadable lines (a run killed mid-write) are skipped.
+    """
+    path = Path(crops_root) / CROP_INDEX
+    if not path.is_file():
+        return None
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, Any] = {}
+    bad = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("video"), str):
+                bad += 1
+                continue
+            rel = entry["video"]
+            if rel not in runs or runs[rel] != entry.get("run"):
+                runs[rel] = entry.get("run")
+                blocks[rel] = []
+            blocks[rel].append(entry)
+    if bad:
+        log.debug("%s: %d unreadable lines skipped", path, bad)
+    return blocks
+
+
+@dataclass(frozen=True)
+class CachedCrop:
+    """One face crop of the cache: its image, frame number, face number and side files."""
+
+    path: Path
+    frame: int
+    face: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def list_frames(folder: Path) -> list[Path]:
@@ -94,6 +153,13 @@ def list_frames(folder: Path) -> list[Path]:
         if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
     ]
     return sorted(frames, key=_frame_key)
+
+
+def spread_frames(crops: Sequence[CachedCrop], k: int | None) -> list[CachedCrop]:
+    """The crops of at most ``k`` evenly spaced frames (every face of a chosen frame)."""
+    frames = sorted({c.frame for c in crops})
+    chosen = set(spread(frames, k))
+    return [c for c in crops if c.frame in chosen]
 
 
 def spread(items: Sequence[Any], k: int | None) -> list[Any]:
@@ -148,6 +214,8 @@ class VideoCropSource:
         self._videos: dict[str, list[VideoItem]] = {}
         self._missing: dict[str, list[str]] = {}
         self._warned: set[str] = set()
+        self._index: dict[str, list[dict[str, Any]]] | None = None
+        self._index_read = False
 
     # -- what subclasses provide ------------------------------------------------
     def _list_videos(self, split: str) -> list[VideoItem]:
@@ -187,11 +255,11 @@ class VideoCropSource:
         records: list[Record] = []
         missing: list[str] = []
         for item in items:
-            frames = spread(list_frames(self.crop_dir(item)), self.max_frames)
-            if not frames:
+            crops = spread_frames(self.cached_crops(item), self.max_frames)
+            if not crops:
                 missing.append(item.rel)
                 continue
-            records.extend(self._frame_records(item, frames))
+            records.extend(self._frame_records(item, crops))
         self._missing[split] = missing
         if items and len(missing) == len(items):
             raise UserError(
@@ -218,29 +286,76 @@ class VideoCropSource:
         return f"python -m datasets.preprocess data={self.name} data.root={self.root}"
 
     # -- helpers --------------------------------------------------------------------
-    def _frame_records(self, item: VideoItem, frames: Sequence[Path]) -> list[Record]:
-        extra = {k: v for k, v in item.extra.items() if k != "mask_rel"}
+    def crop_index(self) -> dict[str, list[dict[str, Any]]] | None:
+        """The cache's ``index.jsonl`` by video (read once), or ``None`` when there is none."""
+        if not self._index_read and self.crops_root is not None:
+            self._index = read_crop_index(self.crops_root)
+            self._index_read = True
+        return self._index
+
+    def cached_crops(self, item: VideoItem) -> list[CachedCrop]:
+        """The face crops of ``item`` in frame order: from the index, else from its folder."""
+        index = self.crop_index()
+        if index is not None and item.rel in index:
+            return self._indexed_crops(index[item.rel])
+        return self._scanned_crops(item)
+
+    def _indexed_crops(self, lines: Sequence[dict[str, Any]]) -> list[CachedCrop]:
+        assert self.crops_root is not None
+        root = self.crops_root
+        crops = []
+        for line in lines:
+            if line.get("status") != "ok" or not line.get("crop"):
+                continue
+            extra: dict[str, Any] = {}
+            for key in ("landmarks", "mask"):
+                if line.get(key):
+                    extra[key] = str(root / line[key])
+            for key in ("box", "score"):
+                if line.get(key) is not None:
+                    extra[key] = line[key]
+            crops.append(
+                CachedCrop(
+                    root / line["crop"], int(line["frame"]), int(line.get("face") or 0), extra
+                )
+            )
+        return sorted(crops, key=lambda c: (c.frame, c.face))
+
+    def _scanned_crops(self, item: VideoItem) -> list[CachedCrop]:
+        folder = self.crop_dir(item)
+        frames = list_frames(folder)
+        if not frames:
+            return []
+        npys = {p.stem for p in folder.glob("*.npy")}
         mask_names: set[str] = set()
         mask_dir: Path | None = None
         if "mask_rel" in item.extra and self.crops_root is not None:
             mask_dir = self.crops_root / strip_suffix(item.extra["mask_rel"])
             mask_names = {p.name for p in list_frames(mask_dir)}
-        out = []
-        for frame in frames:
-            frame_extra = {**extra, "frame": frame.stem}
-            if mask_dir is not None and frame.name in mask_names:
-                frame_extra["mask"] = str(mask_dir / frame.name)
-            out.append(
-                Record(
-                    str(frame),
-                    item.label,
-                    video=item.video_id,
-                    generator=item.method,
-                    source=item.source_id,
-                    extra=frame_extra,
-                )
+        crops = []
+        for position, path in enumerate(frames):
+            frame, face = parse_frame_stem(path.stem) or ((1 << 62) + position, 0)
+            extra: dict[str, Any] = {}
+            if path.stem in npys:
+                extra["landmarks"] = str(folder / f"{path.stem}.npy")
+            if mask_dir is not None and path.name in mask_names:
+                extra["mask"] = str(mask_dir / path.name)
+            crops.append(CachedCrop(path, frame, face, extra))
+        return crops
+
+    def _frame_records(self, item: VideoItem, crops: Sequence[CachedCrop]) -> list[Record]:
+        extra = {k: v for k, v in item.extra.items() if k != "mask_rel"}
+        return [
+            Record(
+                str(crop.path),
+                item.label,
+                video=item.video_id,
+                generator=item.method,
+                source=item.source_id,
+                extra={**extra, "frame": crop.path.stem, "face": crop.face, **crop.extra},
             )
-        return out
+            for crop in crops
+        ]
 
     def _require_root(self) -> Path:
         if self.root is None or not self.root.is_dir():
