@@ -32,10 +32,14 @@ from detectors.base import count_parameters
 
 FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
 CLIP_DETECTORS = {"univfd", "clipbased", "clip_face"}
+#: fixed input size (dense layers): keep their own preprocessing (resize to native size)
+NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
 
 
 def size_overrides(name: str, size: int) -> list[str]:
     """Read the 64 px embedded images as they are: no resize, centre crop of ``size``."""
+    if name in NATIVE_SIZE_ONLY:
+        return []
     config = detector_config(name)
     groups = ["preprocessing"] + (
         ["train_preprocessing"] if "train_preprocessing" in config else []
@@ -94,6 +98,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "by_family_auc": by_family,
         "test_auc_all": test["frame"]["auc"],
         "minutes": minutes,
+        "budget": f"{args.epochs}x{args.limit_train_batches or 'all'}",
         "overrides": overrides,
         "run_dir": str(run_dir),
     }
@@ -120,6 +125,7 @@ def table(rows: list[dict[str, Any]], train_family: str) -> str:
             f"{r['in_family_auc']:.3f}",
             f"{r['cross_family_auc']:.3f}",
             *(f"{r['by_family_auc'][f]:.3f}" for f in others),
+            r.get("budget", ""),
             f"{r['minutes']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -148,7 +154,11 @@ def main() -> None:
         if name in CLIP_DETECTORS and not args.clip_file:
             rows.append({"detector": name, "error": "needs CLIP weights (--clip-file)"})
             continue
-        rows.append(run_one(name, args))
+        try:
+            rows.append(run_one(name, args))
+        except Exception as exc:  # one detector's failure must not cost the others
+            print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
+            rows.append({"detector": name, "error": f"{type(exc).__name__}: {exc}"[:120]})
         print(table(rows, args.train_family), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +166,7 @@ def main() -> None:
     budget = (
         f"seed {args.seed}; {args.epochs} epochs x at most {args.limit_train_batches} batches of "
         f"{args.batch_size}; trained on {args.train_family}, selected on its val split; "
-        "64 px, no resize (CLIP: 224 px resize); min = wall minutes"
+        "64 px, no resize (CLIP: 224 px resize; MesoNet: its own 256 px resize); min = wall minutes"
     )
     (out / "zoo.md").write_text(f"{text}\n\n{budget}\n")
     (out / "zoo.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
