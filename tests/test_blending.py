@@ -1,0 +1,252 @@
+"""Blending utilities shared by SBI and Face X-ray: exact values on crafted arrays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import Delaunay
+
+from datasets.base import Record
+from detectors import blending as B
+
+
+def _inside_hull(points: np.ndarray, shape: tuple[int, int], tolerance: float) -> np.ndarray:
+    """Which pixel centres lie inside the hull of ``points`` grown by ``tolerance`` px."""
+    centre = points.mean(0)
+    grown = centre + (points - centre) * (1 + tolerance / np.abs(points - centre).max())
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    pixels = np.stack([xs.ravel(), ys.ravel()], 1)
+    return (Delaunay(grown).find_simplex(pixels) >= 0).reshape(shape)
+
+
+def test_convex_hull_mask_fills_the_hull_and_nothing_else() -> None:
+    points = np.array([[10.0, 12.0], [50.0, 8.0], [58.0, 40.0], [30.0, 55.0], [8.0, 35.0]])
+    points = np.vstack([points, [[30.0, 30.0], [20.0, 25.0]]])  # interior points change nothing
+    mask = B.fill_convex_hull(points, (64, 64))
+    assert mask.dtype == np.float32 and set(np.unique(mask)) == {0.0, 1.0}
+    assert not (mask.astype(bool) & ~_inside_hull(points, (64, 64), 1.5)).any()
+    strict = _inside_hull(points, (64, 64), -1.5)  # the hull shrunk by 1.5 px is all filled
+    assert mask[strict].all()
+    for vertex in points[:5].astype(int):  # vertices are on (cv2.fillConvexPoly includes edges)
+        assert mask[vertex[1], vertex[0]] == 1
+
+
+@pytest.mark.parametrize("kind", B.HULL_KINDS)
+def test_hull_masks_follow_deepfakemask(kind: str) -> None:
+    lm = B.template_landmarks(128, 128)
+    mask = B.hull_mask(lm, (128, 128), kind)
+    face = B.fill_convex_hull(lm.astype(np.int64), (128, 128))
+    assert 0.4 * face.sum() < mask.sum()
+    if kind == "extended":  # brows pushed up the forehead: grows above the 68-point hull
+        top = int(lm[17:27, 1].min())
+        assert mask[: top - 1].sum() > 0 and face[: top - 1].sum() == 0
+    else:  # every other hull stays within the 68-point hull (its edges included)
+        assert not (mask.astype(bool) & ~face.astype(bool)).any()
+    if kind == "facehull":
+        np.testing.assert_array_equal(mask, face)
+
+
+def test_hull_mask_uses_the_forehead_of_81_points() -> None:
+    lm = B.template_landmarks(128, 128, forehead=True)
+    with81 = B.hull_mask(lm, (128, 128), "facehull")
+    with68 = B.hull_mask(lm[:68], (128, 128), "facehull")
+    assert with81.sum() > with68.sum() and not (with68.astype(bool) & ~with81.astype(bool)).any()
+    with pytest.raises(ValueError, match="unknown hull kind"):
+        B.hull_mask(lm, (128, 128), "square")
+
+
+def test_boundary_formula_and_alpha_blend_on_crafted_arrays() -> None:
+    mask = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]])
+    np.testing.assert_allclose(
+        B.blending_boundary(mask), [[0.0, 0.75, 1.0], [0.75, 0.0, 0.36]], atol=1e-12
+    )
+    torch.testing.assert_close(
+        B.blending_boundary(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.0, 1.0, 0.0])
+    )
+    source = np.full((2, 3, 3), 200, np.uint8)
+    target = np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 10
+    out = B.alpha_blend(source, target, mask)
+    for y in range(2):
+        for x in range(3):
+            m = mask[y, x]
+            np.testing.assert_allclose(out[y, x], m * 200 + (1 - m) * target[y, x].astype(float))
+
+
+def test_gaussian_kernel_and_blur_follow_opencv() -> None:
+    np.testing.assert_allclose(B.gaussian_kernel(5), [1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16])
+    sigma = 0.3 * ((9 - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for ksize 9 and sigma 0
+    x = np.arange(9) - 4.0
+    expected = np.exp(-(x**2) / (2 * sigma**2))
+    np.testing.assert_allclose(B.gaussian_kernel(9), expected / expected.sum())
+    with pytest.raises(ValueError, match="odd"):
+        B.gaussian_kernel(4)
+    # BORDER_REFLECT_101: an impulse next to the border is mirrored onto row -1 (= row 1)
+    image = np.zeros((6, 6))
+    image[1, 3] = 1.0
+    out = B.gaussian_blur(image, 3)
+    k = np.array([0.25, 0.5, 0.25])
+    assert out[0, 3] == pytest.approx((k[0] + k[2]) * k[1])  # direct and mirrored taps
+    assert out[1, 3] == pytest.approx(k[1] * k[1])
+    assert out[2, 3] == pytest.approx(k[0] * k[1])
+    assert out.sum() == pytest.approx(1.25)
+
+
+def test_colour_and_frequency_augmentations_exact() -> None:
+    image = np.array([[[10, 100, 250], [0, 128, 255]]], dtype=np.uint8)
+    np.testing.assert_array_equal(
+        B.rgb_shift(image, [5.7, -20.0, 10.2]), [[[15, 80, 255], [5, 108, 255]]]
+    )
+    np.testing.assert_array_equal(
+        B.brightness_contrast(image, 1.1, 0.05), [[[23, 122, 255], [12, 153, 255]]]
+    )
+    flat = np.full((5, 5, 3), 100, np.uint8)  # sharpening scales a flat image by 1 - a + a L
+    np.testing.assert_array_equal(B.sharpen(flat, 0.5, 0.8), np.full((5, 5, 3), 90, np.uint8))
+    gray = np.full((3, 3, 3), 100, np.uint8)  # albumentations: a negative shift lowers by 1
+    np.testing.assert_array_equal(B.hsv_shift(gray, 0.0, 0.0, -0.2), gray - 1)
+    np.testing.assert_array_equal(B.hsv_shift(gray, 0.0, 0.0, 0.2), gray)
+    blocks = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4) * 10, np.ones((2, 2), np.uint8))
+    blocks = np.repeat(blocks[..., None], 3, axis=2)
+    small = B.resize(blocks, (4, 4), mode="nearest")  # nearest picks each 2x2 block's corner
+    np.testing.assert_array_equal(small[..., 0], np.arange(16).reshape(4, 4) * 10)
+    assert B.downscale(blocks, 2).shape == blocks.shape
+    decoded = B.jpeg(np.full((16, 16, 3), 128, np.uint8), 90)
+    assert decoded.dtype == np.uint8 and np.abs(decoded.astype(int) - 128).max() <= 1
+
+
+def test_color_transfer_matches_the_masked_mean() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)
+    image = rng.integers(40, 80, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32))
+    mask[8:24, 8:24] = 1
+    out = B.color_transfer_mean(reference, image, mask)
+    inside = mask.astype(bool)
+    np.testing.assert_array_equal(out[~inside], image[~inside])
+    np.testing.assert_allclose(
+        out[inside].mean(0), reference[inside].mean(0), atol=1.0
+    )  # truncation to uint8 loses < 1
+
+
+def test_feather_weights() -> None:
+    mask = np.zeros((64, 64), np.float32)
+    mask[12:52, 12:52] = 1
+    w = B.feather_weights(mask, amount=0.2)
+    assert w[~mask.astype(bool)].max() == 0 and w.max() == 1.0
+    # 40 px square: 0 on the hull's edge, full weight 0.2 * 39 = 7.8 px inside it
+    assert w[32, 32] == 1.0 and 0 == w[32, 12] < w[32, 13] < w[32, 15] < w[32, 19] <= 1.0
+    np.testing.assert_allclose(w[32, 12:22], np.clip(np.arange(10) / 7.8, 0, 1), atol=1e-6)
+    assert B.feather_weights(np.zeros((8, 8))).max() == 0
+
+
+def test_similarity_transform_and_warp() -> None:
+    rng = np.random.default_rng(1)
+    src = rng.uniform(10, 50, (68, 2))
+    angle, scale, shift = 0.2, 1.3, np.array([4.0, -3.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rot.T + shift
+    matrix = B.similarity_matrix(src, dst)
+    np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[10, 5] = 255
+    moved = B.warp_affine(image, np.array([[1.0, 0, 7], [0, 1.0, 3]]), (32, 32))
+    assert moved[13, 12].tolist() == [255, 255, 255]
+    # cv2.BORDER_REFLECT: output x = 1 samples input x = -6, reflected to 5
+    assert moved[13, 1].tolist() == [255, 255, 255] and moved.sum() == 6 * 255
+
+
+def test_mask_deformations_are_deterministic_for_a_seed() -> None:
+    mask = B.hull_mask(B.template_landmarks(96, 96), (96, 96), "facehull")
+    image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+
+    def run(seed: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        moved_image, moved = B.random_affine(image, mask, rng)
+        params = B.sample_source_augment(rng)
+        return [
+            moved_image,
+            moved,
+            B.elastic_deform(mask, rng),
+            B.grid_deform(mask, rng),
+            B.random_erode_dilate(mask, rng),
+            B.ellipse_mask((96, 96), rng),
+            B.source_augment(image, params),
+        ]
+
+    first, again, other = run(7), run(7), run(8)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(first, other, strict=True))
+    for deformed in first[1:5]:  # still a face-sized mask near the original
+        assert 0.2 * mask.sum() < deformed.sum() < 3 * mask.sum()
+        assert deformed.min() >= 0 and deformed.max() <= 1
+
+
+def test_landmarks_flip_and_scale() -> None:
+    lm = B.template_landmarks(100, 120, forehead=True)
+    flipped = B.flip_landmarks(lm, 100)
+    np.testing.assert_allclose(B.flip_landmarks(flipped, 100), lm, atol=1e-4)
+    # the template is symmetric: mirroring and renumbering gives the same face
+    np.testing.assert_allclose(flipped, lm, atol=1e-3)
+    np.testing.assert_allclose(flipped[36], [99 - lm[45, 0], lm[45, 1]])  # eye corners swap
+    scaled = B.scale_landmarks(lm, (120, 100), (240, 200))
+    np.testing.assert_allclose(scaled, (lm + 0.5) * 2 - 0.5, rtol=1e-6)
+
+
+def test_read_landmarks_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lm68 = B.template_landmarks(64, 64)
+    np.save(tmp_path / "a.npy", lm68)
+    got, status = B.read_landmarks(Record("a.png", 0, extra={"landmarks": str(tmp_path / "a.npy")}))
+    np.testing.assert_array_equal(got, lm68)
+    assert got.dtype == np.float32 and status == B.LANDMARKS_OK
+    raw81 = np.arange(162, dtype=np.float32).reshape(81, 2)
+    np.save(tmp_path / "b.npy", raw81[None])  # SBI's own files are (1, 81, 2)
+    got = B.load_landmarks(Record("b.png", 0, extra={"landmarks": str(tmp_path / "b.npy")}))
+    np.testing.assert_array_equal(got[:68], raw81[:68])
+    np.testing.assert_array_equal(got[68:], raw81[list(B.DLIB81_FOREHEAD_ORDER)])
+    assert B.read_landmarks(Record("c.png", 0)) == (None, B.LANDMARKS_MISSING)
+    assert B.read_landmarks(None) == (None, B.LANDMARKS_MISSING)
+    np.save(tmp_path / "bad.npy", np.zeros((5, 2)))
+    bad = Record("d.png", 0, extra={"landmarks": str(tmp_path / "bad.npy")})
+    assert B.read_landmarks(bad) == (None, B.LANDMARKS_BAD_SHAPE)
+    missing = Record("e.png", 0, extra={"landmarks": str(tmp_path / "missing.npy")})
+    assert B.read_landmarks(missing) == (None, B.LANDMARKS_UNREADABLE)
+
+    for code in (1, 2, 3):
+        B._WARNED.discard(f"X-landmarks-{code}")
+    with caplog.at_level(logging.WARNING, logger="detectors.blending"):
+        for _ in range(3):  # once per kind of problem, however many batches show it
+            B.warn_landmark_status(torch.tensor([0, 1, 1, 3]), "X", "ellipses")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and "no landmarks" in messages[0] and "(68, 2)" in messages[1]
+
+
+def test_ellipse_fallback_is_a_centred_face_sized_blob() -> None:
+    mask = B.ellipse_mask((100, 80), np.random.default_rng(0))
+    rows, cols = np.nonzero(mask)
+    assert 0.25 < mask.mean() < 0.6
+    assert abs(cols.mean() - 40) < 6 and abs(rows.mean() - 55) < 7
+
+
+def test_paired_inputs_and_weighted_bce() -> None:
+    batch = {
+        "image": torch.zeros(2, 3, 4, 4),
+        "image_blended": torch.ones(2, 3, 4, 4),
+        "label": torch.tensor([0.0, 1.0]),
+        "weight_image": torch.tensor([1.0, 0.0]),
+        "weight_blended": torch.tensor([1.0, 0.0]),
+    }
+    images, targets, weights = B.paired_inputs(batch)
+    assert images.shape == (4, 3, 4, 4) and images[2:].eq(1).all()
+    assert targets.tolist() == [0.0, 1.0, 1.0, 1.0] and weights.tolist() == [1.0, 0.0, 1.0, 0.0]
+    logits = torch.tensor([-2.0, 5.0, 3.0, -7.0], requires_grad=True)
+    loss = B.weighted_bce(logits, targets, weights)
+    expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-3.0))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    zero = B.weighted_bce(logits, targets, torch.zeros(4))
+    zero.backward()  # all weights 0: a zero loss that still back-propagates
+    assert zero.item() == 0 and logits.grad is not None
