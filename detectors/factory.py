@@ -48,13 +48,16 @@ def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = No
     )
     check_targets(plain, f"detector config {name or ''}".strip())
     weights = plain.pop("weights", None)
+    # what the detector reads: "image" (whole pictures) or "face" (face crops; score.py
+    # --faces auto crops faces for these); not a constructor argument
+    input_kind = plain.pop("input", None)
     detector = instantiate(plain, _convert_="all")
     if not isinstance(detector, Detector):
         raise UserError(
             f"detector config {name!r} builds a {type(detector).__name__}, not a deepsift Detector"
         )
     detector.config_name = name
-    detector.config = plain
+    detector.config = plain if input_kind is None else {**plain, "input": input_kind}
     if weights:
         detector.load_weights(weights)
     return detector
