@@ -1,0 +1,328 @@
+"""Everything done to one item before the model sees it (runs in the worker processes).
+
+read the bytes -> sha256 -> image or video (by content) -> decode -> provenance and
+PDQ -> face crops (for face detectors) -> laundered copies (``--stability``) ->
+each ensemble member's own test-time transform -> tensors stacked per member.
+
+The result, :class:`Prepared`, holds a partial record plus small tensors only
+(never the decoded image), so the queues between workers and the model stay
+small whatever the size of the input files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+from deepsift.scoring import stability
+from deepsift.scoring.decode import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ItemError,
+    decode_frames,
+    frame_count,
+    open_image,
+)
+from deepsift.scoring.extras import load_optional, safe_pdq, safe_provenance
+from deepsift.scoring.faces import FaceDetectorLike, face_crops
+from deepsift.scoring.inputs import HEAD_BYTES, WorkItem, is_video_head
+from deepsift.scoring.output import new_record
+from deepsift.scoring.video import read_video, sample_indices
+
+NOT_AN_IMAGE = "not an image (format not recognised)"
+
+
+@dataclass
+class MemberSpec:
+    """What a worker needs of one ensemble member: its name, transform and input kind."""
+
+    label: str
+    transform: Callable[[dict[str, Any]], dict[str, Any]]
+    faces: bool = False
+
+
+@dataclass
+class PrepareOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    video_frames: int = 16
+    animated: str = "first"  # or "frames": sample frames as for a video
+    stability: bool = False
+    provenance: bool = True
+    pdq: bool = True
+    face_margin: float = 1.3
+    min_face: int = 64
+    max_faces: int = 8
+
+
+@dataclass
+class Unit:
+    """One picture to score: group (frame) ``group``, face ``face`` (None: whole), ``variant``."""
+
+    group: int
+    face: int | None
+    variant: str
+
+
+@dataclass
+class Group:
+    """A scored picture: the image itself, or one sampled frame of a video or animation."""
+
+    frame: int | None
+    width: int
+    height: int
+    faces: list[dict[str, Any]] | None = None  # box, crop, confidence of each scored face
+    face_reason: str | None = None
+
+
+@dataclass
+class Stack:
+    """Tensors of one member for ``units`` (first dimension = len(units)), one shape."""
+
+    member: str
+    units: np.ndarray
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    item: WorkItem
+    record: dict[str, Any]
+    groups: list[Group] = field(default_factory=list)
+    units: list[Unit] = field(default_factory=list)
+    stacks: list[Stack] = field(default_factory=list)
+    not_image: bool = False
+
+
+class PrepareContext:
+    """The members' transforms, options and lazily built helpers of one worker."""
+
+    def __init__(
+        self,
+        members: list[MemberSpec],
+        options: PrepareOptions,
+        face_factory: Callable[[], FaceDetectorLike] | None = None,
+    ) -> None:
+        self.members = members
+        self.options = options
+        self.face_factory = face_factory
+        self._face_detector: FaceDetectorLike | None = None
+        self._provenance: Callable | None = None
+        self._pdq: Callable | None = None
+        self._loaded = False
+
+    @property
+    def needs_faces(self) -> bool:
+        return any(m.faces for m in self.members)
+
+    def face_detector(self) -> FaceDetectorLike:
+        if self._face_detector is None:
+            if self.face_factory is None:
+                raise ItemError("face detection requested but no face detector is available")
+            self._face_detector = self.face_factory()
+        return self._face_detector
+
+    def extras(self) -> tuple[Callable | None, Callable | None]:
+        if not self._loaded:
+            if self.options.provenance:
+                self._provenance, _ = load_optional("deepsift.provenance", "read_provenance")
+            if self.options.pdq:
+                self._pdq, _ = load_optional("deepsift.pdq", "pdq_hash")
+            self._loaded = True
+        return self._provenance, self._pdq
+
+
+def base_record(item: WorkItem) -> dict[str, Any]:
+    return new_record(
+        path=item.path,
+        member=item.member,
+        member_index=item.member_index,
+        kind="image",
+        error=item.error,
+    )
+
+
+def error_prepared(item: WorkItem, reason: str, **fields: Any) -> Prepared:
+    record = base_record(item)
+    record.update(fields, error=reason)
+    return Prepared(WorkItem(item.path, item.member, item.member_index), record)
+
+
+def read_file(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except PermissionError:
+        raise ItemError("permission denied") from None
+    except FileNotFoundError:
+        raise ItemError("file vanished before it was read") from None
+    except IsADirectoryError:
+        raise ItemError("is a directory") from None
+    except OSError as exc:
+        raise ItemError(f"cannot read file ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > limit:
+        raise ItemError(f"file larger than --max-file-bytes {limit}: not read")
+    return data
+
+
+def file_head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(HEAD_BYTES)
+    except OSError:
+        return b""  # read_file reports the reason
+
+
+def hash_file(path: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise ItemError(f"cannot read file ({exc.strerror or type(exc).__name__})") from None
+    return digest.hexdigest(), size
+
+
+def prepare(item: WorkItem, ctx: PrepareContext) -> Prepared:
+    """The partial record and model inputs of one item; never raises for bad input."""
+    stripped = WorkItem(item.path, item.member, item.member_index, error=item.error)
+    out = Prepared(stripped, base_record(item))
+    if item.error:
+        return out
+    try:
+        if item.data is None and is_video_head(file_head(item.path)):
+            _prepare_video(item.path, ctx, out)
+        else:
+            raw = (
+                item.data
+                if item.data is not None
+                else read_file(item.path, ctx.options.max_file_bytes)
+            )
+            out.record["sha256"] = hashlib.sha256(raw).hexdigest()
+            out.record["bytes"] = len(raw)
+            if item.data is not None and is_video_head(raw[:HEAD_BYTES]):
+                out.record["kind"] = "video"
+                raise ItemError(
+                    "video inside an archive: not scored (archives are never extracted; "
+                    "extract the video and pass the file)"
+                )
+            _prepare_image(raw, ctx, out)
+    except ItemError as exc:
+        out.record["error"] = str(exc)
+        out.not_image = str(exc) == NOT_AN_IMAGE
+        out.units, out.stacks = [], []
+    return out
+
+
+def _prepare_image(raw: bytes, ctx: PrepareContext, out: Prepared) -> None:
+    options = ctx.options
+    k = options.video_frames if options.animated == "frames" else 1
+    first, frames = decode_frames(raw, lambda n: sample_indices(n, k), options.max_pixels)
+    record = out.record
+    record.update(format=first.format, width=first.image.width, height=first.image.height)
+    if first.animated:
+        record["kind"] = "animation"
+        record["n_frames"] = frame_count(open_image(raw, options.max_pixels))
+    provenance, pdq = ctx.extras()
+    if provenance is not None:
+        record["provenance"] = safe_provenance(provenance, raw, first.stored, first.format)
+    if pdq is not None:
+        record["pdq"] = safe_pdq(pdq, first.image)
+    if options.animated == "frames" and first.animated:
+        pictures = [(index, image) for index, image in frames]
+    else:
+        pictures = [(None, first.image)]
+    _add_pictures(pictures, ctx, out)
+
+
+def _prepare_video(path: str, ctx: PrepareContext, out: Prepared) -> None:
+    record = out.record
+    record["kind"] = "video"
+    record["sha256"], record["bytes"] = hash_file(path)
+    video = read_video(path, ctx.options.video_frames, ctx.options.max_pixels)
+    record.update(
+        format=video.codec or "video",
+        width=video.width,
+        height=video.height,
+        n_frames=video.frame_count,
+    )
+    _add_pictures(video.frames, ctx, out)
+
+
+def _add_pictures(
+    pictures: list[tuple[int | None, Image.Image]], ctx: PrepareContext, out: Prepared
+) -> None:
+    """Units (whole images, face crops, laundered copies) and their transformed tensors."""
+    options = ctx.options
+    variants = [stability.ORIGINAL, *(stability.VARIANTS if options.stability else ())]
+    per_member: dict[str, list[tuple[int, dict[str, Any]]]] = {m.label: [] for m in ctx.members}
+    whole = [m for m in ctx.members if not m.faces]
+    face_members = [m for m in ctx.members if m.faces]
+    for group_index, (frame, image) in enumerate(pictures):
+        group = Group(frame, image.width, image.height)
+        out.groups.append(group)
+        targets: list[tuple[int | None, Image.Image, list[MemberSpec]]] = []
+        if whole:
+            targets.append((None, image, whole))
+        if face_members:
+            crops, reason = face_crops(
+                image, ctx.face_detector(), options.face_margin, options.min_face, options.max_faces
+            )
+            group.face_reason = reason
+            group.faces = [
+                {
+                    "box": [round(v, 1) for v in c.box],
+                    "crop": list(c.crop_box),
+                    "confidence": c.confidence,
+                }
+                for c in crops
+            ]
+            targets.extend((i, c.image, face_members) for i, c in enumerate(crops))
+        for face, picture, members in targets:
+            copies = {stability.ORIGINAL: picture}
+            if options.stability:
+                copies.update(stability.launder(picture))
+            for variant in variants:
+                unit_index = len(out.units)
+                out.units.append(Unit(group_index, face, variant))
+                for member in members:
+                    try:
+                        sample = member.transform({"image": copies[variant], "record": None})
+                    except (ValueError, RuntimeError, OSError) as exc:
+                        raise ItemError(
+                            f"{member.label} preprocessing failed ({str(exc).strip()[:120]})"
+                        ) from None
+                    per_member[member.label].append((unit_index, sample))
+    out.stacks = [stack for label, rows in per_member.items() for stack in _stack(label, rows)]
+
+
+def _signature(sample: dict[str, Any]) -> tuple:
+    return tuple(
+        (key, tuple(value.shape) if torch.is_tensor(value) else None)
+        for key, value in sorted(sample.items())
+    )
+
+
+def _stack(label: str, rows: list[tuple[int, dict[str, Any]]]) -> list[Stack]:
+    """Rows of one member grouped by tensor shapes and collated (few tensors cross processes)."""
+    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
+    for unit, sample in rows:
+        groups.setdefault(_signature(sample), []).append((unit, sample))
+    return [
+        Stack(
+            label,
+            np.array([unit for unit, _ in members], dtype=np.int64),
+            default_collate([sample for _, sample in members]),
+        )
+        for members in groups.values()
+    ]
