@@ -1,0 +1,201 @@
+"""End-to-end throughput of ``score.py`` against the model alone and a naive loop.
+
+    python -m benchmarks.score_throughput [--n 256] [--size 256] [--batch 32]
+        [--detector cnnspot] [--set key=value ...] [--device auto] [--workers N]
+
+Generates ``--n`` JPEG files (photo-like content, quality 90, ``--size`` pixels
+square) in a temporary folder, then measures images per second for:
+
+* **model only**: the detector's forward pass on ready tensors of its input
+  shape, same batch size and precision, no decoding at all;
+* **score.py**: the full pipeline (enumeration, reading, sha256, decoding,
+  preprocessing in worker processes, batching, forward, JSONL writing), with
+  provenance and PDQ off (``--extras`` also times them on);
+* **naive loop**: one process, ``batch`` images at a time: PIL decode, the
+  detector's transform, stack, forward.
+
+Prints a Markdown table with each rate and its ratio to the model alone. The
+target on CPU is score.py >= 0.9 x model only. The modes run in ``--repeats``
+interleaved rounds and the best rate of each is kept, so a load spike on a
+shared machine does not favour one mode; a warm-up pass runs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepsift.runtime import autocast, autocast_dtype
+
+
+def make_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC), np.float32)
+        noisy = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(noisy).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_only(detector, images: torch.Tensor, n: int, device, amp) -> float:
+    """Forward passes on one batch of real, already preprocessed images (random tensors
+    would not have the activation statistics of images)."""
+    images = images.to(device)
+    steps = max(1, n // len(images))
+    with torch.no_grad(), autocast(device, amp):
+        detector({"image": images})
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            detector({"image": images})["logits"].float().cpu()
+        _sync(device)
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def ready_batch(detector, paths: list[Path]) -> torch.Tensor:
+    samples = []
+    for path in paths:
+        with Image.open(path) as image:
+            samples.append(detector.eval_transform({"image": image.convert("RGB"), "record": None}))
+    return torch.utils.data.default_collate(samples)["image"]
+
+
+def naive_loop(detector, paths: list[Path], batch: int, device, amp) -> float:
+    def run(chunk: list[Path]) -> None:
+        samples = []
+        for path in chunk:
+            with Image.open(path) as image:
+                samples.append(
+                    detector.eval_transform({"image": image.convert("RGB"), "record": None})
+                )
+        tensors = torch.utils.data.default_collate(samples)
+        with torch.no_grad(), autocast(device, amp):
+            detector({k: v.to(device) for k, v in tensors.items()})["logits"].float().cpu()
+
+    run(paths[:batch])  # warm-up
+    timed = paths[batch:]
+    start = time.perf_counter()
+    for i in range(0, len(timed), batch):
+        run(timed[i : i + batch])
+    _sync(device)
+    return len(timed) / (time.perf_counter() - start)
+
+
+def end_to_end(
+    ensemble, folder: Path, out: Path, batch: int, workers: int, device, amp, extras: bool
+) -> float:
+    from deepsift.scoring.calibration import DEFAULT_BANDS
+    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.runner import RunOptions, Scorer
+
+    options = RunOptions(
+        inputs=[str(folder)],
+        batch_size=batch,
+        workers=workers,
+        device=device,
+        amp_dtype=amp,
+        progress=False,
+        prepare_options=PrepareOptions(provenance=extras, pdq=extras),
+    )
+    sink = OutputFile(out, overwrite=True)
+    try:
+        summary = Scorer(ensemble, DEFAULT_BANDS, options, sink).run()
+    finally:
+        sink.close()
+    return summary["this_run"]["items"] / summary["this_run"]["elapsed_s"]
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    from deepsift.scoring.cli import default_workers
+    from deepsift.scoring.models import load_ensemble
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=256, help="JPEG files generated")
+    parser.add_argument("--size", type=int, default=256, help="their side in pixels")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--detector", default="cnnspot")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--extras", action="store_true", help="also time score.py with provenance and PDQ"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of all modes; the best of each is shown"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    amp = autocast_dtype(device, args.precision)
+    workers = default_workers(device.type) if args.workers is None else args.workers
+    ensemble = load_ensemble(detector=args.detector, overrides=args.set).to(device)
+    detector = ensemble.members[0].detector
+    best: dict[str, float] = {}
+
+    def keep(name: str, rate: float) -> None:
+        best[name] = max(best.get(name, 0.0), rate)
+
+    e2e = f"score.py end to end ({workers} workers)"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "jpegs"
+        folder.mkdir()
+        paths = make_jpegs(folder, args.n, args.size)
+        batch = ready_batch(detector, paths[: args.batch])
+        shape = tuple(batch.shape[1:])
+        # warm-up pass of the pipeline (first forward, worker start-up, page cache)
+        end_to_end(
+            ensemble, folder, Path(tmp) / "warm.jsonl", args.batch, workers, device, amp, False
+        )
+        for _ in range(args.repeats):  # modes interleaved, best of each: load spikes hit all alike
+            keep(
+                "model only (forward on ready tensors)",
+                model_only(detector, batch, args.n, device, amp),
+            )
+            out = Path(tmp) / "e2e.jsonl"
+            keep(e2e, end_to_end(ensemble, folder, out, args.batch, workers, device, amp, False))
+            if args.extras:
+                out = Path(tmp) / "x.jsonl"
+                keep(
+                    "score.py with provenance + PDQ",
+                    end_to_end(ensemble, folder, out, args.batch, workers, device, amp, True),
+                )
+            keep(
+                "naive loop (PIL, transform, forward; 1 process)",
+                naive_loop(detector, paths, args.batch, device, amp),
+            )
+    rows = list(best.items())
+    base = rows[0][1]
+    print(
+        f"\n{args.detector} {' '.join(args.set)} input {tuple(shape)}, batch {args.batch}, "
+        f"{args.n} JPEGs of {args.size} px, device {device}, precision {amp or 'fp32'}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats} interleaved rounds\n"
+    )
+    print("| mode | images/s | x model only |\n|---|---:|---:|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
