@@ -145,7 +145,7 @@ def load_visual(
     from deepsift.checkpoint import load_state_dict_strict
     from deepsift.hub import hub_reachable, sha256_file
 
-    hint = "detector.backbone_file=/path/to/ViT-L-14.pt (or open_clip_pytorch_model.bin)"
+    hint = f"detector.backbone_file=/path/to/{model_name}.pt (or open_clip_pytorch_model.bin)"
     if backbone_file:
         visual = build_visual(model_name, quick_gelu, vision_cfg, embed_dim)
         state = read_visual_state_dict(backbone_file)
