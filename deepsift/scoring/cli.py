@@ -239,6 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def ensemble_from_args(args: argparse.Namespace, device: Any) -> Any:
+    """The detector or ensemble that the command line names, on ``device``."""
+    from deepsift.scoring.models import load_ensemble
+
+    return load_ensemble(
+        checkpoint=args.checkpoint,
+        detector=args.detector,
+        weights=args.weights,
+        overrides=args.set,
+        ensemble=args.ensemble,
+        faces=args.faces,
+        combine=args.combine,
+    ).to(device)
+
+
 def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
     """The device and autocast dtype of the command line."""
     import torch
@@ -337,7 +352,6 @@ def extras_status(args: argparse.Namespace) -> dict[str, str]:
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
     from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
-    from deepsift.scoring.models import load_ensemble
     from deepsift.scoring.output import OutputFile
     from deepsift.scoring.runner import Scorer, Stats
 
@@ -345,15 +359,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if not inputs:
         raise UserError("nothing to score: pass files, folders, patterns or --from-file LIST")
     device, amp = resolve(args)
-    ensemble = load_ensemble(
-        checkpoint=args.checkpoint,
-        detector=args.detector,
-        weights=args.weights,
-        overrides=args.set,
-        ensemble=args.ensemble,
-        faces=args.faces,
-        combine=args.combine,
-    ).to(device)
+    ensemble = ensemble_from_args(args, device)
     bands = (
         load_calibration(args.calibration, ensemble.identity())
         if args.calibration
@@ -408,19 +414,10 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         labelled_paths,
         write_calibration,
     )
-    from deepsift.scoring.models import load_ensemble
     from deepsift.scoring.runner import MemorySink, Scorer
 
     device, amp = resolve(args)
-    ensemble = load_ensemble(
-        checkpoint=args.checkpoint,
-        detector=args.detector,
-        weights=args.weights,
-        overrides=args.set,
-        ensemble=args.ensemble,
-        faces=args.faces,
-        combine=args.combine,
-    ).to(device)
+    ensemble = ensemble_from_args(args, device)
     pairs = labelled_paths(args.calibrate)
     labels = dict(pairs)
     args.no_provenance = args.no_pdq = True
