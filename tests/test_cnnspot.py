@@ -15,6 +15,7 @@ from deepsift.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.cnnspot import CNNSpot
+from tests.detector_checks import overfit
 
 #: torchvision ``resnet50(num_classes=1)``, which CNNDetection's networks/resnet.py copies
 REFERENCE_PARAMETERS = 23_510_081
@@ -131,17 +132,8 @@ def test_overfits_a_tiny_batch(detector: CNNSpot) -> None:
     assert isinstance(optimizer, torch.optim.Adam) and scheduler is None
     assert optimizer.param_groups[0]["lr"] == 1e-4
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
-    optimizer = torch.optim.Adam(det.parameters(), lr=1e-3)
     batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0.0, 1.0, 1.0, 0.0])}
-    det.train()
-    for _step in range(40):
-        loss = det.training_step(batch)["loss"]
-        if loss.item() < 0.05:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05
+    assert overfit(det, batch, steps=40, lr=1e-3) < 0.05
 
 
 def test_config_composes() -> None:

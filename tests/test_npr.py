@@ -16,6 +16,7 @@ from deepsift.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.npr import NPR
+from tests.detector_checks import overfit, parameters_without_gradient
 
 #: the reference networks/resnet.py ``resnet50(num_classes=1)``: 3x3 stem, layer1, layer2, fc1
 REFERENCE_PARAMETERS = 1_437_761
@@ -160,31 +161,16 @@ def test_forward_at_test_size_and_odd_sizes(detector: NPR) -> None:
 
 
 def test_backward_reaches_every_parameter(detector: NPR) -> None:
-    detector.train()
-    detector.zero_grad(set_to_none=True)
+    assert all(p.requires_grad for p in detector.parameters())
     batch = {"image": torch.randn(2, 3, 64, 64), "label": torch.tensor([0.0, 1.0])}
-    detector.training_step(batch)["loss"].backward()
-    trainable = [(n, p) for n, p in detector.named_parameters() if p.requires_grad]
-    assert len(trainable) == len(list(detector.parameters())) > 0
-    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert not missing
-    detector.zero_grad(set_to_none=True)
+    assert not parameters_without_gradient(detector, batch)
 
 
 def test_overfits_a_tiny_batch() -> None:
     torch.manual_seed(0)
     det = NPR()
-    optimizer = torch.optim.Adam(det.parameters(), lr=1e-3)
     batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0.0, 1.0, 1.0, 0.0])}
-    det.train()
-    for _step in range(60):
-        loss = det.training_step(batch)["loss"]
-        if loss.item() < 0.05:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05
+    assert overfit(det, batch, steps=60, lr=1e-3) < 0.05
 
 
 def test_config_composes_with_the_reference_schedule() -> None:
