@@ -112,6 +112,7 @@ def table(rows: list[dict[str, Any]], train_family: str) -> str:
         f"in-family ({train_family})",
         "cross-family (mean)",
         *others,
+        "budget",
         "min",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
