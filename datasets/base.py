@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from datasets.images import to_rgb, upright_transpose
 from datasets.reencode import reencode
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,18 @@ class DataSource(Protocol):
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB (grayscale, palette, RGBA and 16-bit files converted)."""
+    """Open an image file as 8-bit RGB, upright by its EXIF orientation.
+
+    The conversions (grayscale, palette, alpha on white, 16-bit high byte) are
+    :mod:`datasets.images`', shared with ``score.py``.
+    """
     with Image.open(path) as img:
         img.load()
-        if img.mode == "I;16" or img.mode == "I":
-            img = img.point(lambda v: v / 256).convert("L")
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            return background
-        return img.convert("RGB")
+        method = upright_transpose(img)
+        rgb = to_rgb(img)
+        if method is not None:
+            return rgb.transpose(method)
+        return rgb.copy() if rgb is img else rgb
 
 
 class RecordDataset(Dataset):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from deepsift.scoring.decode import ItemError, decode_frames, decode_image, to_rgb
+from datasets.images import to_rgb
+from deepsift.scoring.decode import ItemError, decode_frames, decode_image
 from deepsift.scoring.video import sample_indices
-from tests.scoring_fixtures import animated, encode, noise, png16, png_bomb_header
+from tests.scoring_fixtures import GOOD, animated, encode, make_zoo, noise, png16, png_bomb_header
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -127,3 +130,18 @@ def test_float_and_32_bit_modes() -> None:
     assert pixels(to_rgb(as_float))[..., 0].max() == 255
     as_int = Image.fromarray(np.full((2, 2), 70000, np.int32), "I")
     assert pixels(to_rgb(as_int))[0, 0, 0] == 255
+
+
+def test_training_loader_reads_what_scoring_decodes(tmp_path: Path) -> None:
+    """evaluate.py (load_rgb) and score.py (decode_image) must see the same pixels, or a
+    threshold calibrated on one would not hold on the other."""
+    from datasets.base import load_rgb
+
+    make_zoo(tmp_path)
+    for name in GOOD:
+        path = tmp_path / name
+        decoded = decode_image(path.read_bytes()).image
+        np.testing.assert_array_equal(pixels(load_rgb(path)), pixels(decoded), err_msg=name)
+    with Image.open(tmp_path / "rotated.jpg") as reference:
+        upright = pixels(ImageOps.exif_transpose(reference).convert("RGB"))
+    np.testing.assert_array_equal(pixels(load_rgb(tmp_path / "rotated.jpg")), upright)

@@ -1,14 +1,9 @@
 """Bytes to an 8-bit RGB image, with the hard cases handled or refused with a short reason.
 
 * The format is recognised by content (Pillow's sniffing), never by extension.
-* CMYK, palette, grayscale and YCbCr become RGB with Pillow's conversions; 16-bit
-  and 32-bit integer images keep their high byte (``v >> 8``, as training's
-  :func:`datasets.base.load_rgb` does; Pillow's own conversion would clip them);
-  floating-point images are taken as [0, 1] when they fit, else clipped.
-* Transparency is composited on white, as :func:`datasets.base.load_rgb` does
-  for training, so scoring sees what training saw.
-* EXIF orientation is applied (:func:`PIL.ImageOps.exif_transpose`); width and
-  height are reported as displayed.
+* Modes become 8-bit RGB and EXIF orientation is applied by :mod:`datasets.images`,
+  the conversion training and evaluation use too (:func:`datasets.base.load_rgb`),
+  so scoring sees what training saw; width and height are reported as displayed.
 * Animated GIF / WebP / PNG: the first frame, or frames chosen by the caller.
 * Refused with :class:`ItemError`: empty data, data that is not an image,
   truncated or corrupt files, images above the pixel limit (decompression bombs,
@@ -23,8 +18,9 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from datasets.images import to_rgb, upright_transpose
 
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 512 * 2**20
@@ -88,40 +84,13 @@ def load_frame(image: Image.Image, frame: int = 0) -> Image.Image:
     return image
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB (see the module docstring for the conversions)."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if mode == "RGB":
-        return image
-    return image.convert("RGB")
-
-
-def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "F":
-        values = array.astype(np.float64)
-        finite = values[np.isfinite(values)]
-        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8)
-    # the high byte, as datasets.base.load_rgb does for training (v / 256, truncated)
-    return (np.clip(array.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
-
-
 def decode_image(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> DecodedImage:
     """``raw`` bytes as an 8-bit RGB image of frame ``frame``, EXIF orientation applied."""
     opened = open_image(raw, max_pixels)
     loaded = load_frame(opened, frame)
     try:
         stored = to_rgb(loaded)
-        method = _TRANSPOSE.get(_orientation(loaded))
+        method = upright_transpose(loaded)
         rgb = stored.transpose(method) if method is not None else stored
     except (OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise ItemError(f"cannot convert image to RGB ({_first_line(exc)})") from None
@@ -143,7 +112,7 @@ def decode_frames(
     if not first.animated:
         return first, [(0, first.image)]
     opened = open_image(raw, max_pixels)
-    method = _TRANSPOSE.get(_orientation(opened))
+    method = upright_transpose(opened)
     frames = []
     for index in indices_for(frame_count(opened)):
         try:
@@ -159,25 +128,6 @@ def frame_count(image: Image.Image, cap: int = 10_000) -> int:
     try:
         return max(1, min(int(getattr(image, "n_frames", 1)), cap))
     except (OSError, ValueError, EOFError):
-        return 1
-
-
-# EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose)
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(0x0112, 1) or 1)
-    except (OSError, ValueError, SyntaxError, TypeError):
         return 1
 
 
