@@ -135,3 +135,26 @@ def test_nan_and_infinity_never_reach_the_file(tmp_path: Path) -> None:
     sink.close()
     record = json.loads(path.read_text(encoding="utf-8"))
     assert record["score"] is None and record["scores"] == {"m": None}
+
+
+def test_csv_never_hands_a_spreadsheet_a_formula(tmp_path: Path) -> None:
+    names = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3+cmd", "@SUM(A1)", "\tx", "'quoted", "ok"]
+    written = [
+        new_record(path="/in.zip", member=name, member_index=i, kind="image", error=name)
+        for i, name in enumerate(names)
+    ]
+    path = tmp_path / "o.csv"
+    sink = OutputFile(path, "csv")
+    offsets = sink.write(written)
+    sink.close()
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row, name in zip(rows, names, strict=True):
+        for column in ("member", "error"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t")), row[column]
+            assert row[column] == (name if name == "ok" else "'" + name)
+    resumed = OutputFile(path, "csv", resume=True)
+    for offset, record in zip(offsets, written, strict=True):
+        back = resumed.read_at(offset)
+        assert (back["member"], back["error"]) == (record["member"], record["error"])
+    assert resumed.state.n_items == len(names)

@@ -3,8 +3,10 @@
 Every record has every field below, in this order, ``null`` (empty in CSV) when
 it does not apply. JSONL writes one JSON object per line, UTF-8, with newlines
 and control characters in names escaped by JSON itself; CSV quotes fields as
-RFC 4180 does (a name holding a newline stays one quoted field) and writes the
-nested fields as JSON text. Bytes of a file name that are not valid UTF-8 are
+RFC 4180 does (a name holding a newline stays one quoted field), writes the
+nested fields as JSON text, and puts a ``'`` before any text cell that starts with
+``= + - @ '``, a tab or a carriage return, so that no spreadsheet runs a file name
+as a formula (``--resume`` strips it again; JSONL keeps names as they are). Bytes of a file name that are not valid UTF-8 are
 written as ``\\udcXX`` escapes (JSON reads them back as the same name).
 
 ``path``
@@ -168,6 +170,12 @@ def encode_jsonl(record: dict[str, Any]) -> bytes:
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
+#: a text cell starting with one of these is read as a formula by spreadsheets (an
+#: attacker names an archive member ``=HYPERLINK(...)``): CSV writes it after a ``'``,
+#: as OWASP advises, and ``'`` itself is escaped the same way so the name reads back exactly
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 def _csv_cell(name: str, value: Any) -> str:
     if value is None:
         return ""
@@ -177,7 +185,8 @@ def _csv_cell(name: str, value: Any) -> str:
         return "true" if value else "false"
     if name in _FLOAT:
         return repr(float(value))
-    return str(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def encode_csv(record: dict[str, Any]) -> bytes:
@@ -205,7 +214,7 @@ def decode_csv_row(row: list[str]) -> dict[str, Any]:
         elif name in _BOOL:
             out[name] = cell == "true"
         else:
-            out[name] = cell
+            out[name] = cell[1:] if cell.startswith("'") else cell
     return out
 
 
