@@ -20,6 +20,7 @@ own test-time preprocessing, so the training engine, ``evaluate.py``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ from torch import nn
 from detectors.preprocessing import Preprocessing, as_preprocessing
 
 ImageLike = str | Path | Image.Image | np.ndarray
+
+#: DeepfakeBench's optimiser (``optimizer: adam`` in its detector configs: lr 2e-4,
+#: betas (0.9, 0.999), eps 1e-8, weight decay 5e-4). The default of every detector that
+#: trains as DeepfakeBench does: the same values for the same reason.
+DEEPFAKEBENCH_ADAM: Callable[..., torch.optim.Optimizer] = functools.partial(
+    torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
+)
 
 
 def to_pil(image: ImageLike) -> Image.Image:
@@ -184,6 +192,41 @@ class Detector(nn.Module):
         if chunk:
             flush()
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+class BackboneClassifier(Detector):
+    """A feature backbone, dropout and one linear fake logit: ``head(dropout(backbone(x)))``.
+
+    The layout of the single-backbone face classifiers (Xception, EfficientNet-B4):
+    ``backbone`` maps (B, 3, H, W) images to pooled (B, ``num_features``) features,
+    ``dropout`` has no parameters, and ``head`` is ``Linear(num_features, 1)``, so the
+    state dict is ``backbone.*``, ``head.weight`` and ``head.bias``. Subclasses build
+    the backbone, pass it here and add their own weight loading.
+
+    Args:
+        backbone: the feature extractor (its ``forward`` returns pooled features).
+        num_features: the width of those features.
+        drop_rate: dropout before ``head`` (0: none).
+        preprocessing, optimizer, scheduler: see :class:`Detector`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        drop_rate: float,
+        preprocessing: Preprocessing | dict[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__(preprocessing, optimizer, scheduler)
+        self.backbone = backbone
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(num_features, 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        features = self.backbone(batch["image"])
+        return {"logits": self.head(self.dropout(features)).squeeze(1)}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

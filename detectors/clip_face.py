@@ -54,7 +54,6 @@ takes this detector's checkpoints or a ``{weight, bias}`` head of shape (1, D).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,10 @@ import torch
 from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from detectors.base import DEEPFAKEBENCH_ADAM
 from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.cnnspot import cnndetection_train_transform, merge_preprocessing, train_variant
-from detectors.preprocessing import Preprocessing
+from detectors.cnnspot import cnndetection_train_transform
+from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 #: CLIP's preprocessing: bicubic resize of the shorter side to 224, centre crop, CLIP mean/std
 DEFAULT_PREPROCESSING: dict[str, Any] = {
@@ -113,9 +113,7 @@ class ClipFace(ClipLinearProbe):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             model_name=model_name,
             pretrained=pretrained,
@@ -132,8 +130,7 @@ class ClipFace(ClipLinearProbe):
             scheduler=scheduler,
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         self.fc = nn.Linear(self.feature_dim, 1)  # PyTorch's default init, as the reference head
 

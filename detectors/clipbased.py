@@ -23,10 +23,14 @@ from deepsift import distributed as dist
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
 from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
-from detectors.cnnspot import merge_preprocessing
+from detectors.closed_form import (
+    fit_on_main,
+    gathered_training_set,
+    linear_classifier,
+    training_set_problem,
+)
 from detectors.durall_spectrum import NotFittedError
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +181,6 @@ class ClipBased(ClipLinearProbe):
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """The classifier's hyperplane in feature space, or ``{"error": ...}``."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.svm import LinearSVC
-
         problem = training_set_problem("ClipBased", x, y)
         if problem:
             return {"error": problem}
@@ -188,21 +189,7 @@ class ClipBased(ClipLinearProbe):
         scale = x.std(axis=0) if self.standardize else np.ones(x.shape[1])
         scale = np.where(scale < 1e-12, 1.0, scale)
         z = (x - mean) / scale
-        if self.classifier == "svm":
-            model: Any = LinearSVC(
-                C=self.C,
-                loss="hinge",
-                dual=True,
-                max_iter=self.max_iter,
-                random_state=self.random_state,
-            )
-        else:
-            model = LogisticRegression(
-                C=self.C,
-                solver="liblinear",
-                max_iter=self.max_iter,
-                random_state=self.random_state,
-            )
+        model = linear_classifier(self.classifier, self.C, self.max_iter, self.random_state)
         model.fit(z, labels)
         coef = model.coef_.reshape(-1) / scale
         bias = float(np.asarray(model.intercept_).reshape(-1)[0] - (coef * mean).sum())

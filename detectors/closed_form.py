@@ -58,3 +58,17 @@ def training_set_problem(
     if bad:
         return f"{name} computed non-finite {what} for {bad} training images; check them for empty or constant content"
     return None
+
+
+def linear_classifier(kind: str, C: float, max_iter: int, random_state: int) -> Any:
+    """An unfitted scikit-learn linear classifier: ``"svm"`` or ``"logistic"``.
+
+    ``svm``: ``LinearSVC`` with the hinge loss (dual); anything else:
+    ``LogisticRegression`` with the liblinear solver.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if kind == "svm":
+        return LinearSVC(C=C, loss="hinge", dual=True, max_iter=max_iter, random_state=random_state)
+    return LogisticRegression(C=C, solver="liblinear", max_iter=max_iter, random_state=random_state)

@@ -31,7 +31,13 @@ from torchvision.models import resnet50
 from deepsift.checkpoint import read_state_dict
 from deepsift.errors import UserError
 from detectors.base import Detector
-from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from detectors.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    merge_preprocessing,  # first defined here, so still importable from detectors.cnnspot
+    train_variant,  # likewise
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +69,6 @@ IMAGENET_FILES = ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth")
 
 
 # -- shared by the CNNDetection family ------------------------------------------------
-def merge_preprocessing(
-    defaults: Mapping[str, Any], value: Preprocessing | Mapping[str, Any] | None
-) -> Preprocessing:
-    """A :class:`Preprocessing` from a detector's defaults overridden by a config's fields."""
-    if isinstance(value, Preprocessing):
-        return value
-    return Preprocessing(**{**defaults, **dict(value or {})})
-
-
-def train_variant(base: Preprocessing, overrides: Mapping[str, Any] | None) -> Preprocessing:
-    """``base`` with the fields that differ in training (e.g. a resize before the random crop)."""
-    fields = {f.name for f in dataclasses.fields(Preprocessing)}
-    unknown = sorted(set(overrides or {}) - fields)
-    if unknown:
-        raise UserError(
-            f"train_preprocessing has unknown fields {', '.join(unknown)}; "
-            f"valid fields: {', '.join(sorted(fields))}"
-        )
-    return dataclasses.replace(base, **dict(overrides or {}))
-
-
 def cnndetection_augment(image: Image.Image, p: Preprocessing) -> Image.Image:
     """CNNDetection's ``data_augment``: Gaussian blur, then JPEG, each with its probability.
 
@@ -231,8 +216,7 @@ class CNNSpot(Detector):
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         imagenet = _imagenet_weights(pretrained_file) if pretrained else None
         net = resnet50(num_classes=1)

@@ -77,7 +77,6 @@ Two-class heads become the fake logit exactly: ``w = w[1] - w[0]``, ``b = b[1] -
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 from collections.abc import Callable
@@ -93,9 +92,12 @@ from torchvision.transforms import functional as TF
 
 from deepsift.checkpoint import load_state_dict_strict
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.cnnspot import merge_preprocessing
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 from detectors.xception import (
     XCEPTION_FEATURES,
     read_xception_file,
@@ -107,15 +109,7 @@ log = logging.getLogger(__name__)
 
 #: DeepfakeBench: faces resized to 256 x 256 (``cv2.INTER_CUBIC``), mean = std = 0.5;
 #: the flip is the official augmentations' ``RandomHorizontalFlip``
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 256,
-    "resize": "square",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-    "hflip": 0.5,
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "hflip": 0.5}
 #: the official ``main.py`` input size (``--size 299``, ``Resize(299)``)
 OFFICIAL_SIZE = 299
 #: the official ``get_augs`` names (``DFDC_selim`` needs albumentations: not offered)
@@ -190,9 +184,7 @@ class CORE(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )

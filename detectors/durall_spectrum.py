@@ -21,8 +21,13 @@ import torch
 from deepsift import distributed as dist
 from deepsift.errors import UserError
 from detectors.base import Detector
-from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
-from detectors.preprocessing import Preprocessing
+from detectors.closed_form import (
+    fit_on_main,
+    gathered_training_set,
+    linear_classifier,
+    training_set_problem,
+)
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +174,9 @@ class DurallSpectrum(Detector):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = {**DEFAULT_PREPROCESSING, **dict(preprocessing or {})}
-        super().__init__(preprocessing, optimizer, scheduler)
+        super().__init__(
+            merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
+        )
         for name, value, valid in (
             ("normalization", normalization, NORMALIZATIONS),
             ("interpolation", interpolation, INTERPOLATIONS),
@@ -296,9 +301,7 @@ class DurallSpectrum(Detector):
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Fit StandardScaler + the linear classifier; plain arrays out, or ``{"error": ...}``."""
-        from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
-        from sklearn.svm import LinearSVC
 
         problem = training_set_problem("DurallSpectrum", x, y)
         if problem:
@@ -306,21 +309,7 @@ class DurallSpectrum(Detector):
         labels = np.rint(y).astype(np.int64)
         scaler = StandardScaler().fit(x)
         z = scaler.transform(x)
-        if self.classifier == "svm":
-            model = LinearSVC(
-                C=self.C,
-                loss="hinge",
-                dual=True,
-                max_iter=self.max_iter,
-                random_state=self.random_state,
-            )
-        else:
-            model = LogisticRegression(
-                C=self.C,
-                solver="liblinear",
-                max_iter=self.max_iter,
-                random_state=self.random_state,
-            )
+        model = linear_classifier(self.classifier, self.C, self.max_iter, self.random_state)
         model.fit(z, labels)
         return {
             "scaler_mean": scaler.mean_,

@@ -59,7 +59,6 @@ S x S), so images are resized to it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -72,8 +71,8 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 from detectors.xception import (
     XCEPTION_FEATURES,
     fake_logit_head,
@@ -278,12 +277,10 @@ class F3Net(Detector):
         if mode not in MODES:
             raise UserError(f"detector.mode must be one of {', '.join(MODES)}, not {mode!r}")
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = Preprocessing(**{**DEFAULT_PREPROCESSING, **dict(preprocessing or {})})
-        super().__init__(preprocessing, optimizer, scheduler)
+            optimizer = DEEPFAKEBENCH_ADAM
+        super().__init__(
+            merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
+        )
         self.mode = mode
         streams = 0
         if mode in ("mix", "both", "fad"):

@@ -16,7 +16,6 @@ detects forgeries of unseen methods.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.errors import UserError
-from detectors.base import Detector
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.blending import (
     HULL_KINDS,
     LANDMARKS_OK,
@@ -60,20 +59,16 @@ from detectors.blending import (
     warp_affine,
     weighted_bce,
 )
-from detectors.cnnspot import merge_preprocessing
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench's facexray.yaml: 256 x 256 (``cv2.resize``, bicubic), mean = std = 0.5
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 256,
-    "resize": "square",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(DEEPFAKEBENCH_FACE_PREPROCESSING)
 #: ``bce``: the paper's cross-entropy on a sigmoid map; ``mse``: DeepfakeBench's squared error
 BOUNDARY_LOSSES = ("bce", "mse")
 #: what to do with fake training records (the paper's main setting uses reals only)
@@ -339,9 +334,7 @@ class FaceXray(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )

@@ -24,7 +24,7 @@ from deepsift.errors import UserError
 from detectors.base import Detector
 from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.durall_spectrum import NotFittedError
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ class FrankDCT(Detector):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = {**DEFAULT_PREPROCESSING, **dict(preprocessing or {})}
-        super().__init__(preprocessing, optimizer, scheduler)
+        super().__init__(
+            merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
+        )
         p = self.preprocessing
         if p.crop == "center":
             side = p.size

@@ -23,13 +23,15 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.cnnspot import (
-    cnndetection_train_transform,
+from detectors.cnnspot import cnndetection_train_transform
+from detectors.npr import bottleneck_layer, init_resnet_weights
+from detectors.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
     merge_preprocessing,
     train_variant,
 )
-from detectors.npr import bottleneck_layer, init_resnet_weights
-from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 #: the official test-time preprocessing (``test.py``, ForenSynths: ``no_resize=False``,
 #: ``no_crop=True``): ``Resize((256, 256))`` (bilinear), ``ToTensor``, ImageNet ``Normalize``
@@ -173,8 +175,7 @@ class FreqNet(Detector):
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         for i, (cin, cout) in enumerate(((3, 64), (64, 64), (256, 256), (256, 256)), start=1):
             setattr(self, f"weight{i}", nn.Parameter(torch.randn(cout, cin, 1, 1)))

@@ -32,8 +32,7 @@ from torchvision.transforms import functional as TF
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.errors import UserError
 from detectors.base import Detector
-from detectors.cnnspot import merge_preprocessing
-from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from deepsift.checkpoint import load_state_dict_strict
 from deepsift.errors import UserError
 from detectors.base import Detector
 from detectors.keras_h5 import KerasLayer, is_hdf5, layers_by_kind, read_keras_h5
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,11 @@ class MesoNet(Detector):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = {**DEFAULT_PREPROCESSING, **dict(preprocessing or {})}
         if optimizer is None:  # Keras 2 Adam(lr=0.001): betas 0.9/0.999, epsilon 1e-7
             optimizer = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
-        super().__init__(preprocessing, optimizer, scheduler)
+        super().__init__(
+            merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
+        )
         if loss not in LOSSES:
             raise UserError(
                 f"{type(self).__name__} loss must be one of {', '.join(LOSSES)}, not {loss!r}"

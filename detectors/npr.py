@@ -25,12 +25,14 @@ from torchvision.models.resnet import Bottleneck
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.cnnspot import (
-    cnndetection_train_transform,
+from detectors.cnnspot import cnndetection_train_transform
+from detectors.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
     merge_preprocessing,
     train_variant,
 )
-from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,7 @@ class NPR(Detector):
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

@@ -9,9 +9,10 @@ off unless the detector's config turns them on.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,8 +20,25 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import functional as TF
 
+from deepsift.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: DeepfakeBench's test-time face input, produced by the data pipeline all its
+#: detectors share: the face crop resized to ``resolution`` 256 x 256 with
+#: ``cv2.resize`` (``INTER_CUBIC``), ``ToTensor``, ``Normalize(mean=0.5, std=0.5)``.
+#: CORE, Face X-ray, RECCE, SPSL and SRM follow DeepfakeBench's protocol, so their
+#: ``DEFAULT_PREPROCESSING`` start from this one constant: the same values for the
+#: same reason. Training-only fields (flip, blur, JPEG) stay in each detector's file.
+DEEPFAKEBENCH_FACE_PREPROCESSING: Mapping[str, Any] = dict(
+    size=256,
+    resize="square",
+    interpolation="bicubic",
+    crop="none",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
 
 _INTERPOLATION = {
     "nearest": TF.InterpolationMode.NEAREST,
@@ -126,10 +144,41 @@ class Preprocessing:
         return TF.normalize(tensor, self.mean, self.std)
 
 
-def as_preprocessing(value: Preprocessing | dict[str, Any] | None) -> Preprocessing:
-    """Accept a Preprocessing, a plain dict from a config, or None (defaults)."""
-    if value is None:
-        return Preprocessing()
+def merge_preprocessing(
+    defaults: Mapping[str, Any], value: Preprocessing | Mapping[str, Any] | None
+) -> Preprocessing:
+    """A detector's ``preprocessing`` argument as a :class:`Preprocessing`.
+
+    A :class:`Preprocessing` is used as it is; a config's fields (a dict) override
+    the detector's ``defaults``; ``None`` means the defaults.
+    """
     if isinstance(value, Preprocessing):
         return value
-    return Preprocessing(**dict(value))
+    return Preprocessing(**{**defaults, **dict(value or {})})
+
+
+def as_preprocessing(value: Preprocessing | Mapping[str, Any] | None) -> Preprocessing:
+    """Accept a Preprocessing, a plain dict from a config, or None (defaults)."""
+    return merge_preprocessing({}, value)
+
+
+def train_variant(
+    base: Preprocessing,
+    overrides: Mapping[str, Any] | None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Preprocessing:
+    """``base`` with the fields that differ in training (e.g. a resize before the random crop).
+
+    ``overrides`` (a detector's ``train_preprocessing`` argument) replaces the
+    detector's ``defaults`` as a whole; ``None`` means the defaults.
+    """
+    if overrides is None:
+        overrides = defaults
+    fields = {f.name for f in dataclasses.fields(Preprocessing)}
+    unknown = sorted(set(overrides or {}) - fields)
+    if unknown:
+        raise UserError(
+            f"train_preprocessing has unknown fields {', '.join(unknown)}; "
+            f"valid fields: {', '.join(sorted(fields))}"
+        )
+    return dataclasses.replace(base, **dict(overrides or {}))

@@ -74,7 +74,6 @@ state dict. Two-class heads become the fake logit exactly (``w1 - w0``, ``b1 - b
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -86,24 +85,19 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.cnnspot import merge_preprocessing
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 from detectors.xception import XCEPTION_FEATURES, fake_logit_head, xception_backbone
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench: faces resized to 256 x 256 (``cv2.INTER_CUBIC``), mean = std = 0.5;
 #: the official training flips horizontally (p 0.5)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 256,
-    "resize": "square",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-    "hflip": 0.5,
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "hflip": 0.5}
 #: the ImageNet classifier of the reference's timm encoder, never used
 ENCODER_IMAGENET_HEAD = ("encoder.fc.weight", "encoder.fc.bias")
 #: tensors of DeepfakeBench's Xception (``backbone.*`` of recce_best.pth) besides the network's
@@ -340,9 +334,7 @@ class Recce(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )

@@ -85,7 +85,7 @@ from deepsift import distributed as dist
 from deepsift.errors import UserError
 from detectors.base import Detector
 from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -374,9 +374,9 @@ class AEROBLADE(Detector):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = {**DEFAULT_PREPROCESSING, **dict(preprocessing or {})}
-        super().__init__(preprocessing, optimizer, scheduler)
+        super().__init__(
+            merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
+        )
         if reduction not in REDUCTIONS:
             raise UserError(f"reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}")
         if temperature <= 0:

@@ -48,9 +48,8 @@ from detectors.blending import (
     warn_once,
     weighted_bce,
 )
-from detectors.cnnspot import merge_preprocessing
 from detectors.efficientnet import convert_efficientnet_pytorch_keys, efficientnet_b4_backbone
-from detectors.preprocessing import Preprocessing
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ checkpoints (:func:`split_deepfakebench_xception`), shared with
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,23 +28,20 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.cnnspot import merge_preprocessing, train_variant
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+    train_variant,
+)
 from detectors.xception import XCEPTION_FEATURES, xception_backbone
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench's test-time input: ``cv2.resize`` to 256 x 256 (``INTER_CUBIC``),
 #: ``ToTensor``, ``Normalize(mean=0.5, std=0.5)``
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 256,
-    "resize": "square",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(DEEPFAKEBENCH_FACE_PREPROCESSING)
 
 #: what ``spsl.yaml`` (``use_data_augmentation: true``) adds in training, where
 #: :class:`Preprocessing` can express it: flip p=0.5, Gaussian blur p=0.5 (kernel
@@ -209,15 +205,12 @@ class SPSL(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         self.shallow = shallow
         self.backbone = spsl_backbone(pretrained_file)

@@ -27,7 +27,6 @@ modules its header says "are provided by the authors", on
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,9 +38,8 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.cnnspot import merge_preprocessing
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 from detectors.spsl import (
     DEFAULT_PREPROCESSING,
     is_deepfakebench_file,
@@ -360,9 +358,7 @@ class SRMTwoStream(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
+            optimizer = DEEPFAKEBENCH_ADAM
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )

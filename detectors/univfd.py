@@ -22,8 +22,8 @@ from torch import nn
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
 from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.cnnspot import cnndetection_train_transform, merge_preprocessing, train_variant
-from detectors.preprocessing import Preprocessing
+from detectors.cnnspot import cnndetection_train_transform
+from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class UnivFD(ClipLinearProbe):
             scheduler=scheduler,
         )
         self.train_preprocessing = train_variant(
-            self.preprocessing,
-            DEFAULT_TRAIN_PREPROCESSING if train_preprocessing is None else train_preprocessing,
+            self.preprocessing, train_preprocessing, DEFAULT_TRAIN_PREPROCESSING
         )
         self.fc = nn.Linear(self.feature_dim, 1)
         nn.init.normal_(self.fc.weight, 0.0, init_gain)

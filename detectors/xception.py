@@ -46,7 +46,6 @@ ImageNet start needs a local file (``pretrained_file``): nothing is downloaded.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -58,8 +57,8 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, BackboneClassifier
+from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ def read_xception_file(path: str | Path) -> dict[str, Any]:
         return state
 
 
-class XceptionDetector(Detector):
+class XceptionDetector(BackboneClassifier):
     """ImageNet Xception, global average pooling, one fake logit (``head``: 2048 -> 1).
 
     State dict: ``backbone.*`` (timm ``legacy_xception``, the Cadene names)
@@ -274,19 +273,12 @@ class XceptionDetector(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = Preprocessing(**{**DEFAULT_PREPROCESSING, **dict(preprocessing or {})})
-        super().__init__(preprocessing, optimizer, scheduler)
-        self.backbone = xception_backbone(3, pretrained_file)
-        self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(XCEPTION_FEATURES, 1)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = self.backbone(batch["image"])
-        return {"logits": self.head(self.dropout(features)).squeeze(1)}
+            optimizer = DEEPFAKEBENCH_ADAM
+        preprocessing = merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing)
+        backbone = xception_backbone(3, pretrained_file)
+        super().__init__(
+            backbone, XCEPTION_FEATURES, drop_rate, preprocessing, optimizer, scheduler
+        )
 
     def load_weights(self, path: str | Path) -> None:
         """Load a community or deepsift Xception file strictly (see the class docstring)."""

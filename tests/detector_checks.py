@@ -2,15 +2,18 @@
 
 Each detector's test file writes its own reference figures (parameter counts,
 expected shapes); these helpers only run the detector through the interface
-that ``train.py`` uses (``transform`` -> collate -> ``training_step``).
+that ``train.py`` uses (``transform`` -> collate -> ``training_step``), or make
+the synthetic images several detectors' tests fit on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from datasets.base import Record, collate_samples
@@ -83,3 +86,92 @@ def overfit(
         out.backward()
         optimizer.step()
     return loss
+
+
+# -- closed-form detectors: a separable toy set and one training pass -------------------
+def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Photo-like content: low-resolution noise upsampled bilinearly, plus sensor-like noise."""
+    small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), np.float64)
+    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def upsampled_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The same content through a nearest-neighbour x2 up-sampler (a generator's fingerprint)."""
+    half = Image.fromarray(smooth_image(rng, size)).resize((size // 2, size // 2), Image.BILINEAR)
+    return np.asarray(half.resize((size, size), Image.NEAREST))
+
+
+def upsampling_set(seed: int, per_class: int, size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``per_class`` smooth (label 0) then ``per_class`` up-sampled (label 1) uint8 images."""
+    rng = np.random.default_rng(seed)
+    images = [smooth_image(rng, size) for _ in range(per_class)]
+    images += [upsampled_image(rng, size) for _ in range(per_class)]
+    return images, np.array([0] * per_class + [1] * per_class)
+
+
+def fit_closed_form(
+    detector: Detector, images: Sequence[np.ndarray], labels: np.ndarray, batch_size: int = 16
+) -> None:
+    """What the engine does for a closed-form detector: one pass of training steps, then the hook."""
+    detector.train()
+    for start in range(0, len(images), batch_size):
+        samples = [
+            detector.train_transform({"image": Image.fromarray(im), "record": None})
+            for im in images[start : start + batch_size]
+        ]
+        batch = torch.utils.data.default_collate(samples)
+        batch["label"] = torch.as_tensor(labels[start : start + batch_size], dtype=torch.float32)
+        assert detector.training_step(batch) == {}
+    detector.on_train_epoch_end()
+
+
+# -- an independent forward pass: torchvision's ResNet Bottleneck, functionally ---------------
+def batch_norm(x: torch.Tensor, state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Eval-mode ``BatchNorm2d`` ``name`` of ``state`` (eps 1e-5), functionally."""
+    return F.batch_norm(
+        x,
+        state[f"{name}.running_mean"],
+        state[f"{name}.running_var"],
+        state[f"{name}.weight"],
+        state[f"{name}.bias"],
+        training=False,
+        eps=1e-5,
+    )
+
+
+def bottleneck(
+    x: torch.Tensor, state: dict[str, torch.Tensor], name: str, stride: int
+) -> torch.Tensor:
+    """torchvision's ``Bottleneck`` ``name`` of ``state`` (stride on the 3x3 conv), functionally."""
+    out = F.relu(batch_norm(F.conv2d(x, state[f"{name}.conv1.weight"]), state, f"{name}.bn1"))
+    out = F.conv2d(out, state[f"{name}.conv2.weight"], stride=stride, padding=1)
+    out = F.relu(batch_norm(out, state, f"{name}.bn2"))
+    out = batch_norm(F.conv2d(out, state[f"{name}.conv3.weight"]), state, f"{name}.bn3")
+    identity = x
+    if f"{name}.downsample.0.weight" in state:
+        identity = F.conv2d(x, state[f"{name}.downsample.0.weight"], stride=stride)
+        identity = batch_norm(identity, state, f"{name}.downsample.1")
+    return F.relu(out + identity)
+
+
+# -- learning-rate schedules ------------------------------------------------------------------
+def step_decay_every_10_epochs(lr: float, factor: float, epochs: int) -> list[float]:
+    """Each epoch's lr under the NPR/FreqNet ``train.py`` (``delr_freq 10``): multiplied by
+    ``factor`` at the end of epoch ``e`` (from 0) when ``e % 10 == 0`` and ``e != 0``."""
+    lrs = []
+    for epoch in range(epochs):
+        lrs.append(lr)
+        if epoch % 10 == 0 and epoch != 0:
+            lr *= factor
+    return lrs
+
+
+def lrs_per_epoch(optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int) -> list[float]:
+    """Each epoch's lr as deepsift trains: the scheduler stepped once per epoch."""
+    lrs = []
+    for _epoch in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: a no-op that keeps the step order torch expects
+        scheduler.step()
+    return lrs

@@ -19,50 +19,15 @@ from detectors.durall_spectrum import (
     radius_bins,
 )
 from detectors.factory import build_detector
+from tests.detector_checks import fit_closed_form, smooth_image, upsampling_set
 
 SIZE = 64
-
-
-def _smooth(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Photo-like content: low-resolution noise upsampled bilinearly, plus sensor-like noise."""
-    small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), np.float64)
-    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
-
-
-def _upsampled(rng: np.random.Generator, size: int) -> np.ndarray:
-    """The same content through a nearest-neighbour x2 up-sampler (a generator's fingerprint)."""
-    half = Image.fromarray(_smooth(rng, size)).resize((size // 2, size // 2), Image.BILINEAR)
-    return np.asarray(half.resize((size, size), Image.NEAREST))
-
-
-def make_set(seed: int, per_class: int, size: int = SIZE) -> tuple[list[np.ndarray], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = [_smooth(rng, size) for _ in range(per_class)]
-    images += [_upsampled(rng, size) for _ in range(per_class)]
-    return images, np.array([0] * per_class + [1] * per_class)
-
-
-def fit(
-    det: DurallSpectrum, images: list[np.ndarray], labels: np.ndarray, batch_size: int = 16
-) -> None:
-    """What the engine does for a closed-form detector: one pass of training steps, then the hook."""
-    det.train()
-    for start in range(0, len(images), batch_size):
-        samples = [
-            det.train_transform({"image": Image.fromarray(im), "record": None})
-            for im in images[start : start + batch_size]
-        ]
-        batch = torch.utils.data.default_collate(samples)
-        batch["label"] = torch.as_tensor(labels[start : start + batch_size], dtype=torch.float32)
-        assert det.training_step(batch) == {}
-    det.on_train_epoch_end()
 
 
 @pytest.fixture(scope="module")
 def fitted() -> DurallSpectrum:
     det = DurallSpectrum(preprocessing={"size": SIZE})
-    fit(det, *make_set(0, 40))
+    fit_closed_form(det, *upsampling_set(0, 40, SIZE))
     return det
 
 
@@ -96,7 +61,7 @@ def test_feature_shape_and_reference_bins() -> None:
 
 def test_features_match_numpy_reference() -> None:
     rng = np.random.default_rng(0)
-    image = _smooth(rng, 96)[:80]  # non-square on purpose
+    image = smooth_image(rng, 96)[:80]  # non-square on purpose
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     gray = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     expected = reference_features(gray)
@@ -132,7 +97,7 @@ def test_constant_image_has_only_dc(size: int) -> None:
 
 def test_checkerboard_raises_high_frequency_tail() -> None:
     rng = np.random.default_rng(1)
-    smooth = _smooth(rng, SIZE).astype(np.float32) / 255
+    smooth = smooth_image(rng, SIZE).astype(np.float32) / 255
     yy, xx = np.indices((SIZE, SIZE))
     checker = 0.25 * (((xx // 2 + yy // 2) % 2) * 2 - 1) + 0.25 * ((xx + yy) % 2 * 2 - 1)
     textured = np.clip(smooth + checker[..., None], 0, 1)
@@ -157,15 +122,15 @@ def test_unfitted_forward_raises_clear_error() -> None:
 def test_fit_separates_upsampled_images(fitted: DurallSpectrum) -> None:
     assert bool(fitted.fitted)
     assert fitted._train_features == []  # the buffer was cleared
-    images, labels = make_set(1, 20)
+    images, labels = upsampling_set(1, 20, SIZE)
     probs = fitted.predict(images, batch_size=16, device="cpu")
     assert roc_auc_score(labels, probs) > 0.97
 
 
 def test_linear_svm_variant() -> None:
     det = DurallSpectrum(classifier="svm", preprocessing={"size": SIZE})
-    fit(det, *make_set(0, 40))
-    images, labels = make_set(1, 20)
+    fit_closed_form(det, *upsampling_set(0, 40, SIZE))
+    images, labels = upsampling_set(1, 20, SIZE)
     assert roc_auc_score(labels, det.predict(images, device="cpu")) > 0.95
 
 
@@ -176,14 +141,14 @@ def test_state_dict_round_trip(fitted: DurallSpectrum, tmp_path: Path) -> None:
     torch.save(state, path)
     fresh = DurallSpectrum(preprocessing={"size": SIZE})
     fresh.load_state_dict(torch.load(path, weights_only=True), strict=True)
-    images, _ = make_set(2, 6)
+    images, _ = upsampling_set(2, 6, SIZE)
     np.testing.assert_array_equal(
         fresh.predict(images, device="cpu"), fitted.predict(images, device="cpu")
     )
 
 
 def test_predict_on_paths_arrays_and_pil(fitted: DurallSpectrum, tmp_path: Path) -> None:
-    images, _ = make_set(3, 2)
+    images, _ = upsampling_set(3, 2, SIZE)
     paths = []
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i}.png")
@@ -197,11 +162,11 @@ def test_predict_on_paths_arrays_and_pil(fitted: DurallSpectrum, tmp_path: Path)
 
 def test_one_class_and_empty_training_fail_clearly() -> None:
     det = DurallSpectrum(preprocessing={"size": 32})
-    images, labels = make_set(4, 4, size=32)
+    images, labels = upsampling_set(4, 4, 32)
     with pytest.raises(
         UserError, match=r"needs real \(0\) and fake \(1\) training images, got only label \[0\]"
     ):
-        fit(det, images[:4], labels[:4])
+        fit_closed_form(det, images[:4], labels[:4])
     with pytest.raises(UserError, match="saw no training images"):
         det.on_train_epoch_end()
     assert not bool(det.fitted)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
-from PIL import Image
 from scipy import fftpack
 from sklearn.metrics import roc_auc_score
 
@@ -16,45 +15,12 @@ from deepsift.errors import UserError
 from detectors import load_detector
 from detectors.durall_spectrum import NotFittedError
 from detectors.frank_dct import FrankDCT, dct2
+from tests.detector_checks import fit_closed_form, smooth_image, upsampling_set
 
 SIZE = 32
 #: the reference's binary linear model (classifer.py ``log2``, ``--classes 1``): one
 #: Dense unit on the flattened 128 x 128 x 3 coefficients
 REFERENCE_FITTED_WEIGHTS = 128 * 128 * 3 + 1
-
-
-def _smooth(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Photo-like content: low-resolution noise upsampled bilinearly, plus sensor-like noise."""
-    small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), np.float64)
-    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
-
-
-def _upsampled(rng: np.random.Generator, size: int) -> np.ndarray:
-    """The same content through a nearest-neighbour x2 up-sampler (a GAN-like fingerprint)."""
-    half = Image.fromarray(_smooth(rng, size)).resize((size // 2, size // 2), Image.BILINEAR)
-    return np.asarray(half.resize((size, size), Image.NEAREST))
-
-
-def make_set(seed: int, per_class: int, size: int = SIZE) -> tuple[list[np.ndarray], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = [_smooth(rng, size) for _ in range(per_class)]
-    images += [_upsampled(rng, size) for _ in range(per_class)]
-    return images, np.array([0] * per_class + [1] * per_class)
-
-
-def fit(det: FrankDCT, images: list[np.ndarray], labels: np.ndarray, batch_size: int = 16) -> None:
-    """What the engine does for a closed-form detector: one pass of training steps, then the hook."""
-    det.train()
-    for start in range(0, len(images), batch_size):
-        samples = [
-            det.train_transform({"image": Image.fromarray(im), "record": None})
-            for im in images[start : start + batch_size]
-        ]
-        batch = torch.utils.data.default_collate(samples)
-        batch["label"] = torch.as_tensor(labels[start : start + batch_size], dtype=torch.float32)
-        assert det.training_step(batch) == {}
-    det.on_train_epoch_end()
 
 
 def as_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -71,8 +37,8 @@ def reference_features(image: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted() -> tuple[FrankDCT, np.ndarray]:
     det = FrankDCT(preprocessing={"size": SIZE})
-    images, labels = make_set(0, 40)
-    fit(det, images, labels)
+    images, labels = upsampling_set(0, 40, SIZE)
+    fit_closed_form(det, images, labels)
     return det, det.features(as_batch(images)).double().numpy()
 
 
@@ -85,7 +51,7 @@ def test_dct2_matches_scipy(shape: tuple[int, ...]) -> None:
 
 
 def test_features_match_the_reference_pipeline() -> None:
-    image = _smooth(np.random.default_rng(3), SIZE)
+    image = smooth_image(np.random.default_rng(3), SIZE)
     got = FrankDCT(preprocessing={"size": SIZE}).features(as_batch([image]))[0].numpy()
     expected = reference_features(image)  # (H, W, 3); ours are channel-first
     np.testing.assert_allclose(
@@ -94,7 +60,7 @@ def test_features_match_the_reference_pipeline() -> None:
 
 
 def test_grayscale_features() -> None:
-    image = _smooth(np.random.default_rng(4), SIZE)
+    image = smooth_image(np.random.default_rng(4), SIZE)
     det = FrankDCT(grayscale=True, preprocessing={"size": SIZE})
     got = det.features(as_batch([image]))[0].numpy()
     luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -131,7 +97,7 @@ def test_fit_standardises_and_separates_upsampled_images(
     # per-coefficient training mean and population std (the reference's Welford)
     np.testing.assert_allclose(det.scaler_mean.numpy(), train_x.mean(0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(det.scaler_scale.numpy(), train_x.std(0), rtol=1e-4, atol=1e-4)
-    images, labels = make_set(1, 20)
+    images, labels = upsampling_set(1, 20, SIZE)
     probs = det.predict(images, batch_size=16, device="cpu")
     assert roc_auc_score(labels, probs) > 0.97
 
@@ -159,9 +125,9 @@ def test_unfitted_and_wrong_sizes_fail_clearly() -> None:
         FrankDCT(preprocessing={"crop": "none"})
     with pytest.raises(UserError, match="l2 must be positive"):
         FrankDCT(l2=0)
-    images, labels = make_set(5, 3)
+    images, labels = upsampling_set(5, 3, SIZE)
     with pytest.raises(UserError, match=r"needs real \(0\) and fake \(1\) training images"):
-        fit(det, images[:3], labels[:3])
+        fit_closed_form(det, images[:3], labels[:3])
     with pytest.raises(UserError, match="saw no training images"):
         det.on_train_epoch_end()
 
@@ -173,7 +139,7 @@ def test_state_dict_round_trip(fitted: tuple[FrankDCT, np.ndarray], tmp_path: Pa
     torch.save(state, tmp_path / "frank.pt")
     fresh = FrankDCT(preprocessing={"size": SIZE})
     fresh.load_weights(tmp_path / "frank.pt")
-    images, _ = make_set(2, 4)
+    images, _ = upsampling_set(2, 4, SIZE)
     np.testing.assert_array_equal(
         fresh.predict(images, device="cpu"), det.predict(images, device="cpu")
     )
@@ -184,7 +150,7 @@ def test_config_composes_and_runs_at_its_size() -> None:
     assert isinstance(det, FrankDCT) and det.epochs_needed == 1
     assert det.input_shape == (3, 64, 64) and det.l2 == 0.01
     assert det.preprocessing.mean == (0.0, 0.0, 0.0)
-    images, labels = make_set(6, 8, size=64)
-    fit(det, images, labels)
+    images, labels = upsampling_set(6, 8, 64)
+    fit_closed_form(det, images, labels)
     out = det({"image": as_batch(images[:2])})
     assert out["logits"].shape == (2,) and out["logits"].dtype == torch.float32

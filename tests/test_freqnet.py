@@ -16,7 +16,13 @@ from deepsift.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.freqnet import FreqNet
-from tests.detector_checks import overfit, parameters_without_gradient
+from tests.detector_checks import (
+    bottleneck,
+    lrs_per_epoch,
+    overfit,
+    parameters_without_gradient,
+    step_decay_every_10_epochs,
+)
 
 #: the reference networks/freqnet.py ``freqnet()``: weight1..4/bias1..4, realconv/imagconv
 #: 1..4, ResNet-50 layer1 and layer2, fc1 512 -> 1
@@ -122,35 +128,9 @@ def _point(x: torch.Tensor, s: dict[str, torch.Tensor], i: int, stride: int) -> 
     return F.relu(out + s[f"bias{i}"].view(1, -1, 1, 1))
 
 
-def _bn(x: torch.Tensor, s: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    return F.batch_norm(
-        x,
-        s[f"{name}.running_mean"],
-        s[f"{name}.running_var"],
-        s[f"{name}.weight"],
-        s[f"{name}.bias"],
-        training=False,
-        eps=1e-5,
-    )
-
-
-def _bottleneck(
-    x: torch.Tensor, s: dict[str, torch.Tensor], name: str, stride: int
-) -> torch.Tensor:
-    out = F.relu(_bn(F.conv2d(x, s[f"{name}.conv1.weight"]), s, f"{name}.bn1"))
-    out = F.conv2d(out, s[f"{name}.conv2.weight"], stride=stride, padding=1)
-    out = F.relu(_bn(out, s, f"{name}.bn2"))
-    out = _bn(F.conv2d(out, s[f"{name}.conv3.weight"]), s, f"{name}.bn3")
-    identity = x
-    if f"{name}.downsample.0.weight" in s:
-        identity = F.conv2d(x, s[f"{name}.downsample.0.weight"], stride=stride)
-        identity = _bn(identity, s, f"{name}.downsample.1")
-    return F.relu(out + identity)
-
-
 def _layer(x: torch.Tensor, s: dict[str, torch.Tensor], layer: str, blocks: int) -> torch.Tensor:
     for i in range(blocks):
-        x = _bottleneck(x, s, f"{layer}.{i}", 2 if layer == "layer2" and i == 0 else 1)
+        x = bottleneck(x, s, f"{layer}.{i}", 2 if layer == "layer2" and i == 0 else 1)
     return x
 
 
@@ -250,17 +230,8 @@ def test_config_composes_with_the_reference_schedule() -> None:
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
     # train.py: lr x0.8 at the end of epoch e (from 0) when e % delr_freq == 0 and e != 0
-    official, lr = [], 1e-3
-    for epoch in range(85):
-        official.append(lr)
-        if epoch % 10 == 0 and epoch != 0:
-            lr *= 0.8
-    ours = []
-    for _epoch in range(85):
-        ours.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()  # no gradients: a no-op that keeps the step order torch expects
-        scheduler.step()
-    np.testing.assert_allclose(ours, official, rtol=1e-12)
+    official = step_decay_every_10_epochs(1e-3, 0.8, 85)
+    np.testing.assert_allclose(lrs_per_epoch(optimizer, scheduler, 85), official, rtol=1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,14 @@ from deepsift.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.npr import NPR
-from tests.detector_checks import overfit, parameters_without_gradient
+from tests.detector_checks import (
+    batch_norm,
+    bottleneck,
+    lrs_per_epoch,
+    overfit,
+    parameters_without_gradient,
+    step_decay_every_10_epochs,
+)
 
 #: the reference networks/resnet.py ``resnet50(num_classes=1)``: 3x3 stem, layer1, layer2, fc1
 REFERENCE_PARAMETERS = 1_437_761
@@ -65,44 +72,18 @@ def official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _bn(x: torch.Tensor, s: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    return F.batch_norm(
-        x,
-        s[f"{name}.running_mean"],
-        s[f"{name}.running_var"],
-        s[f"{name}.weight"],
-        s[f"{name}.bias"],
-        training=False,
-        eps=1e-5,
-    )
-
-
-def _bottleneck(
-    x: torch.Tensor, s: dict[str, torch.Tensor], name: str, stride: int
-) -> torch.Tensor:
-    out = F.relu(_bn(F.conv2d(x, s[f"{name}.conv1.weight"]), s, f"{name}.bn1"))
-    out = F.conv2d(out, s[f"{name}.conv2.weight"], stride=stride, padding=1)
-    out = F.relu(_bn(out, s, f"{name}.bn2"))
-    out = _bn(F.conv2d(out, s[f"{name}.conv3.weight"]), s, f"{name}.bn3")
-    identity = x
-    if f"{name}.downsample.0.weight" in s:
-        identity = F.conv2d(x, s[f"{name}.downsample.0.weight"], stride=stride)
-        identity = _bn(identity, s, f"{name}.downsample.1")
-    return F.relu(out + identity)
-
-
 def reference_forward(x: torch.Tensor, s: dict[str, torch.Tensor]) -> torch.Tensor:
     """The paper's NPR detector, functionally: residual against the 2x2 block's corner pixel."""
     height, width = x.shape[-2:]
     x = x[..., : height // 2 * 2, : width // 2 * 2]
     corner = x[..., ::2, ::2].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
     x = (x - corner) * 2.0 / 3.0
-    x = F.relu(_bn(F.conv2d(x, s["conv1.weight"], stride=2, padding=1), s, "bn1"))
+    x = F.relu(batch_norm(F.conv2d(x, s["conv1.weight"], stride=2, padding=1), s, "bn1"))
     x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     for layer, blocks in (("layer1", 3), ("layer2", 4)):
         for i in range(blocks):
             stride = 2 if layer == "layer2" and i == 0 else 1
-            x = _bottleneck(x, s, f"{layer}.{i}", stride)
+            x = bottleneck(x, s, f"{layer}.{i}", stride)
     x = x.mean(dim=(-2, -1))
     return (x @ s["fc1.weight"].T + s["fc1.bias"]).squeeze(1)
 
@@ -184,17 +165,8 @@ def test_config_composes_with_the_reference_schedule() -> None:
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
     # train.py: lr x0.9 at the end of epoch e (from 0) when e % delr_freq == 0 and e != 0
-    official, lr = [], 2e-4
-    for epoch in range(50):
-        official.append(lr)
-        if epoch % 10 == 0 and epoch != 0:
-            lr *= 0.9
-    ours = []
-    for _epoch in range(50):
-        ours.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()  # no gradients: a no-op that keeps the step order torch expects
-        scheduler.step()
-    np.testing.assert_allclose(ours, official, rtol=1e-12)
+    official = step_decay_every_10_epochs(2e-4, 0.9, 50)
+    np.testing.assert_allclose(lrs_per_epoch(optimizer, scheduler, 50), official, rtol=1e-12)
 
 
 @pytest.mark.parametrize("layout", ["NPR.pth", "model_epoch_last_3090.pth"])
