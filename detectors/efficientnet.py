@@ -54,7 +54,6 @@ ImageNet mean/std (see ``configs/detector/efficientnet_b4.yaml``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -68,8 +67,12 @@ from torch import nn
 
 from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.errors import UserError
-from detectors.base import Detector
-from detectors.preprocessing import Preprocessing
+from detectors.base import DEEPFAKEBENCH_ADAM, BackboneClassifier
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,15 +287,10 @@ def efficientnet_b4_backbone(
 
 
 # -- the detector ----------------------------------------------------------------------
-#: DeepfakeBench's test transform (256 px, mean = std = 0.5) and, for training, its
-#: flip, Gaussian blur (kernel 3-7: sigma 0.8-1.4) and JPEG 40-100
+#: DeepfakeBench's test transform (its data pipeline's bicubic 256 px resize, mean = std
+#: = 0.5) and, for training, its flip, Gaussian blur (kernel 3-7: sigma 0.8-1.4) and JPEG 40-100
 DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 256,
-    "resize": "square",
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
+    **DEEPFAKEBENCH_FACE_PREPROCESSING,
     "hflip": 0.5,
     "blur_prob": 0.5,
     "blur_sigma": (0.8, 1.4),
@@ -342,7 +340,7 @@ def efficientnet_detector_state(
     return out, origin
 
 
-class EfficientNetB4Detector(Detector):
+class EfficientNetB4Detector(BackboneClassifier):
     """EfficientNet-B4 features (1792), average pooling, dropout, one fake logit (``head``).
 
     State dict: ``backbone.*`` (timm ``tf_efficientnet_b4`` names) and
@@ -374,25 +372,16 @@ class EfficientNetB4Detector(Detector):
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         if optimizer is None:
-            optimizer = functools.partial(
-                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
-            )
-        if not isinstance(preprocessing, Preprocessing):
-            preprocessing = Preprocessing(**{**DEFAULT_PREPROCESSING, **dict(preprocessing or {})})
-        super().__init__(preprocessing, optimizer, scheduler)
-        self.padding, self.stem_padding = padding, stem_padding
-        self.backbone = efficientnet_b4_backbone(
+            optimizer = DEEPFAKEBENCH_ADAM
+        preprocessing = merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing)
+        backbone = efficientnet_b4_backbone(
             pretrained_file,
             padding=padding,
             stem_padding=stem_padding,
             drop_path_rate=drop_path_rate,
         )
-        self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(B4_FEATURES, 1)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = self.backbone(batch["image"])
-        return {"logits": self.head(self.dropout(features)).squeeze(1)}
+        super().__init__(backbone, B4_FEATURES, drop_rate, preprocessing, optimizer, scheduler)
+        self.padding, self.stem_padding = padding, stem_padding
 
     def load_weights(self, path: str | Path) -> None:
         """Load a community or deepsift EfficientNet-B4 file strictly (see the class docstring)."""

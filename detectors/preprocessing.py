@@ -28,9 +28,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: DeepfakeBench's test-time face input, produced by the data pipeline all its
 #: detectors share: the face crop resized to ``resolution`` 256 x 256 with
 #: ``cv2.resize`` (``INTER_CUBIC``), ``ToTensor``, ``Normalize(mean=0.5, std=0.5)``.
-#: CORE, Face X-ray, RECCE, SPSL and SRM follow DeepfakeBench's protocol, so their
-#: ``DEFAULT_PREPROCESSING`` start from this one constant: the same values for the
-#: same reason. Training-only fields (flip, blur, JPEG) stay in each detector's file.
+#: CORE, EfficientNet-B4, Face X-ray, RECCE, SPSL and SRM follow DeepfakeBench's
+#: protocol, so their ``DEFAULT_PREPROCESSING`` start from this one constant: the same
+#: values for the same reason. Training-only fields (flip, blur, JPEG) stay in each detector's file.
 DEEPFAKEBENCH_FACE_PREPROCESSING: Mapping[str, Any] = dict(
     size=256,
     resize="square",
