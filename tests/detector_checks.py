@@ -8,6 +8,7 @@ the synthetic images several detectors' tests fit on.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +36,17 @@ def transformed_batch(
     labels: Sequence[int],
     records: Sequence[Record] | None = None,
     train: bool = False,
+    seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A batch exactly as the engine builds it: the detector's transform, then the collate."""
+    """A batch exactly as the engine builds it: the detector's transform, then the collate.
+
+    Training augmentations draw from Python's, NumPy's and torch's global generators:
+    ``seed`` seeds all three first, so the batch does not depend on which tests ran before.
+    """
+    if seed is not None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
     records = records or [Record(f"mem{i}.png", int(y)) for i, y in enumerate(labels)]
     samples = []
     for index, (image, label, record) in enumerate(zip(images, labels, records, strict=True)):

@@ -110,14 +110,14 @@ def test_native_size_forward_with_the_real_architecture() -> None:
 
 def test_frozen_encoder_trains_the_head_alone_and_overfits() -> None:
     det = ClipFace(random_init=True, seed=2, **TINY)
-    batch = transformed_batch(det, faces(4, seed=5), [0, 1, 0, 1], train=True)
+    batch = transformed_batch(det, faces(4, seed=5), [0, 1, 0, 1], train=True, seed=0)
     assert batch["image"].shape == (4, 3, 224, 224)
     before = [p.detach().clone() for p in det.backbone.parameters()]
     optimizer, _ = det.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["weight_decay"] == 5e-4
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == 64 + 1
-    assert overfit(det, batch, steps=200, lr=0.3, target=0.05) < 0.05
+    assert overfit(det, batch, steps=400, lr=0.3, target=0.05) < 0.05
     assert all(not p.requires_grad and p.grad is None for p in det.backbone.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, det.backbone.parameters(), strict=True))
     assert not det.backbone.training
