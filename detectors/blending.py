@@ -227,13 +227,19 @@ def fill_convex_hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from PIL import ImageDraw
     from scipy.spatial import ConvexHull, QhullError
 
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    draw = ImageDraw.Draw(canvas)
     try:
         verts = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # fewer than 3 points, or all on a line
-        verts = pts
-    canvas = Image.new("L", (shape[1], shape[0]), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(v) for v in verts], fill=1, outline=1)
+    except (QhullError, ValueError):  # fewer than 3 points, or all on a line: a segment
+        verts = pts[[0, -1]] if len(pts) else pts  # np.unique sorts: the two ends
+    if len(verts) >= 3:
+        draw.polygon([tuple(v) for v in verts], fill=1, outline=1)
+    elif len(verts) == 2 and not np.array_equal(verts[0], verts[1]):
+        draw.line([tuple(v) for v in verts], fill=1)
+    elif len(verts):
+        draw.point([tuple(verts[0])], fill=1)
     return np.asarray(canvas, dtype=np.float32)
 
 

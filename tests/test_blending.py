@@ -131,6 +131,21 @@ def test_color_transfer_matches_the_masked_mean() -> None:
     )  # truncation to uint8 loses < 1
 
 
+def test_degenerate_hulls_are_a_point_or_a_segment() -> None:
+    """Tiny warped masks (one pixel, one row) happen at small crops: never a crash."""
+    one = B.fill_convex_hull(np.array([[5, 3]]), (8, 8))
+    assert one.sum() == 1 and one[3, 5] == 1
+    assert B.fill_convex_hull(np.array([[5, 3], [5, 3]]), (8, 8)).sum() == 1
+    row = B.fill_convex_hull(np.array([[6, 2], [1, 2], [3, 2]]), (8, 8))
+    assert row.sum() == 6 and row[2, 1:7].all()
+    column = B.fill_convex_hull(np.array([[4, 7], [4, 0]]), (8, 8))
+    assert column.sum() == 8 and column[:, 4].all()
+    assert B.fill_convex_hull(np.zeros((0, 2)), (8, 8)).sum() == 0
+    pixel = np.zeros((8, 8), np.float32)
+    pixel[3, 5] = 1
+    assert B.feather_weights(pixel).max() == 0  # on the hull's edge: weight 0, as cv2 gives
+
+
 def test_feather_weights() -> None:
     mask = np.zeros((64, 64), np.float32)
     mask[12:52, 12:52] = 1
