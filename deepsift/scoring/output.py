@@ -4,9 +4,9 @@ Every record has every field below, in this order, ``null`` (empty in CSV) when
 it does not apply. JSONL writes one JSON object per line, UTF-8, with newlines
 and control characters in names escaped by JSON itself; CSV quotes fields as
 RFC 4180 does (a name holding a newline stays one quoted field), writes the
-nested fields as JSON text, and puts a ``'`` before any text cell that starts with
-``= + - @ '``, a tab or a carriage return, so that no spreadsheet runs a file name
-as a formula (``--resume`` strips it again; JSONL keeps names as they are). Bytes of a file name that are not valid UTF-8 are
+nested fields as JSON text, and puts a ``'`` before any text cell that starts with a
+tab, a carriage return or one of ``= + - @ '``, so that no spreadsheet runs a file
+name as a formula (``--resume`` strips it again; JSONL keeps names as they are). Bytes of a file name that are not valid UTF-8 are
 written as ``\\udcXX`` escapes (JSON reads them back as the same name).
 
 ``path``
