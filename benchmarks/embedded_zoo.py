@@ -159,7 +159,9 @@ def main() -> None:
             rows.append(run_one(name, args))
         except Exception as exc:  # one detector's failure must not cost the others
             print(f"{name} failed: {type(exc).__name__}: {exc}", flush=True)
-            rows.append({"detector": name, "error": f"{type(exc).__name__}: {exc}"[:120]})
+            # the last line of a worker's traceback is the error itself; one line keeps the table
+            last = (str(exc).strip().splitlines() or [""])[-1]
+            rows.append({"detector": name, "error": f"{type(exc).__name__}: {last}"[:160]})
         print(table(rows, args.train_family), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
