@@ -1,0 +1,68 @@
+"""CPU time of each detector's training and test transform per image: the data-loading cost.
+
+    python -m benchmarks.transform_speed [--detectors sbi face_xray ...] [--n 8] [--side 400]
+
+Each detector's ``transform`` runs in the DataLoader workers, one image at a time, on
+one core each: blending recipes (SBI, Face X-ray), two-view augmentation (CORE) and
+blur/JPEG augmentation cost CPU there, whatever GPU the model runs on. Images are
+``--side`` px RGB noise (a face crop before the detector's resize); records carry no
+landmarks, so the blending detectors take their documented ellipse fallback. Torch is
+held to one thread, as in a DataLoader worker. Prints a Markdown table of
+milliseconds per image and the images per second one worker can feed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import torch
+
+from datasets.base import Record
+from detectors import detector_config, list_detectors, load_detector
+
+
+def time_transform(name: str, n: int, side: int, train: bool) -> float:
+    """Mean ms per image of ``name``'s transform over ``n`` images (after one warm-up)."""
+    import numpy as np
+    from PIL import Image
+
+    overrides = {"random_init": True} if "random_init" in detector_config(name) else {}
+    detector = load_detector(name, **overrides)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(n + 1)
+    ]
+    samples = [
+        {"image": image, "label": 0, "record": Record(f"r{i}.png", 0), "index": i}
+        for i, image in enumerate(images)
+    ]
+    detector.transform(samples[0], train=train)  # warm-up
+    start = time.perf_counter()
+    for sample in samples[1:]:
+        detector.transform(sample, train=train)
+    return (time.perf_counter() - start) / n * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--detectors", nargs="*", default=None, help="names (default: all)")
+    parser.add_argument("--n", type=int, default=8, help="images per detector")
+    parser.add_argument("--side", type=int, default=400, help="input image side in pixels")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.ERROR)
+    print(f"{args.n} images of {args.side}x{args.side} px, 1 torch thread\n")
+    print("| detector | train ms / image | test ms / image | train images/s per worker |")
+    print("|---|---:|---:|---:|")
+    for name in args.detectors or list_detectors():
+        train = time_transform(name, args.n, args.side, train=True)
+        test = time_transform(name, args.n, args.side, train=False)
+        print(f"| {name} | {train:.1f} | {test:.1f} | {1000 / train:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
