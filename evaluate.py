@@ -8,13 +8,13 @@ Runs unchanged under ``torchrun --nproc_per_node=N evaluate.py ...``.
 import hydra
 from omegaconf import DictConfig
 
-from deepsift.errors import user_errors
-from deepsift.launch import quiet_non_main_ranks
+from deepsift.app.launch import quiet_non_main_ranks
+from deepsift.core.errors import user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from deepsift.evaluation import evaluate
+    from deepsift.app.evaluation import evaluate
 
     with user_errors():
         evaluate(cfg)

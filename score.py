@@ -5,7 +5,7 @@ item, flushed as soon as it is scored; ``--resume`` continues an interrupted run
 See the README section "Batch scoring" and :mod:`deepsift.scoring`.
 """
 
-from deepsift.scoring.cli import main
+from deepsift.app.score_cli import main
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,13 @@ Runs unchanged under ``torchrun --nproc_per_node=N train.py ...``.
 import hydra
 from omegaconf import DictConfig
 
-from deepsift.errors import user_errors
-from deepsift.launch import quiet_non_main_ranks
+from deepsift.app.launch import quiet_non_main_ranks
+from deepsift.core.errors import user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from deepsift.training import train
+    from deepsift.app.training import train
 
     with user_errors():
         train(cfg)

@@ -3,7 +3,7 @@
     python -m benchmarks.embedded_zoo [--detectors npr cnnspot ...] [--epochs 3]
         [--limit-train-batches 40] [--train-family tconv] [--out runs/zoo]
 
-Each detector is trained with ``train.py``'s own code path (``deepsift.training.train``)
+Each detector is trained with ``train.py``'s own code path (``deepsift.app.training.train``)
 on one generator family of the embedded benchmark, selected on that family's
 val split, and tested on the held-out photos of every family. The embedded
 images are 64 px, so every detector reads them at 64 px with no resize (CLIP
@@ -58,8 +58,8 @@ def size_overrides(name: str, size: int) -> list[str]:
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from deepsift.pipeline import compose
-    from deepsift.training import train
+    from deepsift.app.training import train
+    from deepsift.core.configs import compose
     from detectors import load_detector
 
     overrides = [

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.faceforensics import VideoCropSource, VideoItem
+from datasets.crop_cache import VideoCropSource, VideoItem
 from datasets.faces import face_detector
 from datasets.preprocess import VIDEO_FACE_DETECTOR, Options, preprocess
 from datasets.video import sample_frames

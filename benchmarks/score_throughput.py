@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepsift.runtime import autocast, autocast_dtype
+from deepsift.core.runtime import autocast, autocast_dtype
 
 
 def make_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -123,7 +123,7 @@ def _sync(device) -> None:
 
 
 def main() -> None:
-    from deepsift.scoring.cli import default_workers
+    from deepsift.app.score_cli import default_workers
     from deepsift.scoring.models import load_ensemble
 
     parser = argparse.ArgumentParser(

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from datasets.base import Record
+from deepsift.core.records import Record
 from detectors import detector_config, list_detectors, load_detector
 
 

@@ -9,6 +9,6 @@ This package is imported from the repository root and never installed: a
 top-level ``datasets`` in site-packages would shadow Hugging Face's.
 """
 
-from datasets.base import Record, RecordDataset, collate_samples
+from deepsift.core.records import Record, RecordDataset, collate_samples
 
 __all__ = ["Record", "RecordDataset", "collate_samples"]

@@ -24,29 +24,17 @@ train and test lists.
 from __future__ import annotations
 
 import re
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
-from datasets.base import FAKE, REAL
-from datasets.faceforensics import VideoCropSource, VideoItem
-from deepsift.errors import UserError
+from datasets.crop_cache import VideoCropSource, VideoItem
+from datasets.splits import bucket, format_bad_lines
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL
 
 FOLDERS = ("Celeb-real", "YouTube-real", "Celeb-synthesis")
 CELEB_REAL = re.compile(r"^id(\d+)_(\d+)$")
 CELEB_FAKE = re.compile(r"^id(\d+)_id(\d+)_(\d+)$")
 URL = "https://github.com/yuezunli/celeb-deepfakeforensics"
-
-
-def bucket(key: str) -> float:
-    """A stable number in [0, 1) for ``key`` (crc32), for deterministic held-out slices."""
-    return zlib.crc32(key.encode("utf-8")) / 2**32
-
-
-def format_bad_lines(bad: Sequence[tuple[int, str]], limit: int = 5) -> str:
-    shown = "; ".join(f"line {n}: {why}" for n, why in bad[:limit])
-    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
-    return shown + more
 
 
 class CelebDF(VideoCropSource):

@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.base import FAKE, REAL
-from datasets.celebdf import bucket, format_bad_lines
-from datasets.faceforensics import VideoCropSource, VideoItem
-from deepsift.errors import UserError
+from datasets.crop_cache import VideoCropSource, VideoItem
+from datasets.splits import bucket, format_bad_lines
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL
 
 PART = re.compile(r"^dfdc_train_part_(\d+)$")
 DFDC_URL = "https://ai.meta.com/datasets/dfdc/"

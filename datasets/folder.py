@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.base import FAKE, REAL, Record
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL, Record
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 CLASS_DIRS = {"0_real": REAL, "1_fake": FAKE}

@@ -26,10 +26,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from datasets.base import FAKE, REAL, Record
-from datasets.celebdf import format_bad_lines
-from datasets.faceforensics import SPLITS, check_split
-from deepsift.errors import UserError
+from datasets.splits import SPLITS, check_split, format_bad_lines
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL, Record
 
 log = logging.getLogger(__name__)
 

@@ -63,14 +63,14 @@ from typing import Any
 
 import numpy as np
 
-from datasets.faceforensics import read_crop_index, strip_suffix
+from datasets.crop_cache import read_crop_index, strip_suffix
 from datasets.faces import FaceDetector, apply_crop, crop_transform, face_detector, transform_points
 from datasets.video import VideoError, read_frames, sample_frames
-from deepsift.errors import UserError, user_errors
+from deepsift.core.configs import CONFIG_DIR, config_names
+from deepsift.core.errors import UserError, user_errors
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 INDEX_NAME = "index.jsonl"
 PNG_COMPRESSION = 3
 FACES = ("largest", "all")
@@ -439,7 +439,7 @@ def preprocess(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build or complete ``source``'s crop cache; returns the summary (see the module doc)."""
-    from deepsift.progress import progress_bar
+    from deepsift.core.progress import progress_bar
 
     if getattr(source, "crops_root", None) is None:
         raise UserError("data.crops_root is not set (it defaults to <data.root>/deepsift_crops)")
@@ -540,7 +540,7 @@ def compose_config(overrides: Sequence[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    options = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+    options = config_names("data")
     if not any(o.split("=", 1)[0].lstrip("+") == "data" for o in overrides):
         raise UserError(f"pass data=<name> (one of {', '.join(options)}) and data.root=<path>")
     try:
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with user_errors():
-        from deepsift.errors import instantiate
+        from deepsift.core.configs import instantiate
 
         cfg = compose_config(args.overrides)
         try:

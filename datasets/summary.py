@@ -3,7 +3,7 @@
     python -m datasets.summary data=<name> data.root=<path> [overrides] [--out DIR] [--splits test]
 
 The ``data`` config is composed exactly as ``train.py`` would compose it
-(:func:`deepsift.pipeline.compose`) and instantiated. For each split the tool prints
+(:func:`deepsift.core.configs.compose`) and instantiated. For each split the tool prints
 a table of counts per generator (or manipulation method) and label, and writes
 ``summary.json`` to ``--out`` (default: the current folder)::
 
@@ -30,13 +30,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.base import REAL, Record
-from datasets.faceforensics import SPLITS, VideoItem
-from deepsift.errors import UserError, user_errors
+from datasets.crop_cache import VideoItem
+from datasets.splits import SPLITS
+from deepsift.core.configs import config_names
+from deepsift.core.errors import UserError, user_errors
+from deepsift.core.records import REAL, Record
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHOW_MISSING = 50
 
 
@@ -44,10 +45,9 @@ def load_source(overrides: Sequence[str]) -> Any:
     """Compose the ``train`` config with ``overrides`` and instantiate its ``data`` node."""
     from hydra.errors import HydraException
 
-    from deepsift.errors import instantiate
-    from deepsift.pipeline import compose
+    from deepsift.core.configs import compose, instantiate
 
-    options = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+    options = config_names("data")
     if not any(o.split("=", 1)[0].lstrip("+") == "data" for o in overrides):
         raise UserError(f"pass data=<name> (one of {', '.join(options)}) and data.root=<path>")
     with tempfile.TemporaryDirectory(prefix="deepsift-summary-") as tmp:

@@ -18,12 +18,12 @@ format (GenImage and DiffusionForensics reals are JPEG, their fakes PNG), which 
 detector can learn instead of generation traces. ``reencode`` (``null``, ``png``,
 ``jpeg<quality>`` such as ``jpeg95``) is stored in ``Record.extra["reencode"]`` and
 applied to real and fake images alike when they are loaded
-(:func:`datasets.reencode.reencode`).
+(:func:`deepsift.core.reencode.reencode`).
 ``jpeg<q>`` re-compresses every image once (PIL, default 4:2:0 chroma subsampling);
 ``png`` is a lossless round trip, so it leaves pixels unchanged and only states the
 format explicitly.
 
-A missing or empty folder is one :class:`~deepsift.errors.UserError` naming the path
+A missing or empty folder is one :class:`~deepsift.core.errors.UserError` naming the path
 and the count; a generator of the documented list that is absent (when the config
 does not name generators explicitly) is logged once and listed by
 :meth:`ImageSource.missing`.
@@ -37,12 +37,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.base import FAKE, REAL, Record
-from datasets.celebdf import bucket
-from datasets.faceforensics import SPLITS, check_split
 from datasets.folder import CLASS_DIRS, list_images
-from datasets.reencode import parse_reencode
-from deepsift.errors import UserError
+from datasets.splits import SPLITS, bucket, check_split
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL, Record
+from deepsift.core.reencode import parse_reencode
 
 log = logging.getLogger(__name__)
 

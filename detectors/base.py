@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from deepsift.core.images import load_rgb, to_rgb
+from deepsift.core.inference import batches_by_shape, fake_probabilities
+from deepsift.core.runtime import autocast_dtype
 from detectors.preprocessing import Preprocessing, as_preprocessing
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -44,18 +47,20 @@ DEEPFAKEBENCH_ADAM: Callable[..., torch.optim.Optimizer] = functools.partial(
 
 
 def to_pil(image: ImageLike) -> Image.Image:
-    """A path, PIL image or uint8 array (H, W) / (H, W, 3|4) as an RGB PIL image."""
-    from datasets.base import load_rgb
+    """A path, PIL image or uint8 array (H, W) / (H, W, 3|4) as an RGB PIL image.
 
+    The conversion of training, evaluation and ``score.py`` (:mod:`deepsift.core.images`:
+    alpha on white, EXIF orientation for files).
+    """
     if isinstance(image, (str, Path)):
         return load_rgb(image)
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"arrays must be uint8 (H, W[, C]), got dtype {image.dtype}")
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
-            return Image.fromarray(image.squeeze()).convert("RGB")
+            return to_rgb(Image.fromarray(image.squeeze()))
         raise ValueError(
             f"arrays must have shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}"
         )
@@ -132,7 +137,7 @@ class Detector(nn.Module):
 
         Detectors with official weight files in another layout override this.
         """
-        from deepsift.checkpoint import load_state_dict_file
+        from deepsift.core.checkpoint import load_state_dict_file
 
         load_state_dict_file(self, path)
 
@@ -145,28 +150,32 @@ class Detector(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
-    @torch.no_grad()
-    def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fake probabilities for a batch of already-transformed tensors."""
-        self.eval()
-        device = self.device
-        batch = {
-            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()
-        }
-        return torch.sigmoid(self(batch)["logits"].float())
+    def predict_batch(
+        self, batch: dict[str, torch.Tensor], precision: str = "auto"
+    ) -> torch.Tensor:
+        """Fake probabilities (float32, CPU) for a batch of already-transformed tensors.
 
-    @torch.no_grad()
+        The forward pass of :func:`deepsift.core.inference.fake_probabilities`, on this
+        detector's device, with the trainer's default autocast (``precision``).
+        """
+        device = self.device
+        amp = autocast_dtype(device, precision)
+        return fake_probabilities(self, batch, device, amp, channels_last=device.type == "cuda")
+
     def predict(
         self,
         images: ImageLike | Iterable[ImageLike],
         batch_size: int = 32,
         device: str | torch.device | None = None,
+        precision: str = "auto",
     ) -> np.ndarray:
         """Probability that each image is synthetic, with this detector's preprocessing.
 
         ``images``: file paths, PIL images or uint8 arrays (one or a sequence).
-        Uses the GPU when there is one unless ``device`` says otherwise.
+        Uses the GPU when there is one unless ``device`` says otherwise. Images are
+        batched by the shape of their transformed tensors (detectors that keep the
+        native size take mixed sizes), and each batch goes through the same forward
+        pass as evaluation and ``score.py`` (:mod:`deepsift.core.inference`).
         """
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
@@ -177,21 +186,15 @@ class Detector(nn.Module):
         )
         if self.device != target:
             self.to(target)
-        scores: list[np.ndarray] = []
-        chunk: list[dict[str, torch.Tensor]] = []
-
-        def flush() -> None:
-            batch = torch.utils.data.default_collate(chunk)
-            scores.append(self.predict_batch(batch).cpu().numpy())
-            chunk.clear()
-
-        for image in images:
-            chunk.append(self.eval_transform({"image": to_pil(image), "record": None}))
-            if len(chunk) == batch_size:
-                flush()
-        if chunk:
-            flush()
-        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+        samples = (
+            (i, self.eval_transform({"image": to_pil(image), "record": None}))
+            for i, image in enumerate(images)
+        )
+        scores: dict[int, float] = {}
+        for positions, batch in batches_by_shape(samples, batch_size):
+            probs = self.predict_batch(batch, precision).numpy()
+            scores.update(zip(positions, probs.tolist(), strict=True))
+        return np.array([scores[i] for i in range(len(scores))], dtype=np.float32)
 
 
 class BackboneClassifier(Detector):

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, merge_preprocessing
 
@@ -261,7 +261,7 @@ class CapsuleForensics(Detector):
     Where this differs from the official code: the VGG stem is built here
     (torchvision's layers and initialisation) and ImageNet weights load only
     from a local ``pretrained_file``; images are read by
-    :func:`datasets.base.load_rgb`.
+    :func:`deepsift.core.images.load_rgb`.
 
     Args:
         pretrained_file: torchvision's ImageNet VGG-19 state dict

@@ -45,7 +45,7 @@ Where this differs, and why:
 * ViT-B/16 because DeepfakeBench's baseline uses it (ViT-L/14, as UnivFD, is
   ``model_name=ViT-L-14``); the encoder is built offline with open_clip and its
   weights come from a local ``backbone_file`` (OpenAI ``ViT-B-16.pt`` or an
-  open_clip file), see :mod:`detectors.clip_backbone`.
+  open_clip file), see :mod:`detectors.layers.clip`.
 
 No trained head is published for this setting (DeepfakeBench released no CLIP
 weights, and its head belongs to a fine-tuned encoder); :meth:`load_weights`
@@ -61,10 +61,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from detectors.base import DEEPFAKEBENCH_ADAM
-from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.cnnspot import cnndetection_train_transform
+from detectors.layers.clip import CLIP_MEAN, CLIP_STD, ClipLinearProbe
+from detectors.layers.cnndetection import cnndetection_train_transform
 from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 #: CLIP's preprocessing: bicubic resize of the shorter side to 224, centre crop, CLIP mean/std
@@ -92,7 +92,7 @@ class ClipFace(ClipLinearProbe):
         normalize_features: L2-normalise the features before ``fc`` (off, as the reference).
         train_preprocessing: fields of ``preprocessing`` that differ in training.
         optimizer: default Adam(lr 2e-4, betas (0.9, 0.999), eps 1e-8, weight_decay 5e-4).
-        others: see :class:`~detectors.clip_backbone.ClipLinearProbe`.
+        others: see :class:`~detectors.layers.clip.ClipLinearProbe`.
     """
 
     def __init__(

@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepsift import distributed as dist
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
-from deepsift.errors import UserError
-from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.closed_form import (
+from deepsift.core import distributed as dist
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.errors import UserError
+from detectors.layers.clip import CLIP_MEAN, CLIP_STD, ClipLinearProbe
+from detectors.layers.closed_form import (
+    NotFittedError,
     fit_on_main,
     gathered_training_set,
     linear_classifier,
     training_set_problem,
 )
-from detectors.durall_spectrum import NotFittedError
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class ClipBased(ClipLinearProbe):
         classifier: ``"svm"`` (``LinearSVC``) or ``"logistic"``.
         C, max_iter, random_state: of the classifier.
         standardize: fit on standardised features (folded into ``fc``).
-        others: see :class:`~detectors.clip_backbone.ClipLinearProbe`;
+        others: see :class:`~detectors.layers.clip.ClipLinearProbe`;
             ``optimizer``/``scheduler`` are unused (closed form).
     """
 

@@ -13,24 +13,20 @@ crop and a flip) and a reader for official weight files.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import io
 import logging
-import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torchvision.models import resnet50
 
-from deepsift.checkpoint import read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import read_state_dict
+from deepsift.core.errors import UserError
 from detectors.base import Detector
+from detectors.layers.cnndetection import cnndetection_train_transform
 from detectors.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -68,53 +64,10 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 IMAGENET_FILES = ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth")
 
 
-# -- shared by the CNNDetection family ------------------------------------------------
-def cnndetection_augment(image: Image.Image, p: Preprocessing) -> Image.Image:
-    """CNNDetection's ``data_augment``: Gaussian blur, then JPEG, each with its probability.
-
-    Blur: ``scipy.ndimage.gaussian_filter`` on each 8-bit channel with sigma ~
-    U(``blur_sigma``), as the reference does. JPEG: quality drawn uniformly from
-    the integers in ``jpeg_quality`` (inclusive), encoded with PIL (the reference
-    picks OpenCV or PIL at random; OpenCV is not a deepsift dependency).
-    """
-    blur = p.blur_prob and random.random() < p.blur_prob
-    jpeg = p.jpeg_prob and random.random() < p.jpeg_prob
-    if not (blur or jpeg):
-        return image
-    array = np.array(image)  # (H, W, 3) uint8, a writable copy
-    if blur:
-        from scipy.ndimage import gaussian_filter
-
-        low, high = p.blur_sigma
-        sigma = random.random() * (high - low) + low
-        for channel in range(array.shape[2]):
-            gaussian_filter(array[:, :, channel], output=array[:, :, channel], sigma=sigma)
-    if jpeg:
-        quality = random.choice(range(int(p.jpeg_quality[0]), int(p.jpeg_quality[-1]) + 1))
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="jpeg", quality=quality)
-        buffer.seek(0)
-        array = np.array(Image.open(buffer).convert("RGB"))
-    return Image.fromarray(array)
-
-
-def cnndetection_train_transform(image: Image.Image, p: Preprocessing) -> torch.Tensor:
-    """The official training pipeline, in the official order.
-
-    ``Resize`` (``p.resize``) -> blur/JPEG (:func:`cnndetection_augment`) ->
-    ``RandomCrop(p.size)`` -> ``RandomHorizontalFlip(p.hflip)`` -> ``ToTensor``
-    -> ``Normalize``. (:class:`Preprocessing` on its own augments *before* resizing.)
-    """
-    image = p.resize_image(image)
-    image = cnndetection_augment(image, p)
-    tail = dataclasses.replace(p, resize="none", blur_prob=0.0, jpeg_prob=0.0)
-    return tail(image, train=True)
-
-
 # -- the detector ---------------------------------------------------------------------
 def _imagenet_weights(pretrained_file: str | None) -> Path:
     """A local file of torchvision's ImageNet ResNet-50, found or downloaded (verified)."""
-    from deepsift.hub import download, sha256_file
+    from deepsift.core.hub import download, sha256_file
 
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
@@ -150,7 +103,7 @@ class CNNSpot(Detector):
     of the official weight files, and ``load_detector("cnnspot",
     weights="blur_jpg_prob0.5.pth")`` loads them strictly (``{'model': ...}``
     unwrapped, ``module.`` prefixes removed; a file that does not fit fails with
-    a :class:`~deepsift.errors.UserError` naming missing and unexpected keys).
+    a :class:`~deepsift.core.errors.UserError` naming missing and unexpected keys).
     23,510,081 parameters, as ``resnet50(num_classes=1)``.
 
     Reference defaults (github.com/PeterWang512/CNNDetection):
@@ -183,7 +136,7 @@ class CNNSpot(Detector):
     * JPEG is always PIL (the reference alternates OpenCV and PIL);
     * test-time: the centre crop (batchable); set ``preprocessing.crop=none``
       for the uncropped protocol (then score one image size per batch);
-    * images are read by :func:`datasets.base.load_rgb`, which composites
+    * images are read by :func:`deepsift.core.images.load_rgb`, which composites
       transparent images on white (the reference's ``convert('RGB')`` drops alpha).
 
     Args:

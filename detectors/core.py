@@ -58,7 +58,7 @@ Where this differs, and why:
   ``DFDC_selim`` (albumentations) is not offered; the test-time random flip is
   dropped.
 * ImageNet initialisation only from a local file (``pretrained_file``, see
-  :func:`detectors.xception.xception_backbone`); the references download it.
+  :func:`detectors.layers.xception.xception_backbone`); the references download it.
 * The batch of ``2N`` goes through BatchNorm as one batch, as in the reference.
   Without ``image_view2`` (a batch made by the test-time transform),
   training falls back to the weighted cross-entropy on ``image`` alone, with a
@@ -90,19 +90,19 @@ from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from deepsift.checkpoint import load_state_dict_strict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict
+from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.preprocessing import (
-    DEEPFAKEBENCH_FACE_PREPROCESSING,
-    Preprocessing,
-    merge_preprocessing,
-)
-from detectors.xception import (
+from detectors.layers.xception import (
     XCEPTION_FEATURES,
     read_xception_file,
     xception_backbone,
     xception_detector_state,
+)
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
 )
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class CORE(Detector):
         """DeepfakeBench ``core_best.pth``, an official CORE checkpoint or a deepsift state dict.
 
         The layouts are those of Xception detectors (CORE's network *is* an Xception):
-        :func:`detectors.xception.xception_detector_state` maps them to ``backbone.*``
+        :func:`detectors.layers.xception.xception_detector_state` maps them to ``backbone.*``
         and a fake-logit ``head``; keys left over fail strict loading by name.
         """
         source = f"weights file {path}"

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsift import distributed as dist
-from deepsift.errors import UserError
+from deepsift.core import distributed as dist
+from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.closed_form import (
+from detectors.layers.closed_form import (
+    NotFittedError,
     fit_on_main,
     gathered_training_set,
     linear_classifier,
@@ -45,10 +46,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "mean": (0.0, 0.0, 0.0),
     "std": (1.0, 1.0, 1.0),
 }
-
-
-class NotFittedError(UserError, RuntimeError):
-    """Raised when an unfitted closed-form detector is asked for scores."""
 
 
 def radius_bins(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

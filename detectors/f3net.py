@@ -69,16 +69,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.layers.heads import fake_logit_head, fill_num_batches_tracked
+from detectors.layers.xception import XCEPTION_FEATURES, xception_backbone
 from detectors.preprocessing import Preprocessing, merge_preprocessing
-from detectors.xception import (
-    XCEPTION_FEATURES,
-    fake_logit_head,
-    fill_num_batches_tracked,
-    xception_backbone,
-)
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.blending import (
+from detectors.layers.blending import (
     HULL_KINDS,
     LANDMARKS_OK,
     alpha_blend,
@@ -140,12 +140,12 @@ def blend_faces(
        their landmarks (DeepfakeBench's 2-D branch; AlgoHunt relies on the
        nearest-landmark choice alone);
     2. both are resized by ``U(128, 317) / 317`` (blending at a random scale);
-    3. mask: one of :data:`detectors.blending.HULL_KINDS` from the target's
+    3. mask: one of :data:`detectors.layers.blending.HULL_KINDS` from the target's
        landmarks (an ellipse without them), a random lattice deformation
-       (:func:`~detectors.blending.grid_deform`), a random erosion or dilation;
+       (:func:`~detectors.layers.blending.grid_deform`), a random erosion or dilation;
     4. the source's mean colour inside the mask is matched to the target's;
     5. feathered alpha blend: ``M`` = distance into the mask's hull over 20 %
-       of the face size, clipped to 1 (:func:`~detectors.blending.feather_weights`);
+       of the face size, clipped to 1 (:func:`~detectors.layers.blending.feather_weights`);
     6. image and ``M`` are resized back.
     """
     h, w = target.shape[:2]
@@ -299,7 +299,7 @@ class FaceXray(Detector):
     * the partner is aligned to the target by a landmark similarity transform
       (DeepfakeBench; AlgoHunt blends unaligned nearest neighbours);
     * the lattice deformation interpolates its offsets bilinearly rather than
-      piecewise-affinely (:func:`detectors.blending.grid_deform`);
+      piecewise-affinely (:func:`detectors.layers.blending.grid_deform`);
     * faces are the data source's crops resized to 256 px, not AlgoHunt's fixed
       317 px crop; records without landmarks blend inside a jittered ellipse
       (one warning);

@@ -13,17 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepsift.checkpoint import check_targets, read_checkpoint
-from deepsift.errors import UserError, instantiate
+from deepsift.core.checkpoint import check_targets, read_checkpoint
+from deepsift.core.configs import CONFIG_DIR, config_names, instantiate
+from deepsift.core.errors import UserError
 from detectors.base import Detector
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
 def list_detectors() -> list[str]:
     """Names accepted by ``load_detector`` and ``detector=`` (the files in configs/detector)."""
-    return sorted(p.stem for p in (CONFIG_DIR / "detector").glob("*.yaml"))
+    return config_names("detector")
 
 
 def detector_config(name: str, **overrides: Any) -> DictConfig:
@@ -67,7 +67,7 @@ def load_checkpoint_detector(
     path: str | Path, expected_name: str | None = None
 ) -> tuple[Detector, dict[str, Any]]:
     """Rebuild the detector a deepsift checkpoint was trained as, with its weights."""
-    from deepsift.checkpoint import load_state_dict_strict
+    from deepsift.core.checkpoint import load_state_dict_strict
 
     payload = read_checkpoint(path)
     info = payload["detector"]

@@ -19,11 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsift import distributed as dist
-from deepsift.errors import UserError
+from deepsift.core import distributed as dist
+from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
-from detectors.durall_spectrum import NotFittedError
+from detectors.layers.closed_form import (
+    NotFittedError,
+    fit_on_main,
+    gathered_training_set,
+    training_set_problem,
+)
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.cnnspot import cnndetection_train_transform
-from detectors.npr import bottleneck_layer, init_resnet_weights
+from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.resnet import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -146,7 +146,7 @@ class FreqNet(Detector):
     (``.cuda()``) and applies ReLU in place on the real view of a complex
     tensor; here they live on the module's device and every step is out of
     place (the same numbers); the spectral steps run in float32 even under
-    mixed precision (half-precision FFTs take only power-of-two sizes). Images are read by :func:`datasets.base.load_rgb`
+    mixed precision (half-precision FFTs take only power-of-two sizes). Images are read by :func:`deepsift.core.images.load_rgb`
     (transparency composited on white). The schedule in
     ``configs/detector/freqnet.yaml`` reproduces the reference's decay for its
     85 epochs; batch size and epochs are the trainer's

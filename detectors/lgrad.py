@@ -29,8 +29,8 @@ from torch import nn
 from torchvision.models import resnet50
 from torchvision.transforms import functional as TF
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, merge_preprocessing
 

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict
+from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.keras_h5 import KerasLayer, is_hdf5, layers_by_kind, read_keras_h5
+from detectors.layers.keras_h5 import KerasLayer, is_hdf5, layers_by_kind, read_keras_h5
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class MesoNet(Detector):
         """Official Keras ``.h5`` weights, or a deepsift state dict / checkpoint.
 
         HDF5 files (by suffix or signature: the official example names them
-        without a suffix) are read with :mod:`detectors.keras_h5`; anything else
+        without a suffix) are read with :mod:`detectors.layers.keras_h5`; anything else
         goes to :meth:`Detector.load_weights`.
         """
         if not is_hdf5(path):

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.cnnspot import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.resnet import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -76,28 +76,6 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
     return x - up
 
 
-def bottleneck_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    """A torchvision ResNet stage of ``blocks`` Bottlenecks (the first one downsamples)."""
-    out = planes * Bottleneck.expansion
-    downsample = nn.Sequential(
-        nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
-        nn.BatchNorm2d(out),
-    )
-    layers = [Bottleneck(inplanes, planes, stride, downsample)]
-    layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-
-def init_resnet_weights(model: nn.Module) -> None:
-    """torchvision's ResNet initialisation: Kaiming-normal convolutions, unit BatchNorm."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.constant_(module.weight, 1)
-            nn.init.constant_(module.bias, 0)
-
-
 class NPR(Detector):
     """NPR residual (x 2/3) into ResNet-50's stem, ``layer1`` and ``layer2``, then ``fc1`` 512 -> 1.
 
@@ -134,7 +112,7 @@ class NPR(Detector):
     Where this differs: odd heights and widths are trimmed to even before the
     residual (the reference's commented-out code does the same; its active code
     raises a shape error on them, which its 256 x 256 resize avoids); images are
-    read by :func:`datasets.base.load_rgb` (transparency composited on white).
+    read by :func:`deepsift.core.images.load_rgb` (transparency composited on white).
     The schedule in ``configs/detector/npr.yaml`` (``MultiStepLR`` at epochs 11,
     21, 31, 41) reproduces the reference's decay for its 50 epochs; batch size
     and epochs are the trainer's (``trainer.batch_size=32

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import functional as TF
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

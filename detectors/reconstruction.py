@@ -81,10 +81,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift import distributed as dist
-from deepsift.errors import UserError
+from deepsift.core import distributed as dist
+from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.closed_form import fit_on_main, gathered_training_set, training_set_problem
+from detectors.layers.closed_form import fit_on_main, gathered_training_set, training_set_problem
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -134,31 +134,6 @@ class ResamplingAutoencoder(nn.Module):
 def resampling_autoencoder(factor: int = 2, mode: str = "bilinear") -> ResamplingAutoencoder:
     """Config factory for :class:`ResamplingAutoencoder`."""
     return ResamplingAutoencoder(factor, mode)
-
-
-def embedded_autoencoder(family: str, weights: str | None = None, width: int = 32) -> nn.Module:
-    """A ``GeneratorAE`` of the embedded benchmark (``datasets.embedded.generators``).
-
-    ``weights``: a state-dict file of that autoencoder (e.g. saved with
-    ``torch.save(model.state_dict(), path)`` after ``train_autoencoder``). It takes
-    and returns images in [0, 1], as the detector expects.
-    """
-    from datasets.embedded.generators import FAMILIES, GeneratorAE
-
-    if family not in FAMILIES:
-        raise UserError(
-            f"unknown embedded autoencoder family {family!r}; choose from {', '.join(FAMILIES)}"
-        )
-    if not weights:
-        raise UserError(
-            "embedded_autoencoder needs a weights file: pass detector.autoencoder.weights=<state dict .pt>"
-        )
-    if not Path(weights).is_file():
-        raise UserError(f"autoencoder weights {weights} do not exist; pass an existing .pt file")
-    model = GeneratorAE(family, width)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    return model.eval()
 
 
 class DiffusersVAE(nn.Module):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.blending import (
+from detectors.layers.blending import (
     HULL_KINDS,
     LANDMARKS_OK,
     alpha_blend,
@@ -45,10 +45,13 @@ from detectors.blending import (
     sample_source_augment,
     source_augment,
     warn_landmark_status,
-    warn_once,
     weighted_bce,
 )
-from detectors.efficientnet import convert_efficientnet_pytorch_keys, efficientnet_b4_backbone
+from detectors.layers.efficientnet import (
+    convert_efficientnet_pytorch_keys,
+    efficientnet_b4_backbone,
+)
+from detectors.layers.sam import SAM
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -105,13 +108,13 @@ def self_blend(
 
     1. mask: with probability 0.25 the landmarks are cut to their first 68
        (drops dlib-81's forehead), then a hull mask (:data:`HULLS`); without
-       landmarks, :func:`detectors.blending.ellipse_mask`;
+       landmarks, :func:`detectors.layers.blending.ellipse_mask`;
     2. with probability 0.5 the source (the copy blended in), else the target
        (the image blended into, returned as the real), gets the colour and
-       frequency augmentation (:func:`detectors.blending.sample_source_augment`);
+       frequency augmentation (:func:`detectors.layers.blending.sample_source_augment`);
     3. source and mask are shifted and rescaled together, the mask gets an
-       elastic deformation (:func:`~detectors.blending.random_affine`,
-       :func:`~detectors.blending.elastic_deform`);
+       elastic deformation (:func:`~detectors.layers.blending.random_affine`,
+       :func:`~detectors.layers.blending.elastic_deform`);
     4. the mask is softened (:func:`sbi_blend_mask`) and scaled by a ratio drawn
        from :data:`BLEND_RATIOS`; fake = ``mask * source + (1 - mask) * target``
        truncated to uint8.
@@ -140,142 +143,6 @@ def self_blend(
     return target, fake, soft.astype(np.float32)
 
 
-# -- sharpness-aware minimisation through the Detector interface ----------------------
-class SAM(torch.optim.Optimizer):
-    """Sharpness-aware minimisation (Foret et al., ICLR 2021) split across the engine's step.
-
-    The reference (``src/utils/sam.py``, ``src/model.py``) does both passes in
-    its training step: loss and gradient at ``w``, an ascent to ``w + e(w)``
-    with ``e = rho * g / ||g||`` (global L2 norm), loss and gradient there,
-    back to ``w``, then the base optimiser's step with the second gradient.
-    Here :meth:`SBI.training_step` computes the first gradient with
-    ``torch.autograd.grad`` (leaving ``.grad`` untouched), calls :meth:`ascend`
-    and returns the loss at ``w + e``; the engine back-propagates it and calls
-    :meth:`step`, which returns to ``w`` (:meth:`restore`) and steps the base
-    optimiser. The parameter updates are the reference's (a test compares
-    them). Under DDP the engine averages the second gradient over ranks; each
-    rank ascends along its own first gradient (the "m-sharpness" of the SAM
-    paper). :meth:`state_dict` is the base optimiser's (momentum buffers),
-    which the reference's checkpoints leave out.
-
-    Args:
-        params: parameters or parameter groups.
-        base_optimizer: the optimiser class or partial (default SGD).
-        rho: the ascent radius (0.05, the reference's).
-        adaptive: ASAM's element-wise scaling (off in the reference).
-        **kwargs: the base optimiser's arguments (``lr``, ``momentum`` ...).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        base_optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.SGD,
-        rho: float = 0.05,
-        adaptive: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        if rho < 0:
-            raise ValueError(f"SAM's rho must be non-negative, got {rho}")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
-        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
-        self.param_groups = self.base_optimizer.param_groups
-        self.defaults.update(self.base_optimizer.defaults)
-        self._perturbation: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, saved w)
-
-    def params(self) -> list[torch.Tensor]:
-        """Every parameter, in group order (the order :meth:`ascend` expects its gradients in)."""
-        return [p for group in self.param_groups for p in group["params"]]
-
-    @torch.no_grad()
-    def ascend(self, grads: Sequence[torch.Tensor | None]) -> bool:
-        """Move to ``w + e(w)`` along ``grads`` (one per :meth:`params` entry, ``None`` = unused).
-
-        Returns False (and stays at ``w``) when no parameter has a gradient or
-        the gradient norm is not finite.
-        """
-        self.restore()
-        pairs = []
-        flat = iter(grads)
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = next(flat)
-                if g is not None:
-                    pairs.append((group, p, g))
-        if not pairs:
-            return False
-        norm = torch.norm(
-            torch.stack(
-                [
-                    ((p.abs() if group["adaptive"] else 1.0) * g).norm(2).to(pairs[0][1].device)
-                    for group, p, g in pairs
-                ]
-            ),
-            2,
-        )
-        if not torch.isfinite(norm):
-            warn_once("sam-nonfinite", "SAM: non-finite first gradient; skipping the ascent")
-            return False
-        for group, p, g in pairs:
-            scale = group["rho"] / (norm + 1e-12)
-            e = (p.pow(2) if group["adaptive"] else 1.0) * g * scale.to(p)
-            self._perturbation.append((p, p.detach().clone()))
-            p.add_(e)
-        return True
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Return to ``w`` if an ascent is pending.
-
-        ``w`` is copied back, not recomputed as ``(w + e) - e`` (the reference's
-        subtraction, off by rounding), so DDP ranks stay bit-identical.
-        """
-        for p, saved in self._perturbation:
-            p.copy_(saved)
-        self._perturbation = []
-
-    @property
-    def perturbed(self) -> bool:
-        return bool(self._perturbation)
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Return to ``w`` and take the base optimiser's step with the current gradients."""
-        self.restore()
-        return self.base_optimizer.step(closure)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.base_optimizer.load_state_dict(state_dict)
-
-
-class LinearDecayLR(torch.optim.lr_scheduler.LRScheduler):
-    """The reference's ``LinearDecayLR``: constant, then linear decay after ``start_decay`` epochs.
-
-    In epoch ``e`` (from 0): ``lr = base`` for ``e <= start_decay``, else
-    ``base - base / (n_epochs - start_decay) * (e - start_decay)``; stepped
-    once per epoch (``LinearDecayLR(optimizer, 100, 75)`` in ``train_sbi.py``).
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        n_epochs: int = 100,
-        start_decay: int = 75,
-        last_epoch: int = -1,
-    ) -> None:
-        if not 0 <= start_decay < n_epochs:
-            raise ValueError(f"need 0 <= start_decay < n_epochs, got {start_decay}, {n_epochs}")
-        self.n_epochs, self.start_decay = n_epochs, start_decay
-        super().__init__(optimizer, last_epoch)
-
-    def get_lr(self) -> list[float]:
-        e, start = self.last_epoch, self.start_decay
-        if e <= start:
-            return list(self.base_lrs)
-        return [base - base / (self.n_epochs - start) * (e - start) for base in self.base_lrs]
-
-
 # -- the detector ---------------------------------------------------------------------
 class SBI(Detector):
     """EfficientNet-B4 (one logit) trained on (real, self-blended) pairs with SAM.
@@ -284,12 +151,12 @@ class SBI(Detector):
 
     * data (``src/utils/sbi.py``): real FF++ frames only (``init_ff`` lists
       ``original_sequences``), 8 frames per video, dlib-81 landmarks
-      (reordered, :data:`detectors.blending.DLIB81_FOREHEAD_ORDER`) and
+      (reordered, :data:`detectors.layers.blending.DLIB81_FOREHEAD_ORDER`) and
       RetinaFace boxes; per image: horizontal flip (p 0.5, landmarks renumbered),
       a crop with a wide margin, :func:`self_blend`, then the same
       ``RGBShift``/``HueSaturationValue``/``RandomBrightnessContrast``/
       ``ImageCompression(40-100)`` draw on the real and the fake
-      (:func:`detectors.blending.sample_pair_augment`), a random-margin crop
+      (:func:`detectors.layers.blending.sample_pair_augment`), a random-margin crop
       from the RetinaFace box, resize to 380 x 380 (``cv2.INTER_LINEAR``),
       pixels / 255, no mean/std; the collate stacks every real and its fake;
     * model (``src/model.py``): ``EfficientNet.from_pretrained("efficientnet-b4",
@@ -325,7 +192,7 @@ class SBI(Detector):
       draws; ``HueSaturationValue``'s +-0.3 limits are below one grey level in
       albumentations' uint8 arithmetic, and are so here); JPEG is PIL's;
     * records without landmarks use a jittered ellipse
-      (:func:`detectors.blending.ellipse_mask`) with one warning;
+      (:func:`detectors.layers.blending.ellipse_mask`) with one warning;
     * fake records of the training split are not part of the recipe:
       ``fake_records="ignore"`` (default) gives them zero loss weight (they
       still cost a forward pass: train on reals only for speed);
@@ -335,7 +202,7 @@ class SBI(Detector):
 
     Args:
         backbone: ``"efficientnet_b4"`` (efficientnet_pytorch's B4 on timm, see
-            :func:`detectors.efficientnet.efficientnet_b4_backbone`) or any timm
+            :func:`detectors.layers.efficientnet.efficientnet_b4_backbone`) or any timm
             model name (the paper's backbone ablation; never downloaded).
         pretrained_file: local ImageNet weights for the backbone (the reference
             uses efficientnet_pytorch's AdvProp B4, ``adv-efficientnet-b4-44fb3a87.pth``).
@@ -394,7 +261,7 @@ class SBI(Detector):
         Training keys: ``image`` (the real, or a fake record's image),
         ``image_blended`` (its self-blended fake), ``weight_image`` and
         ``weight_blended`` (their loss weights), ``landmarks_status``
-        (:data:`detectors.blending.LANDMARKS_OK` or why the mask is an ellipse).
+        (:data:`detectors.layers.blending.LANDMARKS_OK` or why the mask is an ellipse).
         """
         image = np.asarray(sample["image"].convert("RGB"))
         if not train:
@@ -464,7 +331,7 @@ class SBI(Detector):
         Official files are ``{'model': ..., 'optimizer': ..., 'epoch': ...}``
         with the reference ``Detector``'s keys (``net._conv_stem.weight`` ...
         ``net._fc.weight`` (2, 1792)): efficientnet_pytorch names are mapped to
-        timm's (:func:`detectors.efficientnet.convert_efficientnet_pytorch_keys`)
+        timm's (:func:`detectors.layers.efficientnet.convert_efficientnet_pytorch_keys`)
         and the 2-class head becomes one logit, ``w1 - w0`` and ``b1 - b0``
         (sigmoid of it = the reference's ``softmax[:, 1]``). Loading is strict.
         """

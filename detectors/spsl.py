@@ -26,16 +26,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.layers.heads import fake_logit_head
+from detectors.layers.xception import (
+    XCEPTION_FEATURES,
+    is_deepfakebench_file,
+    split_deepfakebench_xception,
+    xception_backbone,
+)
 from detectors.preprocessing import (
     DEEPFAKEBENCH_FACE_PREPROCESSING,
     Preprocessing,
     merge_preprocessing,
     train_variant,
 )
-from detectors.xception import XCEPTION_FEATURES, xception_backbone
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +62,6 @@ DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = {
 #: the middle flow that DeepfakeBench's ``shallow_xception`` mode skips
 MIDDLE_FLOW = tuple(f"block{i}" for i in range(4, 12))
 
-#: DeepfakeBench's Xception always builds ``adjust_channel`` (1x1 conv 2048 -> 512 and
-#: BatchNorm), which only its ``adjust_channel`` mode calls; its checkpoints carry it
-ADJUST_CHANNEL_SHAPES: dict[str, tuple[int, ...]] = {
-    "adjust_channel.0.weight": (512, XCEPTION_FEATURES, 1, 1),
-    "adjust_channel.0.bias": (512,),
-    "adjust_channel.1.weight": (512,),
-    "adjust_channel.1.bias": (512,),
-    "adjust_channel.1.running_mean": (512,),
-    "adjust_channel.1.running_var": (512,),
-    "adjust_channel.1.num_batches_tracked": (),
-}
-#: DeepfakeBench's 2-class head: ``last_linear`` or, with dropout, ``last_linear.1``
-LAST_LINEAR = ("last_linear.", "last_linear.1.")
-
 
 def phase_only(image: torch.Tensor) -> torch.Tensor:
     """The phase-only reconstruction of each image's gray level: (B, C, H, W) -> (B, 1, H, W).
@@ -84,52 +75,6 @@ def phase_only(image: torch.Tensor) -> torch.Tensor:
     gray = image.float().mean(dim=1, keepdim=True)
     phase = torch.angle(torch.fft.fft2(gray))
     return torch.fft.ifft2(torch.polar(torch.ones_like(phase), phase)).real
-
-
-def two_class_to_fake_logit(
-    weight: torch.Tensor, bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (2, F) real/fake softmax head as the (1, F) head of ``z_fake - z_real``.
-
-    ``softmax(z)[1] = sigmoid(z1 - z0)``, so the converted head gives exactly the
-    reference's fake probability.
-    """
-    if weight.ndim != 2 or weight.shape[0] != 2 or bias.shape != (2,):
-        raise UserError(
-            f"expected a 2-class head (weight (2, F), bias (2,)), got weight "
-            f"{tuple(weight.shape)} and bias {tuple(bias.shape)}"
-        )
-    return (weight[1] - weight[0])[None], (bias[1] - bias[0])[None]
-
-
-def split_deepfakebench_xception(
-    state: Mapping[str, torch.Tensor], prefix: str
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Take a DeepfakeBench Xception's ``adjust_channel`` and ``last_linear`` out of ``state``.
-
-    DeepfakeBench's Xception has timm ``legacy_xception``'s key names (both
-    descend from the Cadene/FaceForensics++ Xception) plus ``adjust_channel``,
-    dropped here when its tensors have the shapes that Xception builds (any other
-    shape stays and is reported by the strict load), and its 2-class
-    ``last_linear`` (``last_linear.1`` with dropout), returned apart as
-    ``{"weight", "bias"}`` (empty when absent).
-    """
-    rest = dict(state)
-    for key, shape in ADJUST_CHANNEL_SHAPES.items():
-        value = rest.get(prefix + key)
-        if torch.is_tensor(value) and tuple(value.shape) == shape:
-            del rest[prefix + key]
-    head: dict[str, torch.Tensor] = {}
-    for name in LAST_LINEAR:
-        if f"{prefix}{name}weight" in rest and f"{prefix}{name}bias" in rest:
-            head = {p: rest.pop(f"{prefix}{name}{p}") for p in ("weight", "bias")}
-            break
-    return rest, head
-
-
-def is_deepfakebench_file(state: Mapping[str, Any], prefix: str) -> bool:
-    """Whether ``state`` has DeepfakeBench's classifier under ``prefix`` (``backbone.``)."""
-    return any(f"{prefix}{name}weight" in state for name in LAST_LINEAR)
 
 
 def spsl_backbone(pretrained_file: str | None) -> nn.Module:
@@ -153,7 +98,7 @@ class SPSL(Detector):
     State dict: ``backbone.*`` (timm ``legacy_xception``, ``conv1`` 4 -> 32)
     and ``head`` (2048 -> 1). :meth:`load_weights` reads DeepfakeBench's SPSL
     checkpoints strictly (``backbone.*`` with its 2-class ``last_linear``
-    converted by :func:`two_class_to_fake_logit`, its unused ``adjust_channel``
+    converted by :func:`detectors.layers.heads.fake_logit_head`, its unused ``adjust_channel``
     dropped) as well as this detector's own state dicts.
 
     Reference defaults (DeepfakeBench ``spsl.yaml`` and ``spsl_detector.py``):
@@ -233,8 +178,8 @@ class SPSL(Detector):
         state = read_state_dict(path)
         if is_deepfakebench_file(state, "backbone."):
             state, head = split_deepfakebench_xception(state, "backbone.")
-            state["head.weight"], state["head.bias"] = two_class_to_fake_logit(
-                head["weight"], head["bias"]
+            state["head.weight"], state["head.bias"] = fake_logit_head(
+                head["weight"], head["bias"], f"weights file {path}"
             )
             log.info("SPSL: read %s as a DeepfakeBench checkpoint (2-class head converted)", path)
         load_state_dict_strict(self, state, f"weights file {path}")

@@ -36,19 +36,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict
-from deepsift.errors import UserError
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
+from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.preprocessing import Preprocessing, merge_preprocessing
-from detectors.spsl import (
-    DEFAULT_PREPROCESSING,
+from detectors.layers.heads import fake_logit_head
+from detectors.layers.xception import (
+    XCEPTION_FEATURES,
     is_deepfakebench_file,
     split_deepfakebench_xception,
-    two_class_to_fake_logit,
+    xception_backbone,
 )
-from detectors.xception import XCEPTION_FEATURES, xception_backbone
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
+
+#: DeepfakeBench's test-time face input (as SPSL's)
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(DEEPFAKEBENCH_FACE_PREPROCESSING)
 
 #: the published SRM kernels (integers) and their normalisers, in DeepfakeBench's order
 SRM_KERNELS: tuple[tuple[tuple[tuple[int, ...], ...], float], ...] = (
@@ -344,7 +351,7 @@ class SRMTwoStream(Detector):
         pretrained_file: local ImageNet Xception state dict for both streams;
             ``None`` = random init.
         am_margin, am_scale: the AM-softmax margin and scale.
-        preprocessing: over :data:`detectors.spsl.DEFAULT_PREPROCESSING`.
+        preprocessing: over :data:`DEFAULT_PREPROCESSING` (DeepfakeBench's face input).
         optimizer, scheduler: see :class:`Detector`.
     """
 
@@ -411,8 +418,8 @@ class SRMTwoStream(Detector):
             state, head = split_deepfakebench_xception(state, "backbone_rgb.")
             state, _unused_head = split_deepfakebench_xception(state, "backbone_srm.")
             state = drop_known_unused(state, UNUSED_BLUR)
-            state["head.weight"], state["head.bias"] = two_class_to_fake_logit(
-                head["weight"], head["bias"]
+            state["head.weight"], state["head.bias"] = fake_logit_head(
+                head["weight"], head["bias"], f"weights file {path}"
             )
             log.info("SRM: read %s as a DeepfakeBench checkpoint (2-class head converted)", path)
         load_state_dict_strict(self, state, f"weights file {path}")

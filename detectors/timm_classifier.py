@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.preprocessing import Preprocessing
 
@@ -156,7 +156,7 @@ def create_backbone(
     """
     import timm
 
-    from deepsift.hub import hf_offline, hub_reachable, sha256_file
+    from deepsift.core.hub import hf_offline, hub_reachable, sha256_file
 
     if backbone.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise UserError(
@@ -254,7 +254,7 @@ class TimmClassifier(Detector):
             (the hub's content hash) and logged, as is the SHA-256 of a
             ``pretrained_file``. Offline, with the weights not cached,
             construction fails within seconds with a
-            :class:`~deepsift.errors.UserError` saying what to pass instead.
+            :class:`~deepsift.core.errors.UserError` saying what to pass instead.
         pretrained_file: a local ``.safetensors``/``.pth`` state dict of the
             backbone (its ImageNet classifier is dropped).
         drop_rate: dropout before the classifier.

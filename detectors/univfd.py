@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepsift.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
-from deepsift.errors import UserError
-from detectors.clip_backbone import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.cnnspot import cnndetection_train_transform
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.errors import UserError
+from detectors.layers.clip import CLIP_MEAN, CLIP_STD, ClipLinearProbe
+from detectors.layers.cnndetection import cnndetection_train_transform
 from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ class UnivFD(ClipLinearProbe):
 
     Where this differs: the encoder is open_clip's re-implementation of OpenAI's
     (same weights and keys, ``quick_gelu=True``), built offline and loaded from
-    ``backbone_file`` (see :mod:`detectors.clip_backbone`); the training
+    ``backbone_file`` (see :mod:`detectors.layers.clip`); the training
     transform keeps the reference's order (resize, blur/JPEG with PIL's JPEG
-    only, random crop, flip) via :func:`detectors.cnnspot.cnndetection_train_transform`;
+    only, random crop, flip) via :func:`detectors.layers.cnndetection.cnndetection_train_transform`;
     the plateau schedule is the trainer's business (none by default); the
     reference's OpenCV-or-PIL JPEG choice becomes PIL only.
 
@@ -92,7 +92,7 @@ class UnivFD(ClipLinearProbe):
     Args:
         train_preprocessing: fields of ``preprocessing`` that differ in training.
         optimizer: default AdamW(lr 1e-4, betas (0.9, 0.999), weight_decay 0).
-        others: see :class:`~detectors.clip_backbone.ClipLinearProbe`.
+        others: see :class:`~detectors.layers.clip.ClipLinearProbe`.
     """
 
     def __init__(

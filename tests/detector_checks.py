@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.base import Record, collate_samples
+from deepsift.core.records import Record, collate_samples
 from detectors.base import Detector
 
 

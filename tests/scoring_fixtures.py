@@ -115,7 +115,7 @@ def expected_rgb(name: str, path: Path) -> Image.Image:
     """What the pipeline must score for a good zoo image: training's loader, plus EXIF rotation."""
     from PIL import ImageOps
 
-    from datasets.base import load_rgb
+    from deepsift.core.images import load_rgb
 
     if name == "rotated.jpg":
         with Image.open(path) as image:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import list_detectors, load_detector
 from tests.conftest import FAST, run_script
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.spatial import Delaunay
 
-from datasets.base import Record
-from detectors import blending as B
+from deepsift.core.records import Record
+from detectors.layers import blending as B
 
 
 def _inside_hull(points: np.ndarray, shape: tuple[int, int], tolerance: float) -> np.ndarray:
@@ -233,7 +233,7 @@ def test_read_landmarks_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixt
 
     for code in (1, 2, 3):
         B._WARNED.discard(f"X-landmarks-{code}")
-    with caplog.at_level(logging.WARNING, logger="detectors.blending"):
+    with caplog.at_level(logging.WARNING, logger="detectors.layers.blending"):
         for _ in range(3):  # once per kind of problem, however many batches show it
             B.warn_landmark_status(torch.tensor([0, 1, 1, 3]), "X", "ellipses")
     messages = [r.getMessage() for r in caplog.records]

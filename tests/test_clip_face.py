@@ -12,10 +12,10 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
-from detectors.clip_backbone import build_visual
 from detectors.clip_face import ClipFace
+from detectors.layers.clip import build_visual
 from tests.detector_checks import overfit, transformed_batch
 
 open_clip = pytest.importorskip("open_clip")  # PyPI open_clip_torch

@@ -13,11 +13,11 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from torchvision import transforms
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import detector_config, load_detector
-from detectors.clip_backbone import build_visual
 from detectors.clipbased import ClipBased
-from detectors.durall_spectrum import NotFittedError
+from detectors.layers.clip import build_visual
+from detectors.layers.closed_form import NotFittedError
 
 open_clip = pytest.importorskip("open_clip")  # PyPI open_clip_torch
 

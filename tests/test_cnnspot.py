@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.cnnspot import CNNSpot

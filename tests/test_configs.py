@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepsift.errors import instantiate
-from deepsift.pipeline import compose as compose_run
+from deepsift.core.configs import CONFIG_DIR, instantiate
+from deepsift.core.configs import compose as compose_run
 from detectors import list_detectors
 from detectors.base import Detector
-from detectors.factory import CONFIG_DIR, build_detector
+from detectors.factory import build_detector
 
 DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.cnnspot import merge_preprocessing

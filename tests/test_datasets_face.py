@@ -19,17 +19,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datasets.base import FAKE, REAL
-from datasets.celebdf import CelebDF, bucket
+from datasets.celebdf import CelebDF
+from datasets.crop_cache import spread, strip_suffix
 from datasets.dfdc import DFDC, DFDCPreview
-from datasets.faceforensics import (
-    CLASSIC_METHODS,
-    DeepFakeDetection,
-    FaceForensics,
-    spread,
-    strip_suffix,
-)
-from deepsift.errors import UserError
+from datasets.faceforensics import CLASSIC_METHODS, DeepFakeDetection, FaceForensics
+from datasets.splits import bucket
+from deepsift.core.errors import UserError
+from deepsift.core.records import FAKE, REAL
 
 SHARED_SPLITS = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faceforensics" / "splits"

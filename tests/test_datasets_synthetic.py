@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.base import FAKE, REAL, load_rgb
 from datasets.manifest import Manifest
-from datasets.reencode import parse_reencode, reencode
 from datasets.synthetic import (
     AIGCDETECT_TEST,
     FORENSYNTHS_TEST,
@@ -28,7 +26,10 @@ from datasets.synthetic import (
     Synthbuster,
     UnivFDDiffusion,
 )
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
+from deepsift.core.images import load_rgb
+from deepsift.core.records import FAKE, REAL
+from deepsift.core.reencode import parse_reencode, reencode
 
 
 @functools.lru_cache(maxsize=4)

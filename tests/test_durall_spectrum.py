@@ -11,14 +11,10 @@ from PIL import Image
 from scipy.interpolate import griddata
 from sklearn.metrics import roc_auc_score
 
-from deepsift.errors import UserError
-from detectors.durall_spectrum import (
-    DurallSpectrum,
-    NotFittedError,
-    azimuthal_average,
-    radius_bins,
-)
+from deepsift.core.errors import UserError
+from detectors.durall_spectrum import DurallSpectrum, azimuthal_average, radius_bins
 from detectors.factory import build_detector
+from detectors.layers.closed_form import NotFittedError
 from tests.detector_checks import fit_closed_form, smooth_image, upsampling_set
 
 SIZE = 64

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
-from detectors.efficientnet import (
-    EfficientNetB4Detector,
+from detectors.efficientnet import EfficientNetB4Detector
+from detectors.layers.efficientnet import (
     convert_efficientnet_pytorch_keys,
     efficientnet_b4_backbone,
 )

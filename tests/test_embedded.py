@@ -23,7 +23,7 @@ from datasets.embedded import (
 from datasets.embedded.build import assign_splits
 from datasets.embedded.generators import GeneratorAE
 from datasets.embedded.photos import CATALOGUE
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 
 TINY = {
     "photos": ["astronaut", "chelsea", "coffee", "rocket"],

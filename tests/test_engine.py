@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from datasets.base import Record, RecordDataset
-from deepsift.engine import (
+from deepsift.core.records import Record, RecordDataset
+from deepsift.engine.loops import (
     ShardSampler,
     make_loader,
     run_inference,

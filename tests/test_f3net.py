@@ -10,11 +10,11 @@ import scipy.fft
 import torch
 from torch import nn
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.f3net import F3Net, FrequencyAwareDecomposition, LocalFrequencyStatistics, MixBlock
-from detectors.xception import adapt_first_conv
+from detectors.layers.xception import adapt_first_conv
 from tests.detector_checks import overfit, parameters_without_gradient, random_images
 from tests.test_xception import ReferenceXception
 

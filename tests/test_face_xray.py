@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.base import Record
-from deepsift.errors import UserError
-from detectors import blending as B
+from deepsift.core.errors import UserError
+from deepsift.core.records import Record
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.face_xray import FacePool, FaceXray, blend_faces, mask_boundary
+from detectors.layers import blending as B
 from tests.detector_checks import overfit, parameters_without_gradient, transformed_batch
 
 #: DeepfakeBench's FaceXrayDetector as written (training/detectors/facexray_detector.py with
@@ -194,7 +194,7 @@ def test_train_transform_pairs_and_targets(
     batch = transformed_batch(det, images[:2], [0, 0], bare, train=True)
     assert batch["landmarks_status"].tolist() == [B.LANDMARKS_MISSING] * 2
     assert batch["xray_blended"].amax(dim=(1, 2, 3)).gt(0.5).all()
-    with caplog.at_level(logging.WARNING, logger="detectors.blending"):
+    with caplog.at_level(logging.WARNING, logger="detectors.layers.blending"):
         for _ in range(2):
             det.training_step(batch)
     assert sum("have no landmarks" in r.getMessage() for r in caplog.records) == 1

@@ -25,7 +25,7 @@ from datasets.faces import (
     similarity,
     transform_points,
 )
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from tests.conftest import SHARED
 
 EXAMPLES = SHARED / "faceforensics" / "examples"

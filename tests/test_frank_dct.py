@@ -11,10 +11,10 @@ import torch
 from scipy import fftpack
 from sklearn.metrics import roc_auc_score
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
-from detectors.durall_spectrum import NotFittedError
 from detectors.frank_dct import FrankDCT, dct2
+from detectors.layers.closed_form import NotFittedError
 from tests.detector_checks import fit_closed_form, smooth_image, upsampling_set
 
 SIZE = 32

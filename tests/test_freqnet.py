@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.freqnet import FreqNet

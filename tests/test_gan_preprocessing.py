@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from datasets.base import load_rgb
-from detectors.cnnspot import CNNSpot, cnndetection_train_transform
+from deepsift.core.images import load_rgb
+from detectors.cnnspot import CNNSpot
 from detectors.frank_dct import FrankDCT
+from detectors.layers.cnndetection import cnndetection_train_transform
 from detectors.npr import NPR, npr_residual, trim_to_even
 from detectors.preprocessing import Preprocessing
 

@@ -1,4 +1,4 @@
-"""deepsift.hub: verified downloads from loopback servers, clear one-line errors offline."""
+"""deepsift.core.hub: verified downloads from loopback servers, clear one-line errors offline."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deepsift.errors import UserError
-from deepsift.hub import download, hub_reachable, sha256_file, weights_dir
+from deepsift.core.errors import UserError
+from deepsift.core.hub import download, hub_reachable, sha256_file, weights_dir
 
 PAYLOAD = b"deepsift test weights\n" * 1000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models import resnet50
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.lgrad import LGrad, build_gradient_model, gradient_image

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors.base import count_parameters, to_pil
 from detectors.factory import build_detector, detector_config, load_detector
-from detectors.keras_h5 import is_hdf5, read_keras_h5
+from detectors.layers.keras_h5 import is_hdf5, read_keras_h5
 from detectors.mesonet import MaxPoolSame, Meso4, MesoInception4, MesoNet
 
 MESONET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mesonet"

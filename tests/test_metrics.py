@@ -1,4 +1,4 @@
-"""deepsift.metrics against hand-computed values."""
+"""deepsift.engine.metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from deepsift.metrics import (
+from deepsift.engine.metrics import (
     METRIC_KEYS,
     MetricWarning,
     aggregate_by_video,

@@ -3,7 +3,7 @@
 The reference values below were produced by ThreatExchange's C++ implementation
 (``pdq/cpp/hashing/pdqhashing.cpp``, ``pdqHash256FromFloatLuma``, as vendored in the
 ``pdqhash`` 0.2.8 sdist) compiled with g++ -O2 and fed the float32 luminance that
-:func:`deepsift.pdq.rgb_luma` computes from the same pixels. The pictures are
+:func:`deepsift.scoring.pdq.rgb_luma` computes from the same pixels. The pictures are
 generated here from integer arithmetic, NumPy's frozen ``RandomState`` stream
 and Pillow's rasteriser, so they do not depend on any file.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from deepsift.pdq import hamming_distance, pdq_hash, pdq_hash_from_luma, rgb_luma
+from deepsift.scoring.pdq import hamming_distance, pdq_hash, pdq_hash_from_luma, rgb_luma
 
 
 def gradient() -> np.ndarray:

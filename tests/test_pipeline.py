@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepsift.pipeline import compose
+from deepsift.core.configs import compose
 from tests.conftest import FAST, run_script
 
 pytestmark = pytest.mark.slow
@@ -161,7 +161,7 @@ def test_training_runs_under_torchrun(folder_tree: Path, tmp_path: Path) -> None
 def test_resume_ends_with_the_same_weights(
     folder_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepsift import training
+    from deepsift.app import training
 
     overrides = [
         *FAST,

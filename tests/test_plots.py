@@ -1,4 +1,4 @@
-"""deepsift.plots writes PNGs PIL can open, without pyplot, and survives degenerate input."""
+"""deepsift.engine.plots writes PNGs PIL can open, without pyplot, and survives degenerate input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepsift import plots
-from deepsift.plots import (
+from deepsift.engine import plots
+from deepsift.engine.plots import (
     average_spectrum,
     plot_reliability,
     plot_roc,
@@ -124,8 +124,8 @@ def test_plot_spectra(tmp_path: Path) -> None:
 def test_no_pyplot_at_import_or_draw_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes `import matplotlib.pyplot` raise ImportError.
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    monkeypatch.delitem(sys.modules, "deepsift.plots")
-    fresh = importlib.import_module("deepsift.plots")
+    monkeypatch.delitem(sys.modules, "deepsift.engine.plots")
+    fresh = importlib.import_module("deepsift.engine.plots")
     # Only single-class curves: nothing to draw but the chance line and the notes.
     curves = {"fakes": ([1, 1, 1], [0.2, 0.5, 0.9])}
     assert_png(fresh.plot_roc(curves, tmp_path / "roc.png", log_fpr=True))

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from datasets import video as video_module
-from datasets.base import Record
-from datasets.faceforensics import FaceForensics, read_crop_index
+from datasets.crop_cache import read_crop_index
+from datasets.faceforensics import FaceForensics
 from datasets.faces import face_detector
 from datasets.preprocess import (
     INDEX_NAME,
@@ -32,7 +32,8 @@ from datasets.preprocess import (
     workers_from,
 )
 from datasets.video import VideoError, frame_indices, sample_frames
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
+from deepsift.core.records import Record
 from tests.test_faces import EXAMPLES, have_dlib
 
 N_FRAMES = 12  # frames per test video

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from deepsift.provenance import read_provenance
-from deepsift.provenance.metadata import decode_user_comment, parse_a1111, png_text_chunks
-from deepsift.provenance.watermark import (
+from deepsift.scoring.provenance import read_provenance
+from deepsift.scoring.provenance.metadata import decode_user_comment, parse_a1111, png_text_chunks
+from deepsift.scoring.provenance.watermark import (
     MARKS,
     SDXL_MESSAGE,
     block_votes,

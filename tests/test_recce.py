@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models.xception import Block, SeparableConv2d
 from torch import nn
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.recce import Recce, metric_learning_loss, reconstruction_loss

@@ -12,15 +12,15 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from datasets.embedded.generators import GeneratorAE, synthesise, train_autoencoder
-from deepsift.errors import UserError
-from detectors.factory import build_detector, detector_config, load_detector
-from detectors.reconstruction import (
-    AEROBLADE,
-    ResamplingAutoencoder,
-    diffusers_vae,
+from datasets.embedded.generators import (
+    GeneratorAE,
     embedded_autoencoder,
+    synthesise,
+    train_autoencoder,
 )
+from deepsift.core.errors import UserError
+from detectors.factory import build_detector, detector_config, load_detector
+from detectors.reconstruction import AEROBLADE, ResamplingAutoencoder, diffusers_vae
 
 SIZE = 32
 
@@ -139,7 +139,7 @@ def test_trained_generator_autoencoder_plugs_in(tmp_path: Path) -> None:
     # and through a config node, as `detector.autoencoder=...` would
     cfg = detector_config("aeroblade")
     cfg.autoencoder = {  # replaces the default node (a merge would keep its keys)
-        "_target_": "detectors.reconstruction.embedded_autoencoder",
+        "_target_": "datasets.embedded.generators.embedded_autoencoder",
         "family": "bilinear",
         "weights": str(weights),
         "width": 8,

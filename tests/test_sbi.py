@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.base import Record, RecordDataset
-from deepsift.engine import make_loader, train_one_epoch, wrap_for_training
-from deepsift.errors import UserError
-from detectors import blending as B
+from deepsift.core.errors import UserError
+from deepsift.core.records import Record, RecordDataset
+from deepsift.engine.loops import make_loader, train_one_epoch, wrap_for_training
 from detectors import load_detector
 from detectors.base import count_parameters
-from detectors.sbi import SAM, SBI, LinearDecayLR, sbi_blend_mask, self_blend
+from detectors.layers import blending as B
+from detectors.layers.sam import SAM, LinearDecayLR
+from detectors.sbi import SBI, sbi_blend_mask, self_blend
 from tests.detector_checks import overfit, parameters_without_gradient, transformed_batch
 
 #: the reference model (src/model.py): efficientnet_pytorch 0.7.1
@@ -151,7 +152,7 @@ def test_train_transform_gives_pairs_and_weights(
     batch = transformed_batch(det, images[:1] * 2, [0, 0], bare, train=True)
     assert batch["landmarks_status"].tolist() == [B.LANDMARKS_MISSING] * 2
     assert batch["weight_blended"].eq(1).all() and (batch["image"] != batch["image_blended"]).any()
-    with caplog.at_level(logging.WARNING, logger="detectors.blending"):
+    with caplog.at_level(logging.WARNING, logger="detectors.layers.blending"):
         for _ in range(2):
             det.training_step(batch)
     assert sum("have no landmarks" in r.getMessage() for r in caplog.records) == 1
@@ -205,7 +206,7 @@ def test_sam_through_the_engine_step_equals_the_reference(tmp_path: Path) -> Non
         ours, images, [0, 0, 1], [*records[:2], Record("f.png", 1)], train=True
     )
     ours.train(), reference.train()
-    for _ in range(3):  # what deepsift.engine.train_one_epoch does with a batch
+    for _ in range(3):  # what deepsift.engine.loops.train_one_epoch does with a batch
         out = ours.training_step(batch)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepsift.errors import UserError
+from deepsift.app.score_cli import main
+from deepsift.core.errors import UserError
 from deepsift.scoring.calibration import (
     DEFAULT_BANDS,
     Bands,
@@ -18,7 +19,6 @@ from deepsift.scoring.calibration import (
     load_calibration,
     write_calibration,
 )
-from deepsift.scoring.cli import main
 from tests.scoring_fixtures import (
     TINY,
     noise,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deepsift.errors import UserError
-from deepsift.scoring.cli import main, summary_path
+from deepsift.app.score_cli import main, summary_path
+from deepsift.core.errors import UserError
 from deepsift.scoring.models import parse_ensemble
 from deepsift.scoring.output import FIELDS, decode_csv_row
 from tests.scoring_fixtures import (

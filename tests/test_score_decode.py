@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from datasets.images import to_rgb
+from deepsift.core.images import to_rgb
 from deepsift.scoring.decode import ItemError, decode_frames, decode_image
 from deepsift.scoring.video import sample_indices
 from tests.scoring_fixtures import GOOD, animated, encode, make_zoo, noise, png16, png_bomb_header
@@ -135,7 +135,7 @@ def test_float_and_32_bit_modes() -> None:
 def test_training_loader_reads_what_scoring_decodes(tmp_path: Path) -> None:
     """evaluate.py (load_rgb) and score.py (decode_image) must see the same pixels, or a
     threshold calibrated on one would not hold on the other."""
-    from datasets.base import load_rgb
+    from deepsift.core.images import load_rgb
 
     make_zoo(tmp_path)
     for name in GOOD:

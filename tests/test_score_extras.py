@@ -35,8 +35,8 @@ def score(paths: list[Path], **prepare: bool) -> dict[str, dict]:
 
 
 def test_generator_metadata_and_pdq_reach_the_record(tmp_path: Path) -> None:
-    pytest.importorskip("deepsift.provenance")
-    from deepsift.pdq import pdq_hash
+    pytest.importorskip("deepsift.scoring.provenance")
+    from deepsift.scoring.pdq import pdq_hash
 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", A1111)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from deepsift.scoring.inputs import item_key
 from deepsift.scoring.output import FIELDS, OutputFile, decode_csv_row, new_record
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deepsift.scoring.cli import main
+from deepsift.app.score_cli import main
 from tests.conftest import ROOT
 from tests.scoring_fixtures import (
     TINY,

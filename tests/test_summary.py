@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.faceforensics import strip_suffix
+from datasets.crop_cache import strip_suffix
 from datasets.summary import main
 from tests.test_datasets_face import make_ffpp_tree
 from tests.test_datasets_synthetic import make_forensynths

@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import detectors.timm_classifier as tc
-from deepsift.errors import UserError
-from deepsift.hub import sha256_file
+from deepsift.core.errors import UserError
+from deepsift.core.hub import sha256_file
 from detectors.timm_classifier import TimmClassifier
 
 SMALL = {"size": 32}
@@ -96,7 +96,7 @@ def test_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pretrained_unreachable_hub_without_offline_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(tc, "_find_cached_weights", lambda backbone: None)
-    monkeypatch.setattr("deepsift.hub.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("deepsift.core.hub.hub_reachable", lambda *a, **k: False)
     with pytest.raises(UserError, match=r"cannot be reached; pass detector\.pretrained_file="):
         TimmClassifier("resnet18", pretrained=True)
 

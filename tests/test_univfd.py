@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
-from detectors.clip_backbone import build_visual
+from detectors.layers.clip import build_visual
 from detectors.univfd import UnivFD
 
 open_clip = pytest.importorskip("open_clip")  # PyPI open_clip_torch

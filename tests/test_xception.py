@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
-from detectors.pickled_module import read_pickled_module
-from detectors.xception import XceptionDetector, xception_backbone
+from detectors.layers.pickled_module import read_pickled_module
+from detectors.layers.xception import xception_backbone
+from detectors.xception import XceptionDetector
 from tests.detector_checks import overfit, parameters_without_gradient, random_images
 
 #: FaceForensics++ ``TransferModel('xception', num_out_classes=2)``: the Cadene Xception

@@ -9,7 +9,7 @@ import time
 
 from datasets.embedded.build import SPLITS, build_embedded_benchmark
 from datasets.embedded.generators import FAMILIES
-from deepsift.errors import user_errors
+from deepsift.core.errors import user_errors
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,8 +60,8 @@ from datasets.embedded.photos import (
     select_photos,
     source_versions,
 )
-from deepsift.errors import UserError
-from deepsift.progress import progress_bar
+from deepsift.core.errors import UserError
+from deepsift.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,15 @@ seen in the few training photos are still reproduced on val and test photos.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepsift.progress import progress_bar
+from deepsift.core.errors import UserError
+from deepsift.core.progress import progress_bar
 
 FAMILIES: tuple[str, ...] = ("tconv", "nearest", "bilinear", "pixelshuffle")
 
@@ -156,3 +159,28 @@ def synthesise(model: GeneratorAE, crops: np.ndarray, batch: int = 128) -> np.nd
         y = y.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         out[start : start + batch] = y.permute(0, 2, 3, 1).numpy()
     return out
+
+
+def embedded_autoencoder(family: str, weights: str | None = None, width: int = 32) -> nn.Module:
+    """A ``GeneratorAE`` of the embedded benchmark (``datasets.embedded.generators``).
+
+    ``weights``: a state-dict file of that autoencoder (e.g. saved with
+    ``torch.save(model.state_dict(), path)`` after ``train_autoencoder``). It takes
+    and returns images in [0, 1], as the detector expects.
+    """
+    from datasets.embedded.generators import FAMILIES, GeneratorAE
+
+    if family not in FAMILIES:
+        raise UserError(
+            f"unknown embedded autoencoder family {family!r}; choose from {', '.join(FAMILIES)}"
+        )
+    if not weights:
+        raise UserError(
+            "embedded_autoencoder needs a weights file: pass detector.autoencoder.weights=<state dict .pt>"
+        )
+    if not Path(weights).is_file():
+        raise UserError(f"autoencoder weights {weights} do not exist; pass an existing .pt file")
+    model = GeneratorAE(family, width)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return model.eval()

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import load_rgb
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
+from deepsift.core.images import load_rgb
 
 
 @dataclass(frozen=True)

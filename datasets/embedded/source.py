@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.base import Record
 from datasets.embedded.build import SPLITS, build_embedded_benchmark
 from datasets.embedded.generators import FAMILIES
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
+from deepsift.core.records import Record
 
 
 def _check_generators(names: Sequence[str], what: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Batch scoring for moderators: the machinery behind ``score.py``.
+"""Batch scoring for moderators: the engine behind ``score.py``.
 
 Modules, from input to output:
 
@@ -10,7 +10,8 @@ Modules, from input to output:
 * :mod:`.video` samples frames evenly from video files;
 * :mod:`.faces` crops faces for detectors that expect face crops;
 * :mod:`.stability` re-scores light launderings (JPEG 90, 0.75x resize);
-* :mod:`.extras` reads provenance signals and the PDQ hash when available;
+* :mod:`.extras` reads provenance signals (:mod:`.provenance`) and the PDQ hash
+  (:mod:`.pdq`) when available;
 * :mod:`.prepare` runs all of that for one item (in worker processes);
 * :mod:`.pool` runs worker processes with bounded queues and crash isolation;
 * :mod:`.models` loads a detector, a checkpoint or an ensemble;
@@ -18,7 +19,8 @@ Modules, from input to output:
 * :mod:`.calibration` maps scores to bands and fits band thresholds;
 * :mod:`.output` writes JSONL/CSV records and reads them back for ``--resume``;
 * :mod:`.runner` streams everything together with bounded memory;
-* :mod:`.cli` is the command line of ``score.py``.
+* :mod:`deepsift.app.score_cli` is the command line of ``score.py`` (the composition
+  layer, above this package).
 
 Nothing heavy is imported at package import.
 """

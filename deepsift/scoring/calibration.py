@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 
 FORMAT = "deepsift-calibration/1"
 BANDS = ("authentic", "uncertain", "likely_synthetic", "synthetic")

@@ -1,8 +1,8 @@
 """Bytes to an 8-bit RGB image, with the hard cases handled or refused with a short reason.
 
 * The format is recognised by content (Pillow's sniffing), never by extension.
-* Modes become 8-bit RGB and EXIF orientation is applied by :mod:`datasets.images`,
-  the conversion training and evaluation use too (:func:`datasets.base.load_rgb`),
+* Modes become 8-bit RGB and EXIF orientation is applied by :mod:`deepsift.core.images`,
+  the conversion training and evaluation use too (:func:`deepsift.core.images.load_rgb`),
   so scoring sees what training saw; width and height are reported as displayed.
 * Animated GIF / WebP / PNG: the first frame, or frames chosen by the caller.
 * Refused with :class:`ItemError`: empty data, data that is not an image,
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from datasets.images import to_rgb, upright_transpose
+from deepsift.core.images import to_rgb, upright_transpose
 
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_FILE_BYTES = 512 * 2**20

@@ -1,10 +1,10 @@
 """Provenance signals and the PDQ hash, through adapters that tolerate their absence.
 
-* ``deepsift.provenance.read_provenance(raw, image, fmt)``: C2PA manifest, the
+* ``deepsift.scoring.provenance.read_provenance(raw, image, fmt)``: C2PA manifest, the
   Stable Diffusion invisible watermark, generator metadata (PNG ``parameters`` /
   ``prompt`` / ``workflow`` chunks, EXIF Software and UserComment, IPTC/XMP
   digitalSourceType), as a JSON-able dict;
-* ``deepsift.pdq.pdq_hash(image)``: ``{"hash": 64 hex digits, "quality": int}``.
+* ``deepsift.scoring.pdq.pdq_hash(image)``: ``{"hash": 64 hex digits, "quality": int}``.
 
 When a module (or the package it needs) is missing, its record field is ``null``
 and the summary says why; an exception on one image becomes

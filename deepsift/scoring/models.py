@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from detectors.base import Detector
 
 log = logging.getLogger(__name__)

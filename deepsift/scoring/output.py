@@ -107,7 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepsift.errors import UserError
+from deepsift.core.errors import UserError
 from deepsift.scoring.inputs import item_key
 
 #: every record's fields, in order (see the README section "Output of score.py")

@@ -132,9 +132,11 @@ class PrepareContext:
     def extras(self) -> tuple[Callable | None, Callable | None]:
         if not self._loaded:
             if self.options.provenance:
-                self._provenance, _ = load_optional("deepsift.provenance", "read_provenance")
+                self._provenance, _ = load_optional(
+                    "deepsift.scoring.provenance", "read_provenance"
+                )
             if self.options.pdq:
-                self._pdq, _ = load_optional("deepsift.pdq", "pdq_hash")
+                self._pdq, _ = load_optional("deepsift.scoring.pdq", "pdq_hash")
             self._loaded = True
         return self._provenance, self._pdq
 

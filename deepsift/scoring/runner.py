@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsift.progress import progress_bar
-from deepsift.runtime import autocast
+from deepsift.core.inference import fake_probabilities
+from deepsift.core.progress import progress_bar
 from deepsift.scoring.assemble import assemble
 from deepsift.scoring.calibration import BANDS, Bands
 from deepsift.scoring.faces import FaceDetectorLike
@@ -310,19 +310,12 @@ class Scorer:
             self.pending_items -= 1
             self._finish(pending)
 
-    @torch.no_grad()
     def _predict(self, detector: Any, batch: dict[str, torch.Tensor]) -> np.ndarray:
         device = self.options.device
-        cuda = device.type == "cuda"
-        moved = {}
-        for k, v in batch.items():
-            v = v.to(device, non_blocking=True)
-            if cuda and v.ndim == 4 and v.is_floating_point():
-                v = v.contiguous(memory_format=torch.channels_last)
-            moved[k] = v
-        with autocast(device, self.options.amp_dtype):
-            logits = detector(moved)["logits"]
-        return torch.sigmoid(logits.float()).reshape(-1).cpu().numpy().astype(np.float64)
+        probs = fake_probabilities(
+            detector, batch, device, self.options.amp_dtype, channels_last=device.type == "cuda"
+        )
+        return probs.numpy().astype(np.float64)
 
     # -- records ---------------------------------------------------------------------
     def _finish(self, pending: _Pending) -> None:

@@ -1,0 +1,219 @@
+"""What train.py and evaluate.py share: run directory, device, data, detector, reports."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from deepsift.core import distributed as dist
+from deepsift.core.configs import CONFIG_DIR, config_names, instantiate
+from deepsift.core.errors import UserError
+from deepsift.core.records import Record
+from deepsift.core.runtime import autocast_dtype, resolve_device
+from deepsift.engine.loops import InferenceResult, run_inference
+from deepsift.engine.metrics import metrics_table
+from deepsift.engine.reporting import split_metrics, write_split_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """Per-process facts of a run."""
+
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
+def setup_run(cfg: DictConfig) -> Context:
+    """Join torchrun's process group and agree on rank 0's run directory."""
+    device = dist.setup(resolve_device(cfg.trainer.device).type)
+    run_dir = Path(dist.broadcast_object(str(Path(cfg.paths.output_dir).resolve())))
+    amp_dtype = autocast_dtype(device, str(cfg.trainer.precision))
+    channels_last = (
+        device.type == "cuda"
+        if cfg.trainer.channels_last == "auto"
+        else bool(cfg.trainer.channels_last)
+    )
+    if dist.is_main():
+        log.info(
+            "run directory %s; device %s; world size %d; amp %s",
+            run_dir,
+            device,
+            dist.world_size(),
+            amp_dtype,
+        )
+    return Context(run_dir, device, amp_dtype, channels_last)
+
+
+def config_choice(group: str) -> str | None:
+    """The option chosen for a config group (``detector=npr`` -> ``npr``), when run by Hydra."""
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # HydraConfig not set: called outside a Hydra app
+        return None
+
+
+def build_data(cfg: DictConfig) -> Any:
+    if cfg.get("data") is None:
+        raise UserError("no data config: pass data=<name> (see configs/data)")
+    return instantiate(cfg.data, _convert_="all")
+
+
+def eval_data_sets(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """The extra datasets of ``eval_data``: ``(label, data source, split)`` per entry.
+
+    ``eval_data`` maps a label to overrides of a ``configs/data`` file, so one run
+    trains on one benchmark and tests on several::
+
+        python train.py data=ffpp data.root=/d/ffpp \\
+            +eval_data.celebdf_v2.root=/d/Celeb-DF-v2 +eval_data.dfdc.root=/d/dfdc
+
+    The label names the data config unless the entry says ``config: <name>`` (two
+    entries of one benchmark, e.g. FF++ c23 and c40); ``split`` defaults to ``test``.
+    """
+    entries = cfg.get("eval_data") or {}
+    out = []
+    for label, entry in entries.items():
+        entry = OmegaConf.to_container(entry, resolve=False) if entry is not None else {}
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"eval_data.{label} must be a mapping of data options (e.g. +eval_data.{label}.root=<folder>)"
+            )
+        config_name = str(entry.pop("config", label))
+        split = str(entry.pop("split", "test"))
+        path = CONFIG_DIR / "data" / f"{config_name}.yaml"
+        if not path.is_file():
+            names = ", ".join(config_names("data"))
+            raise UserError(
+                f"eval_data.{label}: no data config {config_name!r} (set eval_data.{label}.config=<name>); valid names: {names}"
+            )
+        # resolve ${data.root}-style interpolations against the entry itself
+        node = OmegaConf.create({"data": OmegaConf.merge(OmegaConf.load(path), entry)})
+        node.data.name = str(label)
+        source = instantiate(OmegaConf.to_container(node.data, resolve=True), _convert_="all")
+        out.append((str(label), source, split))
+    return out
+
+
+def check_data_sets(sets: Sequence[tuple[str, Any, str]]) -> None:
+    """Read every extra set's records now, so a wrong root fails before training, not after."""
+    for _label, source, split in sets:
+        split_records(source, split)
+
+
+def evaluate_data_sets(
+    detector: Any,
+    cfg: DictConfig,
+    ctx: Context,
+    info: dict[str, Any],
+    logger: Any,
+    sets: Sequence[tuple[str, Any, str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate ``detector`` on every ``eval_data`` entry; results keyed ``<label>/<split>``."""
+    results: dict[str, dict[str, Any]] = {}
+    for label, source, split in eval_data_sets(cfg) if sets is None else sets:
+        records = split_records(source, split)
+        metrics, result = evaluate_split(detector, records, cfg, ctx, split)
+        report_split(
+            cfg, ctx, f"{label}-{split}", metrics, result, records, {**info, "data": label}, logger
+        )
+        results[f"{label}/{split}"] = metrics
+    return results
+
+
+def split_records(data: Any, split: str) -> list[Record]:
+    records = data.records(split)
+    if not records:
+        raise UserError(
+            f"data {getattr(data, 'name', '?')!r} has no images in split {split!r}; check data.root and its layout"
+        )
+    labels = {r.label for r in records}
+    if dist.is_main():
+        log.info(
+            "%s/%s: %d images (%d real, %d fake)",
+            getattr(data, "name", "data"),
+            split,
+            len(records),
+            sum(r.label == 0 for r in records),
+            sum(r.label == 1 for r in records),
+        )
+        if len(labels) < 2:
+            log.warning(
+                "split %s holds only %s images: ranking metrics will be NaN",
+                split,
+                "fake" if 1 in labels else "real",
+            )
+    return records
+
+
+def evaluate_split(
+    detector: Any,
+    records: Sequence[Record],
+    cfg: DictConfig,
+    ctx: Context,
+    split: str,
+) -> tuple[dict[str, Any], InferenceResult]:
+    result = run_inference(
+        detector,
+        records,
+        ctx.device,
+        batch_size=cfg.trainer.eval_batch_size,
+        num_workers=cfg.trainer.num_workers,
+        amp_dtype=ctx.amp_dtype,
+        channels_last=ctx.channels_last,
+        limit_batches=cfg.trainer.limit_eval_batches,
+        desc=split,
+    )
+    metrics = split_metrics(result, records, cfg.metrics.video_aggregation, cfg.metrics.threshold)
+    return metrics, result
+
+
+def report_split(
+    cfg: DictConfig,
+    ctx: Context,
+    split: str,
+    metrics: dict[str, Any],
+    result: InferenceResult,
+    records: Sequence[Record],
+    info: dict[str, Any],
+    logger: Any,
+) -> None:
+    """Rank 0 writes the files, logs the figures, and prints the table."""
+    if not dist.is_main():
+        return
+    written = write_split_report(
+        ctx.run_dir, split, metrics, result, records, info, plots=cfg.metrics.plots
+    )
+    frame = metrics["frame"]
+    logger.log(
+        {f"{split}/{k}": v for k, v in frame.items() if isinstance(v, float) and not math.isnan(v)}
+    )
+    if "roc" in written:
+        logger.log_image(f"{split}/roc", written["roc"])
+    if metrics["n_skipped"]:
+        log.warning(
+            "%s: %d unreadable images skipped (listed in %s)",
+            split,
+            metrics["n_skipped"],
+            written["json"].name,
+        )
+    print(f"\n{split} ({written['json']}):\n{written['md'].read_text()}", flush=True)
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> str:
+    return metrics_table({name: m["frame"] for name, m in results.items()})

@@ -1,0 +1,464 @@
+"""The command line of ``score.py`` (argparse; no Hydra knowledge needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from deepsift.core.errors import UserError, user_errors
+
+EPILOG = """\
+examples:
+  score.py suspect/ --out results.jsonl --checkpoint runs/train/x/best.pt
+  score.py uploads.zip "shots/**/*.png" @list.txt --out results.csv --detector npr --weights NPR.pth
+  score.py clips/ --out r.jsonl --ensemble meso4:Meso4_DF.h5,npr:NPR.pth --frame-records
+  score.py suspect/ --out results.jsonl --checkpoint best.pt --resume          # after a crash
+  score.py --calibrate val_set/ --out calib.json --checkpoint best.pt          # fit the bands
+  score.py suspect/ --out r.jsonl --checkpoint best.pt --calibration calib.json
+
+Each input item gets one record, appended and flushed as soon as it is scored;
+a summary is printed at the end and written next to the output as
+<out stem>.summary.json. Bands without --calibration use default thresholds
+(0.2 / 0.5 / 0.9) and every record says calibrated: false.
+"""
+
+
+def default_workers(device_type: str) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 2
+    if device_type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, min(4, cores // 2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepsift.scoring.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+    from deepsift.scoring.inputs import DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_MEMBER_BYTES
+
+    p = argparse.ArgumentParser(
+        prog="score.py",
+        description="Score images, videos and archives for synthetic content, one record per item.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files, folders (recursive), quoted glob patterns, @LIST files, zip/tar archives, videos",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file (.jsonl or .csv); with --calibrate, the calibration JSON",
+    )
+    p.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="read input paths from LIST, one per line (repeatable)",
+    )
+    p.add_argument(
+        "--null", action="store_true", help="list files are NUL-separated (names may hold newlines)"
+    )
+
+    g = p.add_argument_group("detector (one of)")
+    g.add_argument("--checkpoint", help="a deepsift checkpoint (best.pt)")
+    g.add_argument(
+        "--detector", help="a detector name (configs/detector), e.g. npr, cnnspot, meso4"
+    )
+    g.add_argument("--weights", help="official or other weights for --detector")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a --detector config field (repeatable)",
+    )
+    g.add_argument(
+        "--ensemble",
+        metavar="SPEC",
+        help="NAME[:WEIGHTS],CHECKPOINT,... or a YAML file; per-member scores kept",
+    )
+    g.add_argument(
+        "--combine", choices=("mean", "max"), help="how ensemble members combine (default mean)"
+    )
+
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--format", choices=("jsonl", "csv"), help="default: from --out's suffix (.csv, else jsonl)"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip items already in --out (a torn last line is dropped)",
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument("--calibration", metavar="FILE", help="band thresholds fitted by --calibrate")
+    g.add_argument(
+        "--skip-non-images",
+        action="store_true",
+        help="write no record for files that are neither images nor videos",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    g = p.add_argument_group("calibration mode")
+    g.add_argument(
+        "--calibrate",
+        metavar="LABELLED",
+        help="fit band thresholds on a labelled set (folder with 0_real/1_fake, or a path,label manifest) and write them to --out",
+    )
+    g.add_argument(
+        "--fpr-likely",
+        type=float,
+        default=0.01,
+        help="false-positive rate on reals at the likely_synthetic threshold (default 0.01)",
+    )
+    g.add_argument(
+        "--fpr-synthetic",
+        type=float,
+        default=0.001,
+        help="false-positive rate on reals at the synthetic threshold (default 0.001)",
+    )
+    g.add_argument(
+        "--fnr-authentic",
+        type=float,
+        default=0.05,
+        help="share of synthetic images allowed below the authentic threshold (default 0.05)",
+    )
+
+    g = p.add_argument_group("analysis")
+    g.add_argument(
+        "--faces",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="score face crops: auto = for detectors whose config says input: face",
+    )
+    g.add_argument(
+        "--face-detector",
+        default="default",
+        help="datasets.faces backend: default (dlib HOG), dlib_cnn, opencv_haar",
+    )
+    g.add_argument(
+        "--face-margin",
+        type=float,
+        default=1.3,
+        help="square face crop side / face box side (default 1.3)",
+    )
+    g.add_argument(
+        "--min-face",
+        type=int,
+        default=64,
+        help="faces smaller than this (pixels) are not scored (default 64)",
+    )
+    g.add_argument(
+        "--max-faces", type=int, default=8, help="faces scored per image, largest first (default 8)"
+    )
+    g.add_argument(
+        "--stability",
+        action="store_true",
+        help="also score JPEG-90 and 0.75x copies; unstable = band flips (3x the cost)",
+    )
+    g.add_argument(
+        "--no-provenance",
+        action="store_true",
+        help="do not read C2PA / watermark / generator metadata",
+    )
+    g.add_argument("--no-pdq", action="store_true", help="do not compute PDQ hashes")
+    g.add_argument(
+        "--video-frames", type=int, default=16, help="frames sampled evenly per video (default 16)"
+    )
+    g.add_argument(
+        "--video-aggregation",
+        choices=("mean", "median", "max"),
+        default="mean",
+        help="video score from frame scores (default mean)",
+    )
+    g.add_argument(
+        "--frame-records", action="store_true", help="also write one record per sampled video frame"
+    )
+    g.add_argument(
+        "--animated",
+        choices=("first", "frames"),
+        default="first",
+        help="animated GIF/WebP/PNG: first frame, or frames like a video",
+    )
+
+    g = p.add_argument_group("resources and limits")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "32", "bf16", "16"),
+        help="autocast on CUDA (auto: bf16 where supported)",
+    )
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="decoding processes (0: in the main process); default: half the cores (CPU), cores-1 (GPU)",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger images (decompression bombs; default {DEFAULT_MAX_PIXELS})",
+    )
+    g.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="refuse larger image files",
+    )
+    g.add_argument(
+        "--max-member-bytes",
+        type=int,
+        default=DEFAULT_MAX_MEMBER_BYTES,
+        help="refuse archive members expanding beyond this (zip bombs)",
+    )
+    g.add_argument(
+        "--max-archive-bytes",
+        type=int,
+        default=DEFAULT_MAX_ARCHIVE_BYTES,
+        help="stop expanding an archive after this many bytes",
+    )
+    g.add_argument(
+        "--item-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one item may take to decode before it gets an error record",
+    )
+    return p
+
+
+def ensemble_from_args(args: argparse.Namespace, device: Any) -> Any:
+    """The detector or ensemble that the command line names, on ``device``."""
+    from deepsift.scoring.models import load_ensemble
+
+    return load_ensemble(
+        checkpoint=args.checkpoint,
+        detector=args.detector,
+        weights=args.weights,
+        overrides=args.set,
+        ensemble=args.ensemble,
+        faces=args.faces,
+        combine=args.combine,
+    ).to(device)
+
+
+def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The device and autocast dtype of the command line."""
+    import torch
+
+    from deepsift.core.runtime import autocast_dtype
+
+    name = args.device
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name == "cpu" or name.startswith("cuda"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {name} but no CUDA GPU is visible; use --device cpu or auto")
+        device = torch.device(name)
+    else:
+        raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device, autocast_dtype(device, args.precision)
+
+
+def summary_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".summary.json")
+
+
+def run_options(args: argparse.Namespace, inputs: list[str], device: Any, amp: Any) -> Any:
+    from deepsift.scoring.inputs import InputOptions
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.runner import RunOptions
+
+    for name in ("batch_size", "video_frames", "max_pixels", "max_file_bytes", "max_member_bytes"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    return RunOptions(
+        inputs=inputs,
+        batch_size=args.batch_size,
+        workers=default_workers(device.type) if args.workers is None else args.workers,
+        device=device,
+        amp_dtype=amp,
+        aggregation=args.video_aggregation,
+        frame_records=args.frame_records,
+        skip_non_images=args.skip_non_images,
+        item_timeout=args.item_timeout,
+        progress=not args.quiet,
+        input_options=InputOptions(
+            max_member_bytes=args.max_member_bytes,
+            max_archive_bytes=args.max_archive_bytes,
+            null_separated=args.null,
+        ),
+        prepare_options=PrepareOptions(
+            max_pixels=args.max_pixels,
+            max_file_bytes=args.max_file_bytes,
+            video_frames=args.video_frames,
+            animated=args.animated,
+            stability=args.stability,
+            provenance=not args.no_provenance,
+            pdq=not args.no_pdq,
+            face_margin=args.face_margin,
+            min_face=args.min_face,
+            max_faces=args.max_faces,
+        ),
+    )
+
+
+def face_factory(ensemble: Any, name: str) -> Any:
+    """A factory of the face detector the workers use (None when no member scores faces).
+
+    The detector is built here, so a missing dlib or model file fails at once with
+    one line; its model files load on first use in each worker.
+    """
+    if not any(m.faces for m in ensemble.members):
+        return None
+    try:
+        from datasets.faces import face_detector
+    except ImportError as exc:
+        raise UserError(
+            f"face detectors need datasets/faces.py ({exc}); pass --faces off to score whole images"
+        ) from None
+    from deepsift.scoring.faces import Fixed
+
+    return Fixed(face_detector(name, landmarks=False))
+
+
+def extras_status(args: argparse.Namespace) -> dict[str, str]:
+    from deepsift.scoring.extras import load_optional
+
+    out = {}
+    for flag, module, function, key in (
+        (args.no_provenance, "deepsift.scoring.provenance", "read_provenance", "provenance"),
+        (args.no_pdq, "deepsift.scoring.pdq", "pdq_hash", "pdq"),
+    ):
+        if flag:
+            out[key] = "off"
+        else:
+            found, why = load_optional(module, function)
+            out[key] = "on" if found else f"unavailable: {why}"
+    return out
+
+
+def score(args: argparse.Namespace) -> dict[str, Any]:
+    from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
+    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.runner import Scorer, Stats
+
+    inputs = [*args.inputs, *(f"@{path}" for path in args.from_file)]
+    if not inputs:
+        raise UserError("nothing to score: pass files, folders, patterns or --from-file LIST")
+    device, amp = resolve(args)
+    ensemble = ensemble_from_args(args, device)
+    bands = (
+        load_calibration(args.calibration, ensemble.identity())
+        if args.calibration
+        else DEFAULT_BANDS
+    )
+    options = run_options(args, inputs, device, amp)
+    out = Path(args.out)
+    options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
+    factory = face_factory(ensemble, args.face_detector)
+    stats = Stats()
+    sink = OutputFile(
+        out, args.format, resume=args.resume, overwrite=args.overwrite, on_record=stats.add
+    )
+    try:
+        summary = Scorer(ensemble, bands, options, sink, factory, stats).run()
+    finally:
+        sink.close()
+    summary = {"output": str(out), "format": sink.format, **summary, **extras_status(args)}
+    summary["device"] = str(device)
+    summary["batch_size"] = options.batch_size
+    summary["workers"] = options.workers
+    path = summary_path(out)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print_summary(summary, path)
+    if summary["this_run"]["interrupted"]:
+        sys.exit(130)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], path: Path) -> None:
+    run = summary["this_run"]
+    bands = ", ".join(f"{k} {v}" for k, v in summary["bands"].items())
+    lines = [
+        f"scored {run['items']} items in {run['elapsed_s']:.1f} s ({run['items_per_s'] or 0:.1f} items/s, "
+        f"{run['pictures_per_s'] or 0:.1f} pictures/s); {summary['items']} in {summary['output']}",
+        f"bands: {bands}" + ("" if summary["calibrated"] else " (uncalibrated default thresholds)"),
+        f"not applicable {summary['not_applicable']}, errors {summary['errors']}, "
+        f"duplicates {summary['duplicates']}, unstable {summary['unstable']}",
+        f"summary: {path}",
+    ]
+    if run["interrupted"]:
+        lines.insert(0, "interrupted: pass --resume to continue")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from deepsift.scoring.calibration import (
+        DEFAULT_BANDS,
+        fit_thresholds,
+        labelled_paths,
+        write_calibration,
+    )
+    from deepsift.scoring.runner import MemorySink, Scorer
+
+    device, amp = resolve(args)
+    ensemble = ensemble_from_args(args, device)
+    pairs = labelled_paths(args.calibrate)
+    labels = dict(pairs)
+    args.no_provenance = args.no_pdq = True
+    args.stability = False
+    options = run_options(args, [path for path, _ in pairs], device, amp)
+    sink = MemorySink()
+    Scorer(ensemble, DEFAULT_BANDS, options, sink, face_factory(ensemble, args.face_detector)).run()
+    scored = [r for r in sink.records if r["kind"] != "frame" and r["score"] is not None]
+    unscored = [r for r in sink.records if r["kind"] != "frame" and r["score"] is None]
+    fit = fit_thresholds(
+        np.array([labels[r["path"]] for r in scored]),
+        np.array([r["score"] for r in scored]),
+        args.fpr_likely,
+        args.fpr_synthetic,
+        args.fnr_authentic,
+    )
+    write_calibration(
+        args.out,
+        fit,
+        ensemble.identity(),
+        source=str(args.calibrate),
+        n_unscored=len(unscored),
+        settings={"faces": args.faces, "video_aggregation": args.video_aggregation},
+    )
+    t = fit["thresholds"]
+    print(
+        f"calibration written to {args.out}: authentic < {t['authentic_below']:.4g} <= uncertain < "
+        f"{t['likely_synthetic_from']:.4g} <= likely_synthetic < {t['synthetic_from']:.4g} <= synthetic "
+        f"({fit['n_real']} real, {fit['n_synthetic']} synthetic, {len(unscored)} unscored)",
+        file=sys.stderr,
+    )
+    for warning in fit["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return fit
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    with user_errors():
+        if args.calibrate:
+            return calibrate(args)
+        return score(args)

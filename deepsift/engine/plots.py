@@ -1,0 +1,254 @@
+"""Figures users look at, written as PNG: ROC curves, score histograms, spectra, reliability.
+
+Everything draws on a ``matplotlib.figure.Figure`` with an explicit Agg canvas:
+no pyplot, no global state, no backend switch, so it is safe in training loops,
+worker processes and headless servers, and importing this module has no side
+effects. Every ``plot_*`` function creates the output folder if needed and returns
+the path it wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from deepsift.engine.metrics import _validate, calibration_bins
+
+__all__ = [
+    "average_spectrum",
+    "plot_reliability",
+    "plot_roc",
+    "plot_score_histogram",
+    "plot_spectra",
+]
+
+_DPI = 120
+# ITU-R BT.601 luma, as PIL's convert("L").
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=_DPI)
+    return path
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[Any, Any]],
+    path: str | Path,
+    title: str | None = None,
+    log_fpr: bool = False,
+) -> Path:
+    """ROC curves, one line per ``name -> (labels, probs)``, with the AUC in the legend.
+
+    ``log_fpr=True`` puts the false-positive rate on a log axis to show the low-FPR
+    regime (FPR = 0 points are drawn at the axis' left edge). A curve whose set holds a
+    single class (or nothing) has no ROC: it is listed in the legend as skipped.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    drawn: list[tuple[np.ndarray, np.ndarray, str]] = []
+    skipped: list[str] = []
+    min_fpr = 1.0
+    for name, (labels, probs) in curves.items():
+        y, p = _validate(labels, probs)
+        n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
+        if n_real == 0 or n_fake == 0:
+            why = "empty" if len(y) == 0 else f"only {'fakes' if n_real == 0 else 'reals'}"
+            skipped.append(f"{name}: skipped ({why})")
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        auc = roc_auc_score(y, p)
+        drawn.append((fpr, tpr, f"{name} (AUC {auc:.4f})"))
+        min_fpr = min(min_fpr, 1.0 / n_real)
+
+    floor = min_fpr / 2 if log_fpr else 0.0
+    for fpr, tpr, label in drawn:
+        ax.plot(np.maximum(fpr, floor), tpr, lw=1.5, label=label)
+    if log_fpr:
+        chance = np.logspace(math.log10(floor), 0, 200)
+        ax.plot(chance, chance, ls="--", lw=1, color="grey", label="chance")
+        ax.set_xscale("log")
+        ax.set_xlim(floor, 1.0)
+    else:
+        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_aspect("equal")
+    for note in skipped:
+        ax.plot([], [], ls="none", label=note)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("false positive rate (reals called fake)")
+    ax.set_ylabel("true positive rate (fakes caught)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title or "ROC")
+    return _save(fig, path)
+
+
+def plot_score_histogram(
+    labels: Any,
+    probs: Any,
+    path: str | Path,
+    threshold: float = 0.5,
+    title: str | None = None,
+    bins: int = 50,
+) -> Path:
+    """Overlaid histograms of the fake probability for reals and fakes, with the threshold."""
+    y, p = _validate(labels, probs)
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for label, name, color in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
+        scores = p[y == label]
+        if len(scores):
+            counts, _ = np.histogram(scores, bins=edges)
+            ax.stairs(
+                counts, edges, fill=True, alpha=0.45, color=color, label=f"{name} (n={len(scores)})"
+            )
+            ax.stairs(counts, edges, color=color, lw=1)
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:g}")
+    if len(y) == 0:
+        ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("probability of fake")
+    ax.set_ylabel("count")
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or "Scores")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    labels: Any, probs: Any, path: str | Path, bins: int = 15, title: str | None = None
+) -> Path:
+    """Reliability diagram of the fake probability, with the ECE and a per-bin count panel.
+
+    Bars show the fraction of fakes in each of ``bins`` equal-width probability bins,
+    dots the bin's mean predicted probability; a calibrated detector follows the diagonal.
+    """
+    y, p = _validate(labels, probs)
+    mean_prob, frac_fake, count = calibration_bins(y, p, bins)
+    full = count > 0
+    ece = (
+        float(np.sum(count[full] / len(y) * np.abs(mean_prob[full] - frac_fake[full])))
+        if len(y)
+        else math.nan
+    )
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    width = 1.0 / bins
+    fig = _new_figure(5.0, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.bar(
+        edges[:-1][full],
+        frac_fake[full],
+        width=width,
+        align="edge",
+        alpha=0.6,
+        edgecolor="black",
+        label="fraction of fakes",
+    )
+    top.plot(mean_prob[full], frac_fake[full], "o", color="tab:red", ms=4, label="bin mean prob")
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    top.set_xlim(0.0, 1.0)
+    top.set_ylim(0.0, 1.0)
+    top.set_ylabel("fraction of fakes")
+    top.legend(loc="upper left", fontsize="small")
+    ece_text = "n/a" if math.isnan(ece) else f"{ece:.4f}"
+    top.set_title(f"{title or 'Reliability'} (ECE {ece_text}, n={len(y)})")
+    bottom.bar(edges[:-1], count, width=width, align="edge", color="grey", edgecolor="black")
+    bottom.set_xlabel("predicted probability of fake")
+    bottom.set_ylabel("count")
+    return _save(fig, path)
+
+
+def average_spectrum(images: Any, chunk: int = 64) -> np.ndarray:
+    """Mean log-magnitude 2-D Fourier spectrum of a stack of images, centred (``fftshift``).
+
+    ``images``: ``(N, H, W, 3)`` (or ``(N, H, W, 4)``, alpha dropped, or ``(N, H, W, 1)``)
+    colour images, or ``(N, H, W)`` grayscale. Integer images are scaled by 1/255, floats are
+    taken as they are (expected in [0, 1]). Colour is converted to BT.601 luma. Returns an
+    ``(H, W)`` float64 array: the mean over images of ``log(|FFT(gray)| + 1e-6)``. The
+    periodic peaks that up-samplers leave show up as bright off-centre dots.
+    """
+    x = np.asarray(images)
+    if x.ndim == 4:
+        if x.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"colour images must be (N, H, W, 1|3|4), got shape {x.shape}")
+    elif x.ndim != 3:
+        raise ValueError(f"images must be a stack (N, H, W, 3) or (N, H, W), got shape {x.shape}")
+    if len(x) == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        raise ValueError(f"need at least one non-empty image, got shape {x.shape}")
+    scale = 1.0 / 255.0 if np.issubdtype(x.dtype, np.integer) or x.dtype == bool else 1.0
+    total = np.zeros(x.shape[1:3], dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk].astype(np.float64) * scale
+        if block.ndim == 4:
+            block = block[..., 0] if block.shape[-1] == 1 else block[..., :3] @ _LUMA
+        magnitude = np.abs(np.fft.fft2(block, axes=(-2, -1)))
+        total += np.log(magnitude + 1e-6).sum(axis=0)
+    return np.fft.fftshift(total / len(x))
+
+
+def plot_spectra(
+    spectra: Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str | None = None,
+    difference: tuple[str, str] | None = None,
+) -> Path:
+    """Spectra (e.g. from :func:`average_spectrum`) side by side, one panel per name.
+
+    ``difference=("fake", "real")`` adds a panel ``fake − real`` on a diverging colour
+    map centred on 0, where a generator's frequency fingerprint stands out. Colour limits
+    are robust percentiles (5th-99.9th; +-95th of |difference|) so neither the DC peak nor
+    exactly cancelled frequencies wash a panel out; values beyond them saturate.
+    """
+    panels: list[tuple[str, np.ndarray, bool]] = [
+        (name, np.asarray(s, dtype=np.float64), False) for name, s in spectra.items()
+    ]
+    for name, s, _ in panels:
+        if s.ndim != 2:
+            raise ValueError(f"spectrum {name!r} must be 2-D (H, W), got shape {s.shape}")
+    if difference is not None:
+        a, b = difference
+        missing = [k for k in (a, b) if k not in spectra]
+        if missing:
+            raise ValueError(
+                f"difference needs spectra named {', '.join(map(repr, missing))}; have {', '.join(map(repr, spectra))}"
+            )
+        sa, sb = np.asarray(spectra[a], dtype=np.float64), np.asarray(spectra[b], dtype=np.float64)
+        if sa.shape != sb.shape:
+            raise ValueError(
+                f"cannot subtract spectra of different shapes: {a!r} {sa.shape}, {b!r} {sb.shape}"
+            )
+        panels.append((f"{a} − {b}", sa - sb, True))
+    if not panels:
+        raise ValueError("no spectra to plot")
+    fig = _new_figure(3.2 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, s, diverging) in zip(axes, panels, strict=True):
+        if diverging:
+            limit = float(np.percentile(np.abs(s), 95)) or 1.0
+            image = ax.imshow(s, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        else:
+            low, high = np.percentile(s, (5, 99.9))
+            image = ax.imshow(s, cmap="viridis", vmin=low, vmax=high if high > low else low + 1)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
