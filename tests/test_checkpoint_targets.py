@@ -35,6 +35,7 @@ from deepsift.checkpoint import (
 from deepsift.errors import UserError
 from deepsift.training import _checkpoint
 from detectors.factory import build_detector, detector_config, list_detectors, load_detector
+from tests.conftest import FAST, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DANGEROUS = {  # target -> (module, attribute) to replace with a recorder
@@ -342,3 +343,53 @@ def test_every_allowed_target_exists_and_the_readme_names_it() -> None:
         module, _, attribute = target.rpartition(".")
         assert callable(getattr(importlib.import_module(module), attribute)), target
         assert f"`{attribute}`" in readme, target
+
+
+def nested_os_system(tmp_path: Path, marker: Path) -> Path:
+    """A timm_classifier checkpoint whose optimiser would run ``touch marker``."""
+    config = shipped("timm_classifier")
+    config["optimizer"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    return crafted(tmp_path, config)
+
+
+def test_score_refuses_crafted_checkpoints_alone_and_in_ensembles(
+    tmp_path: Path, calls: list[str]
+) -> None:
+    from deepsift.scoring.models import load_ensemble
+
+    path = nested_os_system(tmp_path, tmp_path / "called")
+    spec = tmp_path / "ensemble.yaml"
+    spec.write_text("members:\n  - detector: durall\n  - checkpoint: best.pt\n")
+    for kwargs in (
+        {"checkpoint": str(path)},
+        {"ensemble": f"durall,{path}"},
+        {"ensemble": str(spec)},
+    ):
+        with pytest.raises(
+            UserError, match=r"best\.pt: detector\.optimizer\._target_ is 'os\.system'"
+        ):
+            load_ensemble(**kwargs)
+    assert calls == [] and not (tmp_path / "called").exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "train.py"])
+def test_evaluate_and_resume_refuse_crafted_checkpoints(
+    script: str, tmp_path: Path, folder_tree: Path
+) -> None:
+    marker = tmp_path / "called"
+    path = nested_os_system(tmp_path, marker)
+    option = "checkpoint" if script == "evaluate.py" else "resume"
+    result = run_script(
+        script,
+        [
+            *FAST,
+            "data=folder",
+            f"data.root={folder_tree}",
+            f"{option}={path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "detector.optimizer._target_ is 'os.system'" in result.stderr
+    assert not marker.exists()
