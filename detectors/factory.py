@@ -38,7 +38,11 @@ def detector_config(name: str, **overrides: Any) -> DictConfig:
 
 
 def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = None) -> Detector:
-    """Instantiate a detector config (``_target_`` restricted to deepsift and torch.optim).
+    """Instantiate a detector config.
+
+    The config is resolved and then checked by :func:`deepsift.checkpoint.check_targets`
+    before anything is built: the top ``_target_`` must be a detector class of
+    ``configs/detector``, nested ones an allowed optimiser, scheduler or factory.
 
     A ``weights`` entry (official or third-party weights file) is not a constructor
     argument: it is loaded after construction with the detector's ``load_weights``.

@@ -91,7 +91,10 @@ def test_checkpoint_of_another_detector(tmp_path: Path) -> None:
     torch.save(
         {
             "format": "deepsift-checkpoint/1",
-            "detector": {"name": "timm_classifier", "config": {}},
+            "detector": {
+                "name": "timm_classifier",
+                "config": {"_target_": "detectors.timm_classifier.TimmClassifier"},
+            },
             "state_dict": {},
         },
         ckpt,

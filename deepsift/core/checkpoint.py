@@ -13,13 +13,33 @@ nothing in it is unpickled as code. It carries
   every random generator from the seed and the epoch number, so no RNG state is
   needed).
 
-A config's ``_target_`` is imported and called when the detector is rebuilt, so
-targets are restricted to deepsift's own detectors and torch's optimisers and
-schedulers: a crafted checkpoint cannot make deepsift call ``os.system``.
+A config's ``_target_`` is imported and called when the detector is rebuilt
+(Hydra instantiates nested configs too), so :func:`check_targets` refuses, before
+anything is built, every config that names something else than:
+
+* at the top (``detector._target_``): a detector class, one of the ``_target_``
+  values of the shipped ``configs/detector/*.yaml`` (:func:`detector_targets`,
+  read as YAML on first use, nothing imported);
+* anywhere below it (``detector.optimizer._target_``, inside lists, ``_args_``
+  ...): one of :data:`NESTED_TARGETS`, the torch optimisers and per-epoch LR
+  schedulers a config would pick, SBI's ``SAM`` and ``LinearDecayLR``, and the
+  AEROBLADE autoencoder factories.
+
+Configs must be plain data (dicts, lists, strings, numbers, booleans, None);
+targets must be plain strings matched exactly; ``_args_``, ``_partial_``,
+``_recursive_`` and ``_convert_`` must have the types Hydra expects, any other
+``_name_`` key (``_call_`` ...) is refused, and so is any string holding
+``${``: Hydra resolves interpolations again when it instantiates, and
+``${oc.create:...}`` or ``${oc.decode:...}`` would turn a string into a new
+``_target_`` after the check. :func:`read_checkpoint` checks every checkpoint
+it opens, and ``detectors.factory.build_detector`` checks every config again,
+resolved, right before it instantiates. A crafted checkpoint cannot make
+deepsift call ``os.system``, ``builtins.exec`` or ``deepsift.hub.download``.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +52,55 @@ from deepsift.core.configs import REPO_ROOT
 from deepsift.core.errors import UserError
 
 FORMAT = "deepsift-checkpoint/1"
-ALLOWED_TARGET_PREFIXES = ("detectors.", "torch.optim.", "deepsift.")
+
+#: optimisers a config may name below the top (``optimizer:``, SAM's ``base_optimizer:``);
+#: the shipped configs use SGD, Adam and AdamW, the others are the usual alternatives
+OPTIMIZER_TARGETS = tuple(
+    f"torch.optim.{name}"
+    for name in (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "NAdam",
+        "RAdam",
+        "Adamax",
+        "RMSprop",
+        "Adagrad",
+        "Adadelta",
+    )
+)
+#: LR schedulers stepped once per epoch without arguments (the engine's ``scheduler.step()``);
+#: the shipped configs use MultiStepLR and CosineAnnealingLR (configs/experiment/demo.yaml)
+SCHEDULER_TARGETS = tuple(
+    f"torch.optim.lr_scheduler.{name}"
+    for name in (
+        "MultiStepLR",
+        "StepLR",
+        "CosineAnnealingLR",
+        "CosineAnnealingWarmRestarts",
+        "ExponentialLR",
+        "LinearLR",
+        "ConstantLR",
+        "PolynomialLR",
+    )
+)
+#: deepsift callables the detector configs nest: SBI's optimiser and scheduler
+#: (configs/detector/sbi.yaml), AEROBLADE's default autoencoder
+#: (configs/detector/aeroblade.yaml) and the two other factories that config and
+#: detectors/reconstruction.py document for ``detector.autoencoder``, so AEROBLADE
+#: checkpoints trained with them reload (they only read local files, weights_only)
+DEEPSIFT_NESTED_TARGETS = (
+    "detectors.sbi.SAM",
+    "detectors.sbi.LinearDecayLR",
+    "detectors.reconstruction.resampling_autoencoder",
+    "detectors.reconstruction.embedded_autoencoder",
+    "detectors.reconstruction.diffusers_vae",
+)
+#: every ``_target_`` allowed below a detector config's top
+NESTED_TARGETS = frozenset(OPTIMIZER_TARGETS + SCHEDULER_TARGETS + DEEPSIFT_NESTED_TARGETS)
+#: the keys Hydra 1.3's instantiate acts on; every one is checked
+HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+CONVERT_MODES = ("none", "partial", "object", "all")
 
 
 def git_hash(repo: Path | None = None) -> str:
@@ -53,20 +121,121 @@ def git_hash(repo: Path | None = None) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def check_targets(config: Any, where: str) -> None:
-    """Refuse ``_target_`` values outside deepsift and torch.optim (see module doc)."""
-    if isinstance(config, Mapping):
-        target = config.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-            raise UserError(
-                f"{where} asks to build {target!r}, which is not a deepsift detector or torch "
-                f"optimiser; refusing to run it (allowed prefixes: {', '.join(ALLOWED_TARGET_PREFIXES)})"
+def _config_dir() -> Path:
+    """The repository's ``configs`` folder (the first one above this file)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "configs" / "detector").is_dir():
+            return parent / "configs"
+    return here.parents[1] / "configs"
+
+
+@functools.cache
+def detector_targets() -> frozenset[str]:
+    """The ``_target_`` of every shipped ``configs/detector/*.yaml``: the detector classes.
+
+    Read as plain YAML on first use (nothing is imported or instantiated), then cached.
+    """
+    import yaml
+
+    targets = set()
+    for path in sorted((_config_dir() / "detector").glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue  # Hydra reports a broken config when it is used
+        if isinstance(data, dict) and isinstance(data.get("_target_"), str):
+            targets.add(data["_target_"])
+    return frozenset(targets)
+
+
+def _refuse(where: str, location: str, problem: str, allowed: str) -> UserError:
+    return UserError(f"{where}: {location} {problem}; refusing to build it ({allowed})")
+
+
+def _allowed_text(top: bool) -> str:
+    if top:
+        names = sorted(detector_targets())
+        return "detector._target_ must be a detector class of configs/detector: " + (
+            ", ".join(names) or "none found (configs/detector is missing)"
+        )
+    return "nested _target_ values must be one of: " + ", ".join(sorted(NESTED_TARGETS))
+
+
+def _check_node(node: Any, where: str, location: str, top: bool) -> None:
+    if isinstance(node, str):
+        if "${" in node:
+            raise _refuse(
+                where,
+                location,
+                f"holds an interpolation ({node[:80]!r}) that Hydra would resolve, possibly "
+                "into a new _target_, after this check",
+                "write the value without ${...}; a saved config is already resolved",
             )
-        for value in config.values():
-            check_targets(value, where)
-    elif isinstance(config, (list, tuple)):
-        for value in config:
-            check_targets(value, where)
+        return
+    if isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_node(value, where, f"{location}[{i}]", False)
+        return
+    if not isinstance(node, Mapping):
+        if node is not None and not isinstance(node, (bytes, int, float)):
+            # weights_only unpickling can still hand back e.g. a torch function object
+            raise _refuse(
+                where, location, f"is a {type(node).__name__}", "a config holds plain data only"
+            )
+        return
+    if top and "_target_" not in node:
+        raise _refuse(where, f"{location}._target_", "is missing", _allowed_text(True))
+    for key, value in node.items():
+        here = f"{location}.{key}"
+        if not isinstance(key, str):  # OmegaConf takes int keys: still check what they hold
+            _check_node(value, where, f"{location}[{key!r}]", False)
+            continue
+        if "${" in key:
+            raise _refuse(where, here, "is a key holding an interpolation", "use plain keys")
+        if key == "_target_":
+            allowed = detector_targets() if top else NESTED_TARGETS
+            if type(value) is not str:
+                raise _refuse(
+                    where,
+                    here,
+                    f"is a {type(value).__name__} ({str(value)[:60]!r}), not a class name",
+                    _allowed_text(top),
+                )
+            if value not in allowed:
+                raise _refuse(where, here, f"is {value!r}", _allowed_text(top))
+        elif key in ("_partial_", "_recursive_"):
+            if type(value) is not bool:
+                raise _refuse(where, here, f"is {value!r}", "it must be true or false")
+        elif key == "_convert_":
+            if type(value) is not str or value.lower() not in CONVERT_MODES:
+                raise _refuse(
+                    where, here, f"is {value!r}", f"use one of {', '.join(CONVERT_MODES)}"
+                )
+        elif key == "_args_":
+            if not isinstance(value, (list, tuple)):
+                raise _refuse(where, here, f"is a {type(value).__name__}", "_args_ must be a list")
+        elif len(key) > 2 and key.startswith("_") and key.endswith("_"):
+            raise _refuse(
+                where,
+                here,
+                "is not an instruction deepsift lets a config give Hydra",
+                f"allowed: {', '.join(HYDRA_KEYS)}",
+            )
+        _check_node(value, where, here, False)
+
+
+def check_targets(config: Any, where: str) -> None:
+    """Refuse a detector config that would build anything but the allow-lists (module doc).
+
+    ``where`` names the source in the error (``checkpoint runs/x/best.pt``); the
+    error also names the place in the config (``detector.optimizer._target_``),
+    the offending value and what is allowed there.
+    """
+    if not isinstance(config, Mapping):
+        problem = "is missing" if config is None else f"is a {type(config).__name__}, not a mapping"
+        raise _refuse(where, "the detector config", problem, _allowed_text(True))
+    _check_node(config, where, "detector", True)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -97,7 +266,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a deepsift checkpoint; if it holds official or third-party weights, "
             f"load them with load_detector('<name>', weights='{path}') or detector.weights={path}"
         )
-    check_targets(payload.get("detector", {}).get("config", {}), f"checkpoint {path}")
+    info = payload.get("detector")
+    check_targets(info.get("config") if isinstance(info, Mapping) else None, f"checkpoint {path}")
     return payload
 
 
