@@ -40,7 +40,7 @@ def detector_config(name: str, **overrides: Any) -> DictConfig:
 def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = None) -> Detector:
     """Instantiate a detector config.
 
-    The config is resolved and then checked by :func:`deepsift.checkpoint.check_targets`
+    The config is resolved and then checked by :func:`deepsift.core.checkpoint.check_targets`
     before anything is built: the top ``_target_`` must be a detector class of
     ``configs/detector``, nested ones an allowed optimiser, scheduler or factory.
 

@@ -23,8 +23,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import deepsift.hub
-from deepsift.checkpoint import (
+import deepsift.core.hub
+from deepsift.app.training import _checkpoint
+from deepsift.core.checkpoint import (
     FORMAT,
     NESTED_TARGETS,
     check_targets,
@@ -32,14 +33,13 @@ from deepsift.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from deepsift.errors import UserError
-from deepsift.training import _checkpoint
+from deepsift.core.errors import UserError
 from detectors.factory import build_detector, detector_config, list_detectors, load_detector
 from tests.conftest import FAST, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DANGEROUS = {  # target -> (module, attribute) to replace with a recorder
-    "deepsift.hub.download": (deepsift.hub, "download"),
+    "deepsift.core.hub.download": (deepsift.core.hub, "download"),
     "hydra.utils.get_method": (hydra.utils, "get_method"),
     "builtins.exec": None,  # torch runs exec itself: the marker file is the proof
     "subprocess.run": (subprocess, "run"),
@@ -92,7 +92,7 @@ def assert_refused(path: Path, calls: list[str], *needles: str) -> str:
 def arguments(target: str, marker: Path) -> dict[str, Any]:
     """What each target would be called with: each would create ``marker``."""
     return {
-        "deepsift.hub.download": {"url": f"file://{marker}", "folder": str(marker.parent)},
+        "deepsift.core.hub.download": {"url": f"file://{marker}", "folder": str(marker.parent)},
         "hydra.utils.get_method": {"_args_": ["os.system"]},
         "builtins.exec": {"_args_": [f"open({str(marker)!r}, 'w').close()"]},
         "subprocess.run": {"_args_": [["touch", str(marker)]]},
@@ -151,7 +151,7 @@ def test_nested_target_under_an_optimizer_is_refused(
         (
             lambda c: c.update(
                 optimizer={
-                    "_target_": "detectors.sbi.SAM",
+                    "_target_": "detectors.layers.sam.SAM",
                     "_partial_": True,
                     "base_optimizer": {"_target_": "builtins.exec", "_args_": ["1"]},
                 }
@@ -160,7 +160,7 @@ def test_nested_target_under_an_optimizer_is_refused(
         ),
         # under a constructor argument, and a detector class below the top
         (
-            lambda c: c.update(backbone={"_target_": "deepsift.hub.download", "url": "x"}),
+            lambda c: c.update(backbone={"_target_": "deepsift.core.hub.download", "url": "x"}),
             "detector.backbone._target_",
         ),
         (lambda c: c.update(scheduler={"_target_": "detectors.sbi.SBI"}), "detector.scheduler"),
@@ -203,8 +203,8 @@ def test_a_callable_value_is_refused(tmp_path: Path, calls: list[str]) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "${oc.create:{_target_: deepsift.hub.download, url: x}}",
-        "\\${oc.create:{_target_: deepsift.hub.download, url: x}}",  # survives one resolution
+        "${oc.create:{_target_: deepsift.core.hub.download, url: x}}",
+        "\\${oc.create:{_target_: deepsift.core.hub.download, url: x}}",  # survives one resolution
         "${oc.decode:'{_target_: os.system, command: true}'}",
         "${oc.env:HOME}",
     ],
@@ -223,7 +223,7 @@ def test_an_escaped_interpolation_in_a_config_is_refused_before_building(
 ) -> None:
     """build_detector resolves once, checks, then Hydra would resolve the escape away."""
     config = detector_config("timm_classifier")
-    config.optimizer.lr = "\\${oc.create:{_target_: deepsift.hub.download, url: x}}"
+    config.optimizer.lr = "\\${oc.create:{_target_: deepsift.core.hub.download, url: x}}"
     with pytest.raises(UserError, match=r"detector\.optimizer\.lr holds an interpolation"):
         build_detector(config, "timm_classifier")
     assert calls == []
@@ -287,7 +287,7 @@ def test_every_shipped_config_is_allowed() -> None:
 
 def test_detector_targets_read_the_yaml_without_importing_detectors() -> None:
     code = (
-        "import sys; from deepsift.checkpoint import detector_targets; "
+        "import sys; from deepsift.core.checkpoint import detector_targets; "
         "assert 'detectors.sbi.SBI' in detector_targets(); "
         "assert not any(m == 'detectors' or m.startswith(('detectors.', 'hydra')) "
         "for m in sys.modules), sorted(m for m in sys.modules if m.startswith('detectors'))"

@@ -34,7 +34,7 @@ targets must be plain strings matched exactly; ``_args_``, ``_partial_``,
 ``_target_`` after the check. :func:`read_checkpoint` checks every checkpoint
 it opens, and ``detectors.factory.build_detector`` checks every config again,
 resolved, right before it instantiates. A crafted checkpoint cannot make
-deepsift call ``os.system``, ``builtins.exec`` or ``deepsift.hub.download``.
+deepsift call ``os.system``, ``builtins.exec`` or ``deepsift.core.hub.download``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepsift.core.configs import REPO_ROOT
+from deepsift.core.configs import CONFIG_DIR, REPO_ROOT
 from deepsift.core.errors import UserError
 
 FORMAT = "deepsift-checkpoint/1"
@@ -90,10 +90,10 @@ SCHEDULER_TARGETS = tuple(
 #: detectors/reconstruction.py document for ``detector.autoencoder``, so AEROBLADE
 #: checkpoints trained with them reload (they only read local files, weights_only)
 DEEPSIFT_NESTED_TARGETS = (
-    "detectors.sbi.SAM",
-    "detectors.sbi.LinearDecayLR",
+    "detectors.layers.sam.SAM",
+    "detectors.layers.sam.LinearDecayLR",
     "detectors.reconstruction.resampling_autoencoder",
-    "detectors.reconstruction.embedded_autoencoder",
+    "datasets.embedded.generators.embedded_autoencoder",
     "detectors.reconstruction.diffusers_vae",
 )
 #: every ``_target_`` allowed below a detector config's top
@@ -121,15 +121,6 @@ def git_hash(repo: Path | None = None) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
-def _config_dir() -> Path:
-    """The repository's ``configs`` folder (the first one above this file)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "configs" / "detector").is_dir():
-            return parent / "configs"
-    return here.parents[1] / "configs"
-
-
 @functools.cache
 def detector_targets() -> frozenset[str]:
     """The ``_target_`` of every shipped ``configs/detector/*.yaml``: the detector classes.
@@ -139,7 +130,7 @@ def detector_targets() -> frozenset[str]:
     import yaml
 
     targets = set()
-    for path in sorted((_config_dir() / "detector").glob("*.yaml")):
+    for path in sorted((CONFIG_DIR / "detector").glob("*.yaml")):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):

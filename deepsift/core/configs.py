@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from deepsift.core.errors import UserError
+
+if TYPE_CHECKING:  # Hydra is imported where it is used: reading a path needs none of it
+    from omegaconf import DictConfig
 
 #: the checkout (``deepsift/core/configs.py`` is two folders below it)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,7 @@ def compose(
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
