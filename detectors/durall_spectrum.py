@@ -136,6 +136,9 @@ class DurallSpectrum(Detector):
       reference uses whole images or the middle third of video frames. Images
       smaller than the crop are zero-padded by :class:`Preprocessing`, which adds
       edge energy to the spectrum: pick a size no larger than the smallest image.
+      ``configs/detector/durall.yaml`` (``load_detector("durall")``,
+      ``train.py detector=durall``) crops 64 px, the size of the default data
+      (the embedded benchmark).
 
     Args:
         n_features: points of the resampled 1-D spectrum.

@@ -113,9 +113,12 @@ class FrankDCT(Detector):
     * coefficients with zero training variance are left unscaled (the
       reference would divide by zero), and grayscale is float luma, not PIL's
       rounded 8-bit ``L``;
-    * images are centre-cropped to ``preprocessing.size`` (zero-padded when
-      smaller, which adds edge energy: pick a size no larger than the smallest
-      image) without resizing, which would alter the spectrum.
+    * images are centre-cropped to ``preprocessing.size`` (default 128, the
+      reference's; zero-padded when smaller, which adds edge energy: pick a size
+      no larger than the smallest image) without resizing, which would alter the
+      spectrum. ``configs/detector/frank_dct.yaml`` (``load_detector("frank_dct")``,
+      ``train.py detector=frank_dct``) crops 64 px, the size of the default data
+      (the embedded benchmark).
 
     Memory: training keeps every image's ``C*H*W`` float32 features on the CPU
     (48 KiB per image at 64 x 64 x 3, 192 KiB at 128 x 128 x 3).

@@ -36,7 +36,9 @@ from detectors.preprocessing import Preprocessing, merge_preprocessing
 log = logging.getLogger(__name__)
 
 #: the official preprocessing: Keras ``load_img`` (PIL nearest-neighbour resize to
-#: 256 x 256) and ``ImageDataGenerator(rescale=1/255)``: pixels in [0, 1], no mean/std
+#: 256 x 256) and ``ImageDataGenerator(rescale=1/255)``: pixels in [0, 1], no mean/std;
+#: in training, the paper's horizontal flips (of half the images, as Keras's
+#: ``horizontal_flip=True``)
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "size": 256,
     "resize": "square",
@@ -44,6 +46,7 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "crop": "none",
     "mean": (0.0, 0.0, 0.0),
     "std": (1.0, 1.0, 1.0),
+    "hflip": 0.5,
 }
 INPUT_SIZE = 256
 #: Keras BatchNormalization defaults: epsilon 1e-3, moving average momentum 0.99
@@ -335,7 +338,8 @@ _DOC_COMMON = """
 
     Where it differs: the learning-rate schedule is not built in (deepsift
     schedulers step per epoch: pass one as ``scheduler``), the batch size is the
-    trainer's, and only flips are available as augmentation (``preprocessing.hflip``).
+    trainer's, and only flips are available as augmentation (``preprocessing.hflip``:
+    0.5 by default, training only; the official test-time input is unchanged).
     Moving variances are updated with PyTorch's unbiased batch variance.
 
     Note on the official Meso4 files: unlike the MesoInception files, they list

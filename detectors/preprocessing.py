@@ -4,7 +4,8 @@ Results of synthetic-image detectors hinge on preprocessing (resize or not,
 which interpolation, crop, normalisation), so each detector carries a
 :class:`Preprocessing` in its config and the checkpoint stores it. Training
 augmentations (flip, Gaussian blur, JPEG) follow CNNDetection's recipe and are
-off unless the detector's config turns them on.
+off unless the detector's ``DEFAULT_PREPROCESSING`` (or a config) turns them on;
+a detector's YAML repeats its defaults (tests/test_config_defaults.py).
 """
 
 from __future__ import annotations
