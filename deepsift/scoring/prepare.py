@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from datasets.faces import CropSettings
+from datasets.video import frame_indices
 from deepsift.scoring import stability
 from deepsift.scoring.decode import (
     DEFAULT_MAX_FILE_BYTES,
@@ -35,7 +36,7 @@ from deepsift.scoring.extras import load_optional, safe_pdq, safe_provenance
 from deepsift.scoring.faces import FaceDetectorLike, crop_slots, cut_faces, find_faces
 from deepsift.scoring.inputs import HEAD_BYTES, WorkItem, is_video_head
 from deepsift.scoring.output import new_record
-from deepsift.scoring.video import read_video, sample_indices
+from deepsift.scoring.video import read_video
 
 NOT_AN_IMAGE = "not an image (format not recognised)"
 
@@ -233,7 +234,7 @@ def prepare(item: WorkItem, ctx: PrepareContext) -> Prepared:
 def _prepare_image(raw: bytes, ctx: PrepareContext, out: Prepared) -> None:
     options = ctx.options
     k = options.video_frames if options.animated == "frames" else 1
-    first, frames = decode_frames(raw, lambda n: sample_indices(n, k), options.max_pixels)
+    first, frames = decode_frames(raw, lambda n: frame_indices(n, k), options.max_pixels)
     record = out.record
     record.update(format=first.format, width=first.image.width, height=first.image.height)
     if first.animated:
