@@ -245,6 +245,47 @@ class VideoCropSource:
     def preprocess_command(self) -> str:
         return f"python -m datasets.preprocess data={self.name} data.root={self.root}"
 
+    def face_crop(self, split: str = "train") -> dict[str, Any] | None:
+        """How the cached crops of ``split`` were cut: the ``face_crop`` of the index.
+
+        Plain data (``align``, ``margin``, ``size``, ``detector``; see
+        :class:`datasets.faces.CropSettings`) that training writes into the checkpoint so
+        that ``score.py`` cuts faces the same way. ``None`` when the cache has no index or
+        an index written before crop settings were recorded. When the videos of the split
+        were cut with different settings (preprocessing re-run with other options on part
+        of the benchmark), the most common ones are returned, with a warning.
+        """
+        index = self.crop_index()
+        if not index:
+            return None
+        counts: dict[str, int] = {}
+        found: dict[str, dict[str, Any]] = {}
+        for item in self.videos(split):
+            lines = index.get(item.rel) or ()
+            settings = next((ln["face_crop"] for ln in lines if ln.get("face_crop")), None)
+            if not isinstance(settings, dict):
+                continue
+            key = json.dumps(settings, sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+            found[key] = settings
+        if not counts:
+            log.warning(
+                "%s/%s: the crop index under %s does not record how the crops were cut "
+                "(made before face_crop was recorded); score.py falls back to the detector "
+                "config's face_crop (rebuild with overwrite=true to record it)",
+                self.name, split, self.crops_root,
+            )  # fmt: skip
+            return None
+        ranked = sorted(counts, key=lambda k: -counts[k])
+        if len(ranked) > 1:
+            log.warning(
+                "%s/%s: videos were cropped with %d different settings (%s); the checkpoint "
+                "records the most common one",
+                self.name, split, len(ranked),
+                "; ".join(f"{counts[k]} videos: {k}" for k in ranked),
+            )  # fmt: skip
+        return dict(found[ranked[0]])
+
     # -- helpers --------------------------------------------------------------------
     def crop_index(self) -> dict[str, list[dict[str, Any]]] | None:
         """The cache's ``index.jsonl`` by video (read once), or ``None`` when there is none."""

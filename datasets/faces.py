@@ -439,3 +439,88 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``points`` (N, 2) mapped by the 2 x 3 affine ``matrix``, float32."""
     p = np.asarray(points, dtype=np.float64)
     return (p @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# crop settings: what a crop cache records, a checkpoint carries and score.py applies
+# ---------------------------------------------------------------------------------------
+
+CROP_KEYS = ("align", "margin", "size", "detector")
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How face crops are cut, as plain data (a checkpoint's ``face_crop``).
+
+    ``align``, ``margin`` and ``size`` are :func:`crop_transform`'s arguments;
+    ``detector`` holds the :func:`face_detector` options that found the faces
+    (``{"name": "dlib_hog", "upsample": 0, "max_side": 960}``), or ``None`` when the
+    settings do not say (the user of the crops picks one). The crop cache of
+    ``datasets.preprocess`` writes them per video (``face_crop`` in ``index.jsonl``),
+    training copies them into the checkpoint and ``score.py`` crops with them, so a
+    frame scored gives the crop pixels preprocessing gave.
+    """
+
+    align: bool = True
+    margin: float = 1.3
+    size: int | None = None
+    detector: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not float(self.margin) > 0:
+            raise ValueError(f"face_crop margin must be positive; got {self.margin}")
+        if self.size is not None and int(self.size) < 1:
+            raise ValueError(
+                f"face_crop size must be a positive side in pixels or null; got {self.size}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CropSettings:
+        """From a ``face_crop`` mapping (unknown keys refused, ``detector`` a name or options)."""
+        if isinstance(data, CropSettings):
+            return data
+        if not hasattr(data, "items"):
+            raise ValueError(f"face_crop must be a mapping of {', '.join(CROP_KEYS)}; got {data!r}")
+        values = dict(data.items())
+        unknown = sorted(set(values) - set(CROP_KEYS))
+        if unknown:
+            raise ValueError(f"face_crop: unknown keys {unknown}; known: {', '.join(CROP_KEYS)}")
+        detector = values.get("detector")
+        if isinstance(detector, str):
+            detector = {"name": detector}
+        elif detector is not None:
+            detector = dict(detector.items())
+        size = values.get("size")
+        return cls(
+            align=bool(values.get("align", True)),
+            margin=float(values.get("margin", 1.3)),
+            size=None if size in (None, 0) else int(size),
+            detector=detector,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (loads with ``torch.load(weights_only=True)``, writes as JSON)."""
+        return {
+            "align": self.align,
+            "margin": self.margin,
+            "size": self.size,
+            "detector": dict(self.detector) if self.detector is not None else None,
+        }
+
+    def transform(self, face: Face) -> tuple[np.ndarray, int]:
+        """:func:`crop_transform` of ``face`` with these settings."""
+        return crop_transform(face, self.margin, self.size, self.align)
+
+    def describe(self, detector: bool = True) -> str:
+        """One line: ``aligned on 5 landmarks, margin 1.3, 256 px, face detector dlib_hog
+        (upsample 0, max_side 960)`` (the detector part only with ``detector``)."""
+        how = "aligned on 5 landmarks" if self.align else "square around the box, unrotated"
+        size = f"{self.size} px" if self.size else "native resolution"
+        text = f"{how}, margin {self.margin:g}, {size}"
+        if detector and self.detector:
+            options = {k: v for k, v in self.detector.items() if k != "name" and v is not None}
+            extra = ", ".join(f"{k} {v}" for k, v in options.items())
+            text += f", face detector {self.detector.get('name', 'default')}" + (
+                f" ({extra})" if extra else ""
+            )
+        return text

@@ -29,8 +29,11 @@ Every video of every split (``splits``) is processed once, in parallel
    ``box`` in frame pixels and the detector's ``score``, the frame-to-crop ``transform``
    (2 x 3, row-major), ``detector`` and ``margin``, and per video ``frames`` (sampled),
    ``total`` (decoded), ``announced`` (container count), ``settings`` (a hash of the
-   options) and ``video_size`` (bytes). A video that cannot be read gets one line with
-   ``frame: null`` and ``status: error``.
+   options), ``face_crop`` (the options themselves that decide the crop pixels, as
+   plain data: ``align``, ``margin``, ``size`` and the face ``detector``'s options, see
+   :class:`datasets.faces.CropSettings`; training copies them into the checkpoint and
+   ``score.py`` crops with them) and ``video_size`` (bytes). A video that cannot be
+   read gets one line with ``frame: null`` and ``status: error``.
 
 The index is appended one video at a time, so a killed run loses at most the videos in
 flight. A second run does only what is missing: a video whose last block of lines is
@@ -63,8 +66,16 @@ from typing import Any
 
 import numpy as np
 
-from datasets.crop_cache import read_crop_index, strip_suffix
-from datasets.faces import FaceDetector, apply_crop, crop_transform, face_detector, transform_points
+from datasets.faceforensics import read_crop_index, strip_suffix
+from datasets.faces import (
+    DEFAULT_DETECTOR,
+    CropSettings,
+    FaceDetector,
+    apply_crop,
+    crop_transform,
+    face_detector,
+    transform_points,
+)
 from datasets.video import VideoError, read_frames, sample_frames
 from deepsift.core.configs import CONFIG_DIR, config_names
 from deepsift.core.errors import UserError, user_errors
@@ -115,6 +126,13 @@ class Options:
     def fingerprint(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def face_crop(self) -> dict[str, Any]:
+        """The crop settings as plain data (``face_crop`` of the index and of checkpoints)."""
+        detector = dict(self.detector)
+        if detector.get("name") in (None, "", "default"):
+            detector["name"] = DEFAULT_DETECTOR
+        return CropSettings(self.align, self.margin, self.size, detector).to_dict()
 
 
 @dataclass
@@ -244,6 +262,7 @@ def process_video(
         "run": uuid.uuid4().hex[:12],
         "settings": options.fingerprint(),
         "video_size": size_bytes,
+        "face_crop": options.face_crop(),
     }
     try:
         sampled = sample_frames(job.path, options.frames)

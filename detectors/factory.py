@@ -55,13 +55,20 @@ def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = No
     # what the detector reads: "image" (whole pictures) or "face" (face crops; score.py
     # --faces auto crops faces for these); not a constructor argument
     input_kind = plain.pop("input", None)
+    # how score.py cuts faces for it when no checkpoint says (the protocol of the weights
+    # the config loads: align, margin, size); plain data, not a constructor argument
+    face_crop = plain.pop("face_crop", None)
     detector = instantiate(plain, _convert_="all")
     if not isinstance(detector, Detector):
         raise UserError(
             f"detector config {name!r} builds a {type(detector).__name__}, not a deepsift Detector"
         )
     detector.config_name = name
-    detector.config = plain if input_kind is None else {**plain, "input": input_kind}
+    detector.config = dict(plain)
+    if input_kind is not None:
+        detector.config["input"] = input_kind
+    if face_crop is not None:
+        detector.config["face_crop"] = face_crop
     if weights:
         detector.load_weights(weights)
     return detector

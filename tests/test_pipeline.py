@@ -93,6 +93,7 @@ def test_checkpoint_is_self_contained_and_safe(trained_run: Path) -> None:
     assert payload["detector"]["name"] == "timm_classifier"
     assert payload["detector"]["config"]["_target_"] == "detectors.timm_classifier.TimmClassifier"
     assert payload["preprocessing"]["size"] == 32
+    assert payload["face_crop"] is None  # folder data: no crop cache says how faces were cut
     assert payload["git"]
     last = torch.load(trained_run / "last.pt", map_location="cpu", weights_only=True)
     assert last["trainer_state"]["epoch"] == 2 and last["optimizer"] is not None

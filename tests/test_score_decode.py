@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from datasets.video import frame_indices
 from deepsift.core.images import to_rgb
 from deepsift.scoring.decode import ItemError, decode_frames, decode_image
-from deepsift.scoring.video import sample_indices
 from tests.scoring_fixtures import GOOD, animated, encode, make_zoo, noise, png16, png_bomb_header
 
 
@@ -87,7 +87,7 @@ def test_animated_first_frame_and_sampled_frames(fmt: str) -> None:
     raw = animated(fmt, n=5)
     decoded = decode_image(raw)
     assert decoded.animated
-    first, frames = decode_frames(raw, lambda n: sample_indices(n, 3))
+    first, frames = decode_frames(raw, lambda n: frame_indices(n, 3))
     assert [i for i, _ in frames] == [0, 2, 4]
     np.testing.assert_array_equal(pixels(frames[0][1]), pixels(first.image))
     assert not np.array_equal(pixels(frames[1][1]), pixels(frames[2][1]))

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.faces import CropSettings, Face, apply_crop
+from datasets.video import frame_indices
 from deepsift.scoring import prepare as prepare_module
 from deepsift.scoring.calibration import DEFAULT_BANDS
-from deepsift.scoring.faces import square_box
+from deepsift.scoring.faces import DEFAULT_CROP, crop_region
 from deepsift.scoring.models import Ensemble
 from deepsift.scoring.prepare import PrepareOptions
 from deepsift.scoring.runner import MemorySink, RunOptions, Scorer
-from deepsift.scoring.video import sample_indices
 from tests.scoring_fixtures import (
     BoxFaces,
     one_thread,  # noqa: F401 - a fixture
@@ -93,9 +94,12 @@ def test_faces_scored_one_by_one_image_takes_the_maximum(tmp_path: Path) -> None
     two = records["two.png"]
     expected = []
     for box in ((20, 20, 100, 100), (130, 110, 170, 150)):  # largest first
-        crop = square_box(box, 1.3, 200, 160)
-        expected.append(stub_probability(Image.fromarray(canvas).crop(crop)))
+        # no landmarks: the square 1.3x the box, cut by the preprocessing's crop functions
+        matrix, side = DEFAULT_CROP.transform(Face(box, 0.99))
+        expected.append(stub_probability(Image.fromarray(apply_crop(canvas, matrix, side))))
+        crop = crop_region(matrix, side, 200, 160)
         assert crop in [tuple(f["crop"]) for f in two["faces"]]
+    assert [tuple(f["crop"]) for f in two["faces"]] == [(8, 8, 112, 112), (124, 104, 176, 156)]
     assert [f["score"] for f in two["faces"]] == pytest.approx(expected, abs=1e-6)
     assert two["score"] == pytest.approx(max(expected), abs=1e-6)
     assert (
@@ -126,6 +130,25 @@ def test_faces_scored_one_by_one_image_takes_the_maximum(tmp_path: Path) -> None
     )
 
 
+def test_members_that_cut_faces_differently_each_score_their_own_crop(tmp_path: Path) -> None:
+    canvas = np.full((160, 200, 3), 128, np.uint8)
+    Image.fromarray(canvas).save(tmp_path / "face.png")
+    faces = BoxFaces({200: [(70, 50, 110, 90)]})  # 40 px, no landmarks
+    ensemble = stub_ensemble("width", "brightness", faces=(True, True))
+    wide = CropSettings(align=False, margin=2.0, size=None)
+    ensemble.members[1].face_crop = wide
+    records, _, _ = run(ensemble, [tmp_path / "face.png"], faces, prepare={"min_face": 32})
+    (face,) = records["face.png"]["faces"]
+    # the width rule sees its own 1.3x crop (52 px), the other member's 2x crop is 80 px wide
+    assert face["scores"]["stub_width"] == pytest.approx(
+        stub_probability(Image.new("RGB", (52, 1)), "width"), abs=1e-6
+    )
+    assert face["crop"] == [64, 44, 116, 96]
+    assert face["crops"] == {"stub_width": [64, 44, 116, 96], "stub_brightness": [50, 30, 130, 110]}
+    matrix, side = wide.transform(Face((70, 50, 110, 90), 0.99))
+    assert side == 80 and crop_region(matrix, side, 200, 160) == (50, 30, 130, 110)
+
+
 def test_video_frames_sampled_evenly_with_aggregate_and_frame_records(tmp_path: Path) -> None:
     if not write_video(tmp_path / "clip.avi", n_frames=20):
         pytest.skip("opencv-python is not installed")
@@ -138,7 +161,7 @@ def test_video_frames_sampled_evenly_with_aggregate_and_frame_records(tmp_path: 
         if not ok:
             break
         frames.append(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-    wanted = sample_indices(20, 4)
+    wanted = frame_indices(20, 4)  # the training sampler's positions
     assert wanted == [2, 7, 12, 17]
     expected = [stub_probability(frames[i]) for i in wanted]
     write_video(tmp_path / "other.avi", n_frames=5)

@@ -144,14 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--face-detector",
-        default="default",
-        help="datasets.faces backend: default (dlib HOG), dlib_cnn, opencv_haar",
+        help="datasets.faces backend: dlib_hog (alias default), dlib_cnn, opencv_haar "
+        "(default: the one that found the training faces, as the checkpoint says; else dlib HOG)",
+    )
+    g.add_argument(
+        "--face-align",
+        choices=("on", "off"),
+        help="on: align faces on five landmarks; off: the unrotated square around the box "
+        "(default: as the detector's training faces, from the checkpoint or its config's face_crop)",
     )
     g.add_argument(
         "--face-margin",
         type=float,
-        default=1.3,
-        help="square face crop side / face box side (default 1.3)",
+        help="face crop side / face size (default: as the detector's training faces; usually 1.3)",
     )
     g.add_argument(
         "--min-face",
@@ -239,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def face_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--face-align`` / ``--face-margin`` as ``face_crop`` values (None: not given)."""
+    margin = getattr(args, "face_margin", None)
+    if margin is not None and not margin > 0:
+        raise UserError(f"--face-margin must be positive; got {margin}")
+    align = getattr(args, "face_align", None)
+    return {"align": None if align is None else align == "on", "margin": margin}
+
+
 def ensemble_from_args(args: argparse.Namespace, device: Any) -> Any:
     """The detector or ensemble that the command line names, on ``device``."""
     from deepsift.scoring.models import load_ensemble
@@ -251,6 +265,7 @@ def ensemble_from_args(args: argparse.Namespace, device: Any) -> Any:
         ensemble=args.ensemble,
         faces=args.faces,
         combine=args.combine,
+        face_overrides=face_overrides(args),
     ).to(device)
 
 
@@ -308,18 +323,19 @@ def run_options(args: argparse.Namespace, inputs: list[str], device: Any, amp: A
             stability=args.stability,
             provenance=not args.no_provenance,
             pdq=not args.no_pdq,
-            face_margin=args.face_margin,
             min_face=args.min_face,
             max_faces=args.max_faces,
         ),
     )
 
 
-def face_factory(ensemble: Any, name: str) -> Any:
+def face_factory(ensemble: Any, name: str | None) -> Any:
     """A factory of the face detector the workers use (None when no member scores faces).
 
     The detector is built here, so a missing dlib or model file fails at once with
-    one line; its model files load on first use in each worker.
+    one line; its model files load on first use in each worker. Prints one line per
+    face member: how its faces are cut, by which face detector, and where the
+    settings came from.
     """
     if not any(m.faces for m in ensemble.members):
         return None
@@ -329,9 +345,31 @@ def face_factory(ensemble: Any, name: str) -> Any:
         raise UserError(
             f"face detectors need datasets/faces.py ({exc}); pass --faces off to score whole images"
         ) from None
-    from deepsift.scoring.faces import Fixed
+    from deepsift.scoring.faces import Fixed, detector_options
 
-    return Fixed(face_detector(name, landmarks=False))
+    options = detector_options(ensemble.members, name)
+    try:
+        detector = face_detector(**options)
+    except TypeError as exc:
+        raise UserError(f"face detector options {options} are not valid ({exc})") from None
+    used = detector.settings() if hasattr(detector, "settings") else dict(options)
+    extra = [
+        f"{k} {v}"
+        for k, v in used.items()
+        if k not in ("name", "detector", "landmarks") and v is not None
+    ]
+    found_by = str(used.get("detector") or used.get("name")) + (
+        f" ({', '.join(extra)})" if extra else ""
+    )
+    for member in ensemble.members:
+        if member.faces and member.face_crop is not None:
+            print(
+                f"face crops for {member.label}: {member.face_crop.describe(detector=False)}, "
+                f"faces found by {found_by}; from {member.face_crop_from}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return Fixed(detector)
 
 
 def extras_status(args: argparse.Namespace) -> dict[str, str]:
@@ -378,6 +416,9 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         sink.close()
     summary = {"output": str(out), "format": sink.format, **summary, **extras_status(args)}
+    settings = getattr(getattr(factory, "detector", None), "settings", None)
+    if callable(settings):
+        summary["face_detector"] = settings()
     summary["device"] = str(device)
     summary["batch_size"] = options.batch_size
     summary["workers"] = options.workers

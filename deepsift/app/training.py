@@ -58,13 +58,27 @@ from detectors.factory import build_detector
 log = logging.getLogger(__name__)
 
 
+def data_face_crop(data: Any, split: str = "train") -> dict[str, Any] | None:
+    """How the training data's face crops were cut (a video benchmark's crop cache says it,
+    see ``VideoCropSource.face_crop``), as plain data; ``None`` for other data."""
+    reader = getattr(data, "face_crop", None)
+    return reader(split) if callable(reader) else None
+
+
 def _checkpoint(
-    detector: Any, name: str | None, cfg: DictConfig, epoch: int, val: dict[str, Any]
+    detector: Any,
+    name: str | None,
+    cfg: DictConfig,
+    epoch: int,
+    val: dict[str, Any],
+    face_crop: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "detector": {"name": name, "config": detector.config},
         "state_dict": detector.state_dict(),
         "preprocessing": detector.preprocessing.to_dict(),
+        # how the training faces were cut: score.py cuts faces the same way
+        "face_crop": face_crop,
         "git": git_hash(),
         "epoch": epoch,
         "seed": int(cfg.seed),
@@ -81,6 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data = build_data(cfg)
     train_records = split_records(data, "train")
     val_records = split_records(data, "val")
+    face_crop = data_face_crop(data)
+    if face_crop is not None and dist.is_main():
+        log.info("training face crops (recorded in the checkpoint): %s", face_crop)
     extra_sets = eval_data_sets(cfg)
     check_data_sets(extra_sets)
 
@@ -209,7 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 },
                 step=epoch + 1,
             )
-            payload = _checkpoint(detector, name, cfg, epoch + 1, val_metrics["frame"])
+            payload = _checkpoint(detector, name, cfg, epoch + 1, val_metrics["frame"], face_crop)
             if improved:
                 save_checkpoint(ctx.run_dir / "best.pt", payload)
             save_checkpoint(

@@ -7,6 +7,11 @@ nothing in it is unpickled as code. It carries
 * ``detector``: the detector's config name and resolved config (``_target_``,
   arguments, preprocessing), so ``load_detector(path)`` rebuilds it;
 * ``state_dict``: the weights;
+* ``face_crop``: how the training faces were cut, when the training data says it (a
+  video benchmark's crop cache): ``{"align": true, "margin": 1.3, "size": 256,
+  "detector": {"name": "dlib_hog", "upsample": 0, "max_side": 960}}``
+  (``datasets.faces.CropSettings``); ``score.py`` cuts faces with the same settings.
+  ``None`` otherwise (``score.py`` then uses the detector config's ``face_crop``);
 * ``git``: the code version that wrote it; ``epoch``, ``seed``, ``metrics``;
 * ``last`` checkpoints add ``optimizer``, ``scheduler``, ``scaler`` and
   ``trainer_state`` so an interrupted run resumes exactly (the engine reseeds

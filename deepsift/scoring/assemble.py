@@ -22,6 +22,7 @@ import numpy as np
 
 from deepsift.scoring import stability
 from deepsift.scoring.calibration import Bands
+from deepsift.scoring.faces import crop_slots
 from deepsift.scoring.models import Ensemble, aggregate
 from deepsift.scoring.output import new_record
 from deepsift.scoring.prepare import Prepared
@@ -47,14 +48,16 @@ class _Scores:
         self.prepared = prepared
         self.probs = probs
         self.ensemble = ensemble
-        self.index = {(u.group, u.face, u.variant): i for i, u in enumerate(prepared.units)}
+        self.index = {(u.group, u.face, u.variant, u.crop): i for i, u in enumerate(prepared.units)}
+        self.crop_of = crop_slots(ensemble.members)[1]  # as the workers assigned them
 
     def face(self, label: str, group: int, face: int, variant: str) -> float | None:
-        return _value(self.probs[label], self.index.get((group, face, variant)))
+        key = (group, face, variant, self.crop_of.get(label, 0))
+        return _value(self.probs[label], self.index.get(key))
 
     def member(self, label: str, faces: bool, group: int, variant: str) -> float | None:
         if not faces:
-            return _value(self.probs[label], self.index.get((group, None, variant)))
+            return _value(self.probs[label], self.index.get((group, None, variant, 0)))
         found = self.prepared.groups[group].faces or []
         values = [self.face(label, group, f, variant) for f in range(len(found))]
         values = [v for v in values if v is not None]

@@ -18,7 +18,21 @@
           label: ours          # the key of this member in the record's ``scores``
 
 Face detectors: a member scores face crops when ``--faces on``, or with
-``--faces auto`` (the default) when its config says ``input: face``.
+``--faces auto`` (the default) when its config says ``input: face``. Its faces are
+cut as its training faces were (:class:`datasets.faces.CropSettings`, see
+:mod:`.faces`), from the first of:
+
+1. the checkpoint's ``face_crop``: the settings of the crop cache it was trained on
+   (``datasets.preprocess`` records them, training copies them);
+2. the detector config's ``face_crop`` (``configs/detector/*.yaml``): the protocol of
+   the official weights the config loads (FaceForensics++: the unrotated square 1.3x
+   the box; DeepfakeBench: aligned on five landmarks, 1.3, 256 px), also what a
+   checkpoint that does not say falls back to;
+3. :data:`.faces.DEFAULT_CROP`.
+
+``--face-align on|off`` and ``--face-margin`` override align and margin (the crops then
+differ from the training ones); each member logs one line naming its crop and where
+it came from.
 """
 
 from __future__ import annotations
@@ -32,7 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from datasets.faces import CropSettings
 from deepsift.core.errors import UserError
+from deepsift.scoring.faces import DEFAULT_CROP
 from detectors.base import Detector
 
 log = logging.getLogger(__name__)
@@ -47,6 +63,8 @@ class Member:
     faces: bool
     identity: dict[str, Any]
     weight: float = 1.0
+    face_crop: CropSettings | None = None  # how its faces are cut (face members)
+    face_crop_from: str | None = None  # where those settings came from, in words
 
 
 @dataclass
@@ -117,6 +135,43 @@ def _face_mode(detector: Detector, faces: str) -> bool:
     return faces == "on"
 
 
+def _crop_settings(data: Any, where: str) -> CropSettings:
+    try:
+        return CropSettings.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: bad face_crop ({exc})") from None
+
+
+def resolve_face_crop(
+    model: Detector,
+    payload: dict[str, Any] | None,
+    where: str,
+    face_overrides: dict[str, Any] | None = None,
+) -> tuple[CropSettings, str]:
+    """How a face member cuts faces, and where that came from (see the module doc)."""
+    config = model.config.get("face_crop") if isinstance(model.config, dict) else None
+    if payload is not None and payload.get("face_crop"):
+        settings = _crop_settings(payload["face_crop"], where)
+        source = f"{where} (the crop cache it was trained on)"
+    elif config:
+        settings = _crop_settings(config, f"{where}: detector config")
+        source = (
+            f"the detector config's face_crop ({where} does not say how its training faces were cut)"
+            if payload is not None
+            else f"the detector config's face_crop ({where})"
+        )
+    else:
+        settings = DEFAULT_CROP
+        source = f"deepsift's default ({where} and its config do not say)"
+    changed = {k: v for k, v in (face_overrides or {}).items() if v is not None}
+    if changed:
+        settings = _crop_settings({**settings.to_dict(), **changed}, "--face-align/--face-margin")
+        source += (
+            " with " + ", ".join(f"{k}={v}" for k, v in changed.items()) + " from the command line"
+        )
+    return settings, source
+
+
 def build_member(
     *,
     detector: str | None = None,
@@ -126,6 +181,7 @@ def build_member(
     faces: str = "auto",
     label: str | None = None,
     weight: float = 1.0,
+    face_overrides: dict[str, Any] | None = None,
 ) -> Member:
     from detectors.factory import load_checkpoint_detector, load_detector
 
@@ -137,6 +193,7 @@ def build_member(
         model, payload = load_checkpoint_detector(checkpoint)
         name = payload["detector"].get("name") or Path(checkpoint).stem
         identity = {"checkpoint": str(checkpoint), "detector": name}
+        where = f"checkpoint {checkpoint}"
     elif detector:
         if weights and not Path(weights).is_file():
             raise UserError(f"--weights {weights} does not exist")
@@ -149,9 +206,19 @@ def build_member(
             )
         name = detector
         identity = {"detector": detector, "weights": weights, "overrides": overrides or {}}
+        payload, where = None, f"configs/detector/{detector}.yaml"
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
-    return Member(label or name, model, _face_mode(model, faces), identity, float(weight))
+    member = Member(label or name, model, _face_mode(model, faces), identity, float(weight))
+    if member.faces:
+        member.face_crop, member.face_crop_from = resolve_face_crop(
+            model, payload, where, face_overrides
+        )
+        # scores of other crops are not comparable: a calibration must match the crops too
+        identity["face_crop"] = {
+            k: v for k, v in member.face_crop.to_dict().items() if k != "detector"
+        }
+    return member
 
 
 def parse_ensemble(spec: str, faces: str = "auto") -> tuple[list[dict[str, Any]], str | None]:
@@ -218,13 +285,17 @@ def load_ensemble(
     ensemble: str | None = None,
     faces: str = "auto",
     combine: str | None = None,
+    face_overrides: dict[str, Any] | None = None,
 ) -> Ensemble:
-    """The model of a ``score.py`` command line (see the module docstring)."""
+    """The model of a ``score.py`` command line (see the module docstring).
+
+    ``face_overrides``: ``align`` / ``margin`` values that replace every face member's own.
+    """
     if ensemble and (checkpoint or detector):
         raise UserError("pass either --ensemble or --checkpoint / --detector, not both")
     if ensemble:
         specs, file_combine = parse_ensemble(ensemble, faces)
-        members = [build_member(**spec) for spec in specs]
+        members = [build_member(**spec, face_overrides=face_overrides) for spec in specs]
         combine = combine or file_combine or "mean"
     else:
         members = [
@@ -234,6 +305,7 @@ def load_ensemble(
                 checkpoint=checkpoint,
                 overrides=parse_overrides(overrides),
                 faces=faces,
+                face_overrides=face_overrides,
             )
         ]
         combine = combine or "mean"

@@ -52,9 +52,14 @@ written as ``\\udcXX`` escapes (JSON reads them back as the same name).
     a member that found nothing to score (no face) is null.
 ``faces``
     for face detectors: one entry per scored face, largest first: ``box`` (the
-    face detector's x0, y0, x1, y1), ``crop`` (the square region scored), its
-    ``confidence``, ``score`` and per-member ``scores``. Null when no member
-    scores faces; ``[]`` when none was usable (see ``not_applicable``).
+    face detector's x0, y0, x1, y1 in image pixels), ``crop`` (the region the crop
+    was cut from, cut as the detector's training faces were: the bounding box x0,
+    y0, x1, y1 of that square in image pixels, clipped to the image; an aligned
+    crop's square is rotated and scaled onto the face's landmarks, so this box
+    encloses it and is wider than the square itself), its ``confidence``,
+    ``score`` and per-member ``scores``; when face members cut faces differently,
+    ``crops`` gives each member's region (``crop`` is the first one's). Null when
+    no member scores faces; ``[]`` when none was usable (see ``not_applicable``).
 ``not_applicable``
     why there is no score although the file was read: ``no face found``,
     ``face too small (< N px)`` (``... in every sampled frame`` for videos).

@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
+from datasets.faces import CropSettings
+from datasets.video import frame_indices
 from deepsift.scoring import stability
 from deepsift.scoring.decode import (
     DEFAULT_MAX_FILE_BYTES,
@@ -31,21 +33,23 @@ from deepsift.scoring.decode import (
     open_image,
 )
 from deepsift.scoring.extras import load_optional, safe_pdq, safe_provenance
-from deepsift.scoring.faces import FaceDetectorLike, face_crops
+from deepsift.scoring.faces import FaceDetectorLike, crop_slots, cut_faces, find_faces
 from deepsift.scoring.inputs import HEAD_BYTES, WorkItem, is_video_head
 from deepsift.scoring.output import new_record
-from deepsift.scoring.video import read_video, sample_indices
+from deepsift.scoring.video import read_video
 
 NOT_AN_IMAGE = "not an image (format not recognised)"
 
 
 @dataclass
 class MemberSpec:
-    """What a worker needs of one ensemble member: its name, transform and input kind."""
+    """What a worker needs of one ensemble member: its name, transform, input kind and,
+    for face members, how its faces are cut (``None``: :data:`.faces.DEFAULT_CROP`)."""
 
     label: str
     transform: Callable[[dict[str, Any]], dict[str, Any]]
     faces: bool = False
+    face_crop: CropSettings | None = None
 
 
 @dataclass
@@ -57,18 +61,20 @@ class PrepareOptions:
     stability: bool = False
     provenance: bool = True
     pdq: bool = True
-    face_margin: float = 1.3
     min_face: int = 64
     max_faces: int = 8
 
 
 @dataclass
 class Unit:
-    """One picture to score: group (frame) ``group``, face ``face`` (None: whole), ``variant``."""
+    """One picture to score: group (frame) ``group``, face ``face`` (None: whole), ``variant``,
+    and for a face the ``crop`` slot (:func:`.faces.crop_slots`: members that cut faces
+    differently score different crops of one face)."""
 
     group: int
     face: int | None
     variant: str
+    crop: int = 0
 
 
 @dataclass
@@ -78,7 +84,7 @@ class Group:
     frame: int | None
     width: int
     height: int
-    faces: list[dict[str, Any]] | None = None  # box, crop, confidence of each scored face
+    faces: list[dict[str, Any]] | None = None  # box, crop(s), confidence of each scored face
     face_reason: str | None = None
 
 
@@ -113,6 +119,7 @@ class PrepareContext:
         self.members = members
         self.options = options
         self.face_factory = face_factory
+        self.crops, self.crop_of = crop_slots(members)
         self._face_detector: FaceDetectorLike | None = None
         self._provenance: Callable | None = None
         self._pdq: Callable | None = None
@@ -229,7 +236,7 @@ def prepare(item: WorkItem, ctx: PrepareContext) -> Prepared:
 def _prepare_image(raw: bytes, ctx: PrepareContext, out: Prepared) -> None:
     options = ctx.options
     k = options.video_frames if options.animated == "frames" else 1
-    first, frames = decode_frames(raw, lambda n: sample_indices(n, k), options.max_pixels)
+    first, frames = decode_frames(raw, lambda n: frame_indices(n, k), options.max_pixels)
     record = out.record
     record.update(format=first.format, width=first.image.width, height=first.image.height)
     if first.animated:
@@ -273,30 +280,26 @@ def _add_pictures(
     for group_index, (frame, image) in enumerate(pictures):
         group = Group(frame, image.width, image.height)
         out.groups.append(group)
-        targets: list[tuple[int | None, Image.Image, list[MemberSpec]]] = []
+        targets: list[tuple[int | None, int, Image.Image, list[MemberSpec]]] = []
         if whole:
-            targets.append((None, image, whole))
+            targets.append((None, 0, image, whole))
         if face_members:
-            crops, reason = face_crops(
-                image, ctx.face_detector(), options.face_margin, options.min_face, options.max_faces
+            faces, reason = find_faces(
+                image, ctx.face_detector(), options.min_face, options.max_faces
             )
             group.face_reason = reason
-            group.faces = [
-                {
-                    "box": [round(v, 1) for v in c.box],
-                    "crop": list(c.crop_box),
-                    "confidence": c.confidence,
-                }
-                for c in crops
-            ]
-            targets.extend((i, c.image, face_members) for i, c in enumerate(crops))
-        for face, picture, members in targets:
+            cut = [cut_faces(image, faces, settings) for settings in ctx.crops]
+            group.faces = [_face_entry(i, cut, ctx.crop_of) for i in range(len(faces))]
+            for slot, crops in enumerate(cut):
+                members = [m for m in face_members if ctx.crop_of[m.label] == slot]
+                targets.extend((i, slot, c.image, members) for i, c in enumerate(crops))
+        for face, slot, picture, members in targets:
             copies = {stability.ORIGINAL: picture}
             if options.stability:
                 copies.update(stability.launder(picture))
             for variant in variants:
                 unit_index = len(out.units)
-                out.units.append(Unit(group_index, face, variant))
+                out.units.append(Unit(group_index, face, variant, slot))
                 for member in members:
                     try:
                         sample = member.transform({"image": copies[variant], "record": None})
@@ -306,6 +309,20 @@ def _add_pictures(
                         ) from None
                     per_member[member.label].append((unit_index, sample))
     out.stacks = [stack for label, rows in per_member.items() for stack in _stack(label, rows)]
+
+
+def _face_entry(index: int, cut: list[list[Any]], crop_of: dict[str, int]) -> dict[str, Any]:
+    """A face of the record: the detector's ``box``, the ``crop`` region of the first face
+    member (and ``crops`` per member when members cut faces differently), ``confidence``."""
+    first = cut[0][index]
+    entry: dict[str, Any] = {
+        "box": [round(v, 1) for v in first.box],
+        "crop": list(first.crop_box),
+        "confidence": first.confidence,
+    }
+    if len(cut) > 1:
+        entry["crops"] = {label: list(cut[slot][index].crop_box) for label, slot in crop_of.items()}
+    return entry
 
 
 def _signature(sample: dict[str, Any]) -> tuple:

@@ -183,7 +183,10 @@ class Scorer:
         self.run_stats = Stats()
         self.members = {m.label: m for m in ensemble.members}
         self.ctx = PrepareContext(
-            [MemberSpec(m.label, m.detector.eval_transform, m.faces) for m in ensemble.members],
+            [
+                MemberSpec(m.label, m.detector.eval_transform, m.faces, m.face_crop)
+                for m in ensemble.members
+            ],
             options.prepare_options,
             face_factory,
         )
@@ -457,7 +460,19 @@ class Scorer:
             "calibration_file": self.bands.source,
             "thresholds": self.bands.thresholds(),
             "members": {
-                m.label: {"faces": m.faces, "identity": m.identity} for m in self.ensemble.members
+                m.label: {
+                    "faces": m.faces,
+                    "identity": m.identity,
+                    **(
+                        {
+                            "face_crop": m.face_crop.to_dict() if m.face_crop else None,
+                            "face_crop_from": m.face_crop_from,
+                        }
+                        if m.faces
+                        else {}
+                    ),
+                }
+                for m in self.ensemble.members
             },
             "combine": self.ensemble.combine,
             "video_aggregation": self.options.aggregation,
