@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.faceforensics import read_crop_index, strip_suffix
+from datasets.crop_cache import read_crop_index, strip_suffix
 from datasets.faces import (
     DEFAULT_DETECTOR,
     CropSettings,

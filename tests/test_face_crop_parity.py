@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datasets.faceforensics import VideoCropSource, read_crop_index
+from datasets.crop_cache import VideoCropSource, read_crop_index
 from datasets.faces import Face
 from datasets.preprocess import INDEX_NAME, IndexWriter, Job, Options, process_video
 from datasets.video import frame_indices, read_frames, sample_frames
