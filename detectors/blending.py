@@ -446,15 +446,16 @@ def elastic_deform(
 ) -> np.ndarray:
     """SBI's ``randaffine`` second part: ``albumentations.ElasticTransform`` on the mask.
 
-    Displacements ``GaussianBlur(U(-1, 1), sigma) * alpha`` per axis, the blur
-    with scipy's ``gaussian_filter`` kernel (radius ``int(4 sigma + 0.5)``, which
-    albumentations' exact path uses) and zeros outside (``BORDER_CONSTANT``);
+    Displacements ``GaussianBlur(U(-1, 1), sigma) * alpha`` per axis: the
+    ``scipy.ndimage.gaussian_filter`` of albumentations 1.x's exact path (the
+    ``alpha_affine`` API SBI calls), i.e. its kernel (radius ``int(4 sigma +
+    0.5)``) and its default border, ``reflect`` (``BORDER_REFLECT``);
     ``alpha_affine=0``: no affine part; ``cv2.remap`` with ``INTER_NEAREST`` and
     ``BORDER_REFLECT_101`` (ElasticTransform's mask interpolation and border).
     """
     h, w = mask.shape
     ksize = 2 * int(4.0 * sigma + 0.5) + 1
-    blur = {"ksize": (ksize, ksize), "sigmaX": sigma, "borderType": cv2.BORDER_CONSTANT}
+    blur = {"ksize": (ksize, ksize), "sigmaX": sigma, "borderType": cv2.BORDER_REFLECT}
     # float32 as albumentations' maps (``np.float32(gaussian_filter(...) * alpha)``)
     dx = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), **blur) * alpha
     dy = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), **blur) * alpha
@@ -755,15 +756,16 @@ def similarity_matrix(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def warp_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``cv2.warpAffine(image, matrix, shape[::-1])``: ``matrix`` maps input (x, y) to output.
 
-    ``INTER_LINEAR``, reflected borders (``BORDER_REFLECT``, as DeepfakeBench's
-    alignment); uint8 in, uint8 out.
+    ``INTER_CUBIC`` with reflected borders (``BORDER_REFLECT``), the flags of
+    DeepfakeBench's 2-D alignment in ``ff_blend.py``; uint8 in, uint8 out
+    (OpenCV saturates the cubic overshoot).
     """
     h, w = (int(s) for s in shape)
     out = cv2.warpAffine(
         np.ascontiguousarray(image),
         np.asarray(matrix, dtype=np.float64),
         (w, h),
-        flags=cv2.INTER_LINEAR,
+        flags=cv2.INTER_CUBIC,
         borderMode=cv2.BORDER_REFLECT,
     )
     return out.reshape((h, w, *image.shape[2:]))
