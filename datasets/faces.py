@@ -360,18 +360,18 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, shift) taking ``src`` onto ``dst``
-    (Umeyama, 1991), as a 2 x 3 matrix."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    u, sv, vt = np.linalg.svd(xd.T @ xs / len(src))
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    rotation = u @ np.diag(d) @ vt
-    scale = float((sv * d).sum() / (xs**2).sum(1).mean())
-    shift = mu_d - scale * rotation @ mu_s
-    return np.hstack([scale * rotation, shift[:, None]])
+    (Umeyama, 1991), as a 2 x 3 matrix: scikit-image's ``estimate_transform("similarity")``
+    (the ``SimilarityTransform`` fit of insightface's ArcFace alignment). Points that fix no
+    similarity give NaNs."""
+    from skimage.transform import estimate_transform
+
+    src = np.asarray(src, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, np.float64).reshape(-1, 2)
+    try:  # scikit-image >= 0.26 returns a falsy FailedEstimation whose attributes raise
+        params = estimate_transform("similarity", src, dst).params
+    except AttributeError:
+        return np.full((2, 3), np.nan)
+    return np.array(params[:2], dtype=np.float64)
 
 
 def crop_transform(

@@ -187,10 +187,12 @@ class SBI(Detector):
       so the reference's two-stage crop (wide margin, then a random-margin crop
       of the RetinaFace box) is not repeated: the crop is blended as it is and
       resized to 380 px;
-    * colour and frequency augmentations are re-implemented with
-      numpy/scipy/PIL instead of albumentations (same parameter ranges and
-      draws; ``HueSaturationValue``'s +-0.3 limits are below one grey level in
-      albumentations' uint8 arithmetic, and are so here); JPEG is PIL's;
+    * colour and frequency augmentations call the OpenCV functions
+      albumentations calls, with its flags, instead of albumentations itself
+      (same parameter ranges and draws; ``HueSaturationValue``'s +-0.3 limits
+      are below one grey level in albumentations' uint8 arithmetic, and are so
+      here); JPEG keeps the image's RGB order (albumentations hands OpenCV RGB
+      as if it were BGR);
     * records without landmarks use a jittered ellipse
       (:func:`detectors.layers.blending.ellipse_mask`) with one warning;
     * fake records of the training split are not part of the recipe:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from scipy.spatial import Delaunay
 
 from deepsift.core.records import Record
@@ -265,3 +266,163 @@ def test_paired_inputs_and_weighted_bce() -> None:
     zero = B.weighted_bce(logits, targets, torch.zeros(4))
     zero.backward()  # all weights 0: a zero loss that still back-propagates
     assert zero.item() == 0 and logits.grad is not None
+
+
+# -- the library semantics the blending functions follow --------------------------------
+def _colourful(side: int = 48, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 6, 3)).astype(np.float32)
+    smooth = B.resize(coarse, (side, side))
+    return np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def test_hsv_shift_is_opencvs_8bit_round_trip_with_albumentations_luts() -> None:
+    import cv2
+
+    image = _colourful()
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    np.testing.assert_array_equal(B.hsv_shift(image, 0, 0, 0), cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    for hue, sat, val in ((-0.3, 0.2, -0.1), (7.6, -12.2, 30.5), (-100.0, 0.0, -300.0)):
+        h, s, v = (hsv[..., c].astype(np.float64) for c in range(3))
+        shifted = np.stack(  # albumentations' shift_hsv_uint8: (x + shift), truncated
+            [np.mod(h + hue, 180), np.clip(s + sat, 0, 255), np.clip(v + val, 0, 255)], -1
+        ).astype(np.uint8)
+        expected = cv2.cvtColor(shifted, cv2.COLOR_HSV2RGB)
+        np.testing.assert_array_equal(B.hsv_shift(image, hue, sat, val), expected)
+
+
+def test_similarity_is_scikit_images_umeyama() -> None:
+    from skimage.transform import estimate_transform
+
+    from datasets.faces import similarity
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        src = rng.uniform(0, 200, (68, 2))
+        dst = src @ rng.normal(size=(2, 2)) + rng.normal(0, 5, (68, 2))  # not a similarity
+        expected = estimate_transform("similarity", src, dst).params[:2]
+        np.testing.assert_allclose(B.similarity_matrix(src, dst), expected, atol=1e-10)
+        np.testing.assert_allclose(similarity(src, dst), expected, atol=1e-10)
+    # a known similarity is recovered exactly, by both
+    angle, scale, shift = -0.7, 0.45, np.array([-20.0, 13.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    truth = np.hstack([scale * rot, shift[:, None]])
+    src = rng.uniform(0, 200, (5, 2))
+    dst = src @ truth[:, :2].T + shift
+    np.testing.assert_allclose(B.similarity_matrix(src, dst), truth, atol=1e-10)
+    np.testing.assert_allclose(similarity(src, dst), truth, atol=1e-10)
+    # points that fix no similarity: a translation here, NaNs for the crop code
+    same = np.ones((4, 2))
+    np.testing.assert_allclose(
+        B.similarity_matrix(same, same + np.array([3.0, -2.0])), [[1, 0, 3], [0, 1, -2]]
+    )
+    assert np.isnan(similarity(same, same)).all()
+
+
+def test_gaussian_blur_is_a_separable_reflect101_filter_with_opencvs_kernel() -> None:
+    image = np.random.default_rng(0).random((30, 41))
+    for ksize, sigma in ((3, 0.0), (9, 0.0), (25, 0.0), (25, 17.0)):
+        k = B.gaussian_kernel(ksize, sigma)
+        r = ksize // 2
+        padded = np.pad(image, r, mode="reflect")  # numpy's reflect = BORDER_REFLECT_101
+        rows = sum(k[i] * padded[i : i + image.shape[0], :] for i in range(ksize))
+        both = sum(k[i] * rows[:, i : i + image.shape[1]] for i in range(ksize))
+        np.testing.assert_allclose(B.gaussian_blur(image, ksize, sigma), both, atol=1e-12)
+
+
+def test_resize_is_half_pixel_bilinear_and_floor_nearest() -> None:
+    image = np.random.default_rng(1).random((23, 31, 3)).astype(np.float32)
+    t = torch.from_numpy(image).permute(2, 0, 1)[None]
+    for size in ((40, 17), (11, 62)):
+        bilinear = torch.nn.functional.interpolate(t, size=size, mode="bilinear")
+        expected = bilinear[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(B.resize(image, size), expected, atol=1e-5)
+        rows = np.floor(np.arange(size[0]) * 23 / size[0]).astype(int)
+        cols = np.floor(np.arange(size[1]) * 31 / size[1]).astype(int)
+        np.testing.assert_array_equal(B.resize(image, size, "nearest"), image[rows][:, cols])
+    grey = (image * 255).astype(np.uint8)  # uint8 stays uint8, rounded within a grey level
+    as_uint8 = B.resize(grey, (40, 17))
+    assert as_uint8.dtype == np.uint8
+    assert np.abs(as_uint8 - B.resize(grey.astype(np.float32), (40, 17))).max() <= 1.0
+
+
+def test_random_affine_maps_pixels_as_albumentations_affine() -> None:
+    h, w = 40, 50
+    mask = np.zeros((h, w), np.float32)
+    mask[12:30, 15:37] = 1
+    image = np.repeat((mask * 200)[..., None], 3, axis=2).astype(np.uint8)
+    seed = 5
+    draws = np.random.default_rng(seed)  # the documented draws: scales, then x and y shifts
+    sx, sy = draws.uniform(0.95, 1 / 0.95, size=2)
+    tx, ty = draws.uniform(-0.03, 0.03) * w, draws.uniform(-0.015, 0.015) * h
+    moved_image, moved = B.random_affine(image, mask, np.random.default_rng(seed))
+    ys, xs = np.mgrid[0:h, 0:w]
+    src_x = (xs - (w - 1) / 2 - tx) / sx + (w - 1) / 2  # nearest input pixel of each output
+    src_y = (ys - (h - 1) / 2 - ty) / sy + (h - 1) / 2
+    sx_i, sy_i = np.rint(src_x).astype(int), np.rint(src_y).astype(int)
+    valid = (sx_i >= 0) & (sx_i < w) & (sy_i >= 0) & (sy_i < h)
+    expected = np.where(valid, mask[sy_i.clip(0, h - 1), sx_i.clip(0, w - 1)], 0)
+    ambiguous = (np.abs(src_x - np.floor(src_x) - 0.5) < 0.02) | (
+        np.abs(src_y - np.floor(src_y) - 0.5) < 0.02
+    )  # half-way samples: rounding conventions may differ
+    assert (moved != expected)[~ambiguous].sum() == 0
+    assert moved_image.dtype == np.uint8 and moved_image.shape == image.shape
+
+
+def test_random_erode_dilate_follows_the_reference_morphology() -> None:
+    mask = np.zeros((40, 40), np.float32)
+    mask[:25, 5:30] = 1  # touches the top border: erosion keeps it (OpenCV's default border)
+    mask[30, 30] = 0.7  # below 1: dropped, as the reference's astype(np.uint8)
+    binary = mask >= 1
+    seen = set()
+    for seed in range(12):
+        draws = np.random.default_rng(seed)
+        erode = draws.random() > 0.5
+        k = int(draws.integers(1, 22 if erode else 6))
+        k += k % 2 == 0
+        square = np.ones((k, k), bool)
+        if erode:
+            expected = ndimage.binary_erosion(binary, square, border_value=1)
+        else:
+            expected = ndimage.binary_dilation(binary, square)
+        out = B.random_erode_dilate(mask, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, expected.astype(np.float32))
+        seen.add(erode)
+    assert seen == {True, False}
+
+
+def test_feather_weights_follow_point_polygon_distances() -> None:
+    import cv2
+
+    mask = B.hull_mask(B.template_landmarks(96, 96), (96, 96), "components")
+    mask = B.random_erode_dilate(
+        B.grid_deform(mask, np.random.default_rng(2)), np.random.default_rng(0)
+    )
+    weights = B.feather_weights(mask)
+    ys, xs = np.nonzero(mask)
+    points = np.stack([xs, ys], 1).astype(np.int32)
+    hull = cv2.convexHull(points)
+    amount = 0.2 * max(np.ptp(xs), np.ptp(ys))
+    reference = np.array(
+        [cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in points]
+    )
+    reference = np.clip(reference / amount, 0, 1)
+    # a pixel's distance is off by less than one pixel; edge pixels weigh 0 as the reference's
+    assert np.abs(weights[ys, xs] - reference).max() < 1.0 / amount
+    assert (weights[ys, xs][reference == 0] == 0).all()
+
+
+def test_jpeg_keeps_the_rgb_order() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = _colourful(64, seed=4)
+    image[:32, :32] = (230, 20, 40)  # a saturated red block: chroma weights matter
+    out = B.jpeg(image, 60)
+    buffer = BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=60)
+    pil = np.asarray(Image.open(BytesIO(buffer.getvalue())).convert("RGB"))
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert np.abs(out.astype(int) - pil.astype(int)).max() <= 2  # both libjpeg, RGB in
+    assert np.abs(out[:32, :32].mean((0, 1)) - [230, 20, 40]).max() < 6

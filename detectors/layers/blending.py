@@ -7,9 +7,12 @@ another person's face in; SBI (Shiohara and Yamasaki, CVPR 2022) blends the
 same face after a colour/frequency augmentation and a small shift. This module
 holds what they share, written after the reference code (github.com/mapooon/
 SelfBlendedImages ``src/utils/sbi.py``, ``blend.py``, ``funcs.py``;
-github.com/AlgoHunt/Face-Xray ``bi_online_generation.py``, ``DeepFakeMask.py``)
-with numpy, scipy, scikit-image and torch instead of OpenCV, albumentations and
-imgaug:
+github.com/AlgoHunt/Face-Xray ``bi_online_generation.py``, ``DeepFakeMask.py``;
+DeepfakeBench ``training/dataset/ff_blend.py``) and on the libraries they call:
+OpenCV for every filter, warp, colour conversion and mask drawing (the
+references call it directly or through albumentations, whose OpenCV calls and
+flags are reproduced here: albumentations itself is not a dependency),
+scikit-image for the Umeyama similarity and the ellipse fallback:
 
 * **landmarks**: :func:`read_landmarks` reads ``record.extra["landmarks"]`` (a
   float32 ``.npy`` of shape (68, 2), dlib-68 order, or (81, 2) from the dlib-81
@@ -18,21 +21,24 @@ imgaug:
   face for tests and demos); :func:`ellipse_mask`, the landmark-free fallback;
 * **masks**: :func:`fill_convex_hull` and :func:`hull_mask` (the four hull
   variants of Face X-ray's ``DeepFakeMask.py`` that SBI's ``random_get_hull``
-  draws from);
-* **deformation**: :func:`random_affine`, :func:`elastic_deform`,
-  :func:`grid_deform` (piecewise-affine warp of a 4 x 4 grid),
-  :func:`random_erode_dilate`;
-* **filters**: :func:`gaussian_blur` with OpenCV's kernel and border rules,
-  :func:`resize`;
+  draws from), ``cv2.convexHull`` + ``cv2.fillConvexPoly``;
+* **filters and resampling**: :func:`gaussian_blur` (``cv2.GaussianBlur``),
+  :func:`resize` (``cv2.resize``);
+* **deformation**: :func:`random_affine` (``cv2.warpAffine``, albumentations'
+  ``Affine``), :func:`elastic_deform` (``cv2.remap``, its ``ElasticTransform``),
+  :func:`grid_deform` (a 4 x 4 lattice warp), :func:`random_erode_dilate`
+  (``cv2.erode``/``cv2.dilate``);
 * **colour/frequency augmentation** of the source or target: :func:`rgb_shift`,
-  :func:`hsv_shift`, :func:`brightness_contrast`, :func:`downscale`,
-  :func:`sharpen`, :func:`jpeg`, with the reference's parameter draws in
+  :func:`hsv_shift` (``cv2.cvtColor`` 8-bit HSV), :func:`brightness_contrast`,
+  :func:`downscale`, :func:`sharpen` (``cv2.filter2D``), :func:`jpeg`
+  (``cv2.imencode``), with the reference's parameter draws in
   :func:`sample_source_augment` / :func:`source_augment` and
   :func:`sample_pair_augment` / :func:`pair_augment`;
-* **blending**: :func:`alpha_blend`, :func:`blending_boundary` (``4 M (1 - M)``),
-  :func:`color_transfer_mean`, :func:`feather_weights`,
-  :func:`similarity_matrix` and :func:`warp_affine` (aligning one face to
-  another's landmarks);
+* **blending and alignment**: :func:`alpha_blend`, :func:`blending_boundary`
+  (``4 M (1 - M)``), :func:`color_transfer_mean`, :func:`feather_weights`
+  (``cv2.distanceTransform``), :func:`similarity_matrix` (scikit-image's
+  ``estimate_transform("similarity")``) and :func:`warp_affine` (aligning one
+  face to another's landmarks);
 * **losses on (real, blended) pairs**: :func:`paired_inputs`,
   :func:`weighted_bce`.
 
@@ -44,18 +50,16 @@ the engine reseeds every epoch and PyTorch reseeds in every loader worker).
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -219,28 +223,30 @@ def template_landmarks(width: int, height: int, forehead: bool = False) -> np.nd
 
 
 # -- masks ----------------------------------------------------------------------------
+def _fill_hull(canvas: np.ndarray, points: np.ndarray) -> None:
+    """Draw the filled convex hull of integer ``points`` (x, y) on ``canvas`` with value 1.
+
+    ``cv2.fillConvexPoly(canvas, cv2.convexHull(points), 1)``, as DeepFakeMask.py
+    and SBI's no-library branch draw their hulls (8-connected edges included).
+    OpenCV draws a hull of one point as that pixel and a hull of collinear points
+    as the segment between the two ends.
+    """
+    if len(points):
+        pts = np.ascontiguousarray(points, dtype=np.int32).reshape(-1, 1, 2)
+        cv2.fillConvexPoly(canvas, cv2.convexHull(pts), 1)
+
+
 def fill_convex_hull(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """float32 (H, W) mask, 1 on and inside the convex hull of ``points`` (x, y), 0 elsewhere.
 
-    Rasterised by PIL's polygon fill (edge pixels included, as ``cv2.fillConvexPoly``).
+    ``cv2.convexHull`` + ``cv2.fillConvexPoly`` (edge pixels included); points are
+    rounded down to integers first (the references pass ``astype('int32')``
+    landmarks). A hull of one pixel or one line is drawn as a point or a segment.
     """
-    from PIL import ImageDraw
-    from scipy.spatial import ConvexHull, QhullError
-
-    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
-    canvas = Image.new("L", (shape[1], shape[0]), 0)
-    draw = ImageDraw.Draw(canvas)
-    try:
-        verts = pts[ConvexHull(pts).vertices]
-    except (QhullError, ValueError):  # fewer than 3 points, or all on a line: a segment
-        verts = pts[[0, -1]] if len(pts) else pts  # np.unique sorts: the two ends
-    if len(verts) >= 3:
-        draw.polygon([tuple(v) for v in verts], fill=1, outline=1)
-    elif len(verts) == 2 and not np.array_equal(verts[0], verts[1]):
-        draw.line([tuple(v) for v in verts], fill=1)
-    elif len(verts):
-        draw.point([tuple(verts[0])], fill=1)
-    return np.asarray(canvas, dtype=np.float32)
+    pts = np.floor(np.asarray(points, dtype=np.float64).reshape(-1, 2)).astype(np.int32)
+    canvas = np.zeros(tuple(shape), dtype=np.uint8)
+    _fill_hull(canvas, pts)
+    return canvas.astype(np.float32)
 
 
 #: Face X-ray's ``random_get_hull`` choices (``DeepFakeMask.py``), drawn uniformly
@@ -269,7 +275,9 @@ def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "facehu
     mask); ``components``: eight part hulls; ``extended``: ``components`` with
     the brows pushed up the forehead by half their height above the eyes.
     Landmarks are rounded down to integers first, as the reference's
-    ``astype('int32')``. Parts are unions of filled convex hulls.
+    ``astype('int32')``. Each part is drawn with ``cv2.fillConvexPoly`` on one
+    canvas (their union), as the reference; its ``facehull`` is anti-aliased
+    (``LINE_AA``), this one is binary like the other kinds.
     """
     lm = np.asarray(landmarks).astype(np.int64)
     if kind == "facehull":
@@ -294,10 +302,10 @@ def hull_mask(landmarks: np.ndarray, shape: tuple[int, int], kind: str = "facehu
         parts = _components(lm)
     else:
         raise ValueError(f"unknown hull kind {kind!r}; valid: {', '.join(HULL_KINDS)}")
-    mask = np.zeros(shape, dtype=np.float32)
+    canvas = np.zeros(tuple(shape), dtype=np.uint8)
     for part in parts:
-        np.maximum(mask, fill_convex_hull(part, shape), out=mask)
-    return mask
+        _fill_hull(canvas, part)
+    return canvas.astype(np.float32)
 
 
 def ellipse_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -305,7 +313,7 @@ def ellipse_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
     Face crops are centred on the face, so the ellipse is centred at (0.5 W,
     0.55 H) +- 5 %, with semi-axes 28-38 % of the width and 36-46 % of the
-    height, rotated by up to +-10 degrees.
+    height, rotated by up to +-10 degrees (``skimage.draw.ellipse``).
     """
     from skimage.draw import ellipse
 
@@ -320,55 +328,80 @@ def ellipse_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return mask
 
 
-# -- filters --------------------------------------------------------------------------
-#: OpenCV's fixed kernels for ``GaussianBlur`` with sigma <= 0 and ksize <= 7
-_SMALL_GAUSSIANS = {
-    1: [1.0],
-    3: [0.25, 0.5, 0.25],
-    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
-    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
-}
+# -- filters and resampling (OpenCV) --------------------------------------------------
+def _gaussian_sigma(ksize: int, sigma: float) -> float:
+    """The sigma to pass OpenCV for ``GaussianBlur(ksize, sigma)`` as the references ran it.
+
+    ``sigma <= 0`` means "from ksize": OpenCV's fixed binomial kernels for ksize
+    <= 7, else its documented ``0.3 ((ksize - 1) / 2 - 1) + 0.8``, passed
+    explicitly. OpenCV's bit-exact kernels (4.14 installed) also hold a fixed
+    table for ksize 9 (``[4, 13, 30, 51, 60, 51, 30, 13, 4] / 256``, at most
+    0.002 from the formula's); the formula kernel is this module's contract.
+    Where the references use ksize 9 with sigma 0 (the first blur of SBI's
+    ``get_blend_mask``, only thresholded at its maximum) both give the same mask.
+    """
+    if ksize < 1 or ksize % 2 == 0:
+        raise ValueError(f"Gaussian kernel size must be odd and positive, got {ksize}")
+    if sigma <= 0 and ksize > 7:
+        return 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+    return float(sigma)
 
 
 def gaussian_kernel(ksize: int, sigma: float = 0.0) -> np.ndarray:
-    """OpenCV's ``getGaussianKernel(ksize, sigma)`` (sigma <= 0: derived from ksize)."""
-    if ksize < 1 or ksize % 2 == 0:
-        raise ValueError(f"Gaussian kernel size must be odd and positive, got {ksize}")
-    if sigma <= 0 and ksize in _SMALL_GAUSSIANS:
-        return np.asarray(_SMALL_GAUSSIANS[ksize], dtype=np.float64)
-    if sigma <= 0:
-        sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    x = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
-    kernel = np.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+    """``cv2.getGaussianKernel(ksize, sigma)`` as a 1-D float64 array (sigma <= 0: from ksize)."""
+    sigma = _gaussian_sigma(ksize, sigma)
+    return cv2.getGaussianKernel(int(ksize), sigma, ktype=cv2.CV_64F).ravel()
 
 
 def gaussian_blur(array: np.ndarray, ksize: int, sigma: float = 0.0) -> np.ndarray:
-    """``cv2.GaussianBlur(array, (ksize, ksize), sigma)`` in float64 (BORDER_REFLECT_101)."""
-    kernel = gaussian_kernel(ksize, sigma)
-    out = ndimage.correlate1d(np.asarray(array, dtype=np.float64), kernel, axis=0, mode="mirror")
-    return ndimage.correlate1d(out, kernel, axis=1, mode="mirror")
+    """``cv2.GaussianBlur(array, (ksize, ksize), sigma)`` in float64 (``BORDER_REFLECT_101``).
+
+    As SBI's ``get_blend_mask`` (float masks, ``sigma=0`` for the first blur) and
+    DeepfakeBench's ``get_boundary`` (3 x 3) call it; the kernel is
+    :func:`gaussian_kernel`'s.
+    """
+    sigma = _gaussian_sigma(ksize, sigma)
+    a = np.ascontiguousarray(array, dtype=np.float64)
+    k = (int(ksize), int(ksize))
+    return cv2.GaussianBlur(a, k, sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+_RESIZE_FLAGS = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
 
 def resize(array: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
-    """Resize an (H, W) or (H, W, C) array to ``size`` = (H, W), as float32.
+    """``cv2.resize`` of an (H, W) or (H, W, C) array to ``size`` = (H, W).
 
-    ``bilinear``: half-pixel centres and no anti-aliasing (OpenCV's
-    ``INTER_LINEAR``); ``nearest``: ``floor(dst * in / out)`` (``INTER_NEAREST``).
+    ``bilinear``: ``INTER_LINEAR`` (half-pixel centres, no anti-aliasing);
+    ``nearest``: ``INTER_NEAREST`` (``floor(dst * in / out)``). uint8, float32
+    and float64 keep their dtype (uint8 is rounded by OpenCV's fixed-point
+    arithmetic, as the references' ``cv2.resize`` of uint8 images); any other
+    dtype is resized as float32.
     """
-    a = np.asarray(array, dtype=np.float32)
-    if a.shape[:2] == tuple(size):
+    if mode not in _RESIZE_FLAGS:
+        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(_RESIZE_FLAGS)}")
+    a = np.asarray(array)
+    if a.dtype not in (np.uint8, np.float32, np.float64):
+        a = a.astype(np.float32)
+    h, w = (int(s) for s in size)
+    if a.shape[:2] == (h, w):
         return a.copy()
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    t = t[None, None] if a.ndim == 2 else t.permute(2, 0, 1)[None]
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    out = F.interpolate(t, size=tuple(int(s) for s in size), mode=mode, **kwargs)[0]
-    return (out[0] if a.ndim == 2 else out.permute(1, 2, 0)).numpy()
+    out = cv2.resize(np.ascontiguousarray(a), (w, h), interpolation=_RESIZE_FLAGS[mode])
+    return out[..., None] if a.ndim == 3 and out.ndim == 2 else out
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Round and clip to uint8."""
-    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    """Round and clip to uint8 (a copy of a uint8 array)."""
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        return a.copy()
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (x, y) coordinate maps of an (h, w) image, for ``cv2.remap``."""
+    x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return x, y
 
 
 # -- deformation ----------------------------------------------------------------------
@@ -381,26 +414,31 @@ def random_affine(
 ) -> tuple[np.ndarray, np.ndarray]:
     """SBI's ``randaffine`` first part: ``albumentations.Affine`` on image and mask alike.
 
-    Independent x and y scales in ``scale`` about the image centre (Affine's
-    ``keep_ratio=False``), shifts up to ``translate`` of the width and height;
-    bilinear for the image, nearest for the mask, zeros outside.
+    Independent x and y scales in ``scale`` about the image centre ((W - 1) / 2,
+    (H - 1) / 2; Affine's ``keep_ratio=False``), shifts up to ``translate`` of the
+    width and height; ``cv2.warpAffine`` as albumentations calls it:
+    ``INTER_LINEAR`` for the image, ``INTER_NEAREST`` for the mask,
+    ``BORDER_CONSTANT`` zeros outside.
     """
     h, w = mask.shape
     sx, sy = rng.uniform(scale[0], scale[1], size=2)
     tx = rng.uniform(-translate[0], translate[0]) * w
     ty = rng.uniform(-translate[1], translate[1]) * h
     cy, cx = (h - 1) / 2, (w - 1) / 2
-    # output (y, x) samples input ((y - cy - ty) / sy + cy, (x - cx - tx) / sx + cx)
-    inv = np.array([1 / sy, 1 / sx])
-    offset = np.array([cy - (cy + ty) / sy, cx - (cx + tx) / sx])
-    out_image = np.empty_like(image)
-    for c in range(image.shape[2]):
-        channel = ndimage.affine_transform(
-            image[..., c].astype(np.float64), inv, offset, order=1, mode="constant", cval=0.0
-        )
-        out_image[..., c] = to_uint8(channel)
-    out_mask = ndimage.affine_transform(mask, inv, offset, order=0, mode="constant", cval=0.0)
-    return out_image, out_mask.astype(np.float32)
+    # input (x, y) goes to (sx (x - cx) + cx + tx, sy (y - cy) + cy + ty)
+    matrix = np.array([[sx, 0.0, cx + tx - sx * cx], [0.0, sy, cy + ty - sy * cy]])
+    constant = {"borderMode": cv2.BORDER_CONSTANT, "borderValue": 0}
+    out_image = cv2.warpAffine(
+        np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR, **constant
+    )
+    out_mask = cv2.warpAffine(
+        np.ascontiguousarray(mask, dtype=np.float32),
+        matrix,
+        (w, h),
+        flags=cv2.INTER_NEAREST,
+        **constant,
+    )
+    return out_image.reshape(image.shape), out_mask
 
 
 def elastic_deform(
@@ -408,16 +446,27 @@ def elastic_deform(
 ) -> np.ndarray:
     """SBI's ``randaffine`` second part: ``albumentations.ElasticTransform`` on the mask.
 
-    Displacements ``gaussian_filter(U(-1, 1), sigma) * alpha`` per axis
-    (``alpha_affine=0``: no affine part), nearest-neighbour resampling,
-    reflected borders.
+    Displacements ``GaussianBlur(U(-1, 1), sigma) * alpha`` per axis: the
+    ``scipy.ndimage.gaussian_filter`` of albumentations 1.x's exact path (the
+    ``alpha_affine`` API SBI calls), i.e. its kernel (radius ``int(4 sigma +
+    0.5)``) and its default border, ``reflect`` (``BORDER_REFLECT``);
+    ``alpha_affine=0``: no affine part; ``cv2.remap`` with ``INTER_NEAREST`` and
+    ``BORDER_REFLECT_101`` (ElasticTransform's mask interpolation and border).
     """
     h, w = mask.shape
-    dx = ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="constant") * alpha
-    dy = ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="constant") * alpha
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    out = ndimage.map_coordinates(mask, [y + dy, x + dx], order=0, mode="mirror")
-    return out.astype(np.float32)
+    ksize = 2 * int(4.0 * sigma + 0.5) + 1
+    blur = {"ksize": (ksize, ksize), "sigmaX": sigma, "borderType": cv2.BORDER_REFLECT}
+    # float32 as albumentations' maps (``np.float32(gaussian_filter(...) * alpha)``)
+    dx = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), **blur) * alpha
+    dy = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), **blur) * alpha
+    x, y = _pixel_grid(h, w)
+    return cv2.remap(
+        np.ascontiguousarray(mask, dtype=np.float32),
+        (x + dx).astype(np.float32),
+        (y + dy).astype(np.float32),
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
 
 
 def grid_deform(
@@ -431,10 +480,11 @@ def grid_deform(
     After ``imgaug.augmenters.PiecewiseAffine(scale=(0.01, 0.15))`` as AlgoHunt's
     ``bi_online_generation.py`` uses it: one sigma ``s ~ U(scale)`` per image,
     every point of a 4 x 4 lattice spanning the image moved by ``N(0, s)`` times
-    the image height (rows) and width (columns); bilinear resampling, zeros
-    outside. The displacement between lattice points is interpolated
-    bilinearly rather than affinely per triangle (a smooth warp of the same
-    amplitude, ten times faster than scikit-image's piecewise-affine warp).
+    the image height (rows) and width (columns); bilinear resampling
+    (``cv2.remap``, ``INTER_LINEAR``), zeros outside (``BORDER_CONSTANT``). The
+    displacement between lattice points is interpolated bilinearly rather than
+    affinely per triangle (a smooth warp of the same amplitude, far faster than
+    scikit-image's piecewise-affine warp, which imgaug calls).
     """
     h, w = mask.shape
     s = rng.uniform(*scale)
@@ -442,127 +492,118 @@ def grid_deform(
     field = F.interpolate(
         torch.from_numpy(offsets)[None], size=(h, w), mode="bilinear", align_corners=True
     )[0].numpy()
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    out = ndimage.map_coordinates(
-        mask.astype(np.float64), [y - field[0], x - field[1]], order=1, mode="constant", cval=0.0
+    x, y = _pixel_grid(h, w)
+    return cv2.remap(
+        np.ascontiguousarray(mask, dtype=np.float32),
+        (x - field[1]).astype(np.float32),
+        (y - field[0]).astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
-    return out.astype(np.float32)
 
 
 def random_erode_dilate(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """AlgoHunt's ``random_erode_dilate``: erode (k in 1..21) or dilate (k in 1..5), odd k.
+    """AlgoHunt's ``random_erode_dilate``: ``cv2.erode`` (k in 1..21) or ``cv2.dilate`` (k in 1..5).
 
-    The mask is first binarised as the reference's ``astype(np.uint8)`` does
-    (values below 1 become 0); square structuring elements; erosion keeps the
-    image border as foreground (OpenCV's default border for ``erode``).
+    Odd k, square ``np.ones((k, k))`` kernels. The mask is first binarised as the
+    reference's ``astype(np.uint8)`` does (values below 1 become 0); OpenCV's
+    default border keeps the image border as foreground for the erosion.
     """
-    binary = mask >= 1.0 - 1e-6
+    binary = (mask >= 1.0 - 1e-6).astype(np.uint8)
     if rng.random() > 0.5:
         k = int(rng.integers(1, 22))
         k += k % 2 == 0
-        out = ndimage.binary_erosion(binary, np.ones((k, k), bool), border_value=1)
+        out = cv2.erode(binary, np.ones((k, k), np.uint8))
     else:
         k = int(rng.integers(1, 6))
         k += k % 2 == 0
-        out = ndimage.binary_dilation(binary, np.ones((k, k), bool))
+        out = cv2.dilate(binary, np.ones((k, k), np.uint8))
     return out.astype(np.float32)
 
 
-# -- colour and frequency augmentation -------------------------------------------------
+# -- colour and frequency augmentation (albumentations' OpenCV calls) ------------------
+def _lut(image: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """``cv2.LUT`` with one (256,) table for every channel or a (256, C) table per channel."""
+    tables = np.ascontiguousarray(tables, dtype=np.uint8)
+    if tables.ndim == 2:
+        tables = tables.reshape(256, 1, tables.shape[1])
+    return cv2.LUT(np.ascontiguousarray(image), tables).reshape(image.shape)
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
 def rgb_shift(image: np.ndarray, shifts: Sequence[float]) -> np.ndarray:
-    """Add a per-channel shift, clip, and truncate to uint8 (albumentations' LUT)."""
-    out = image.astype(np.float64) + np.asarray(shifts, dtype=np.float64)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _rgb_to_hsv8(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's uint8 RGB -> HSV: hue in 2-degree units (0-179), saturation and value 0-255."""
-    rgb = image.astype(np.float64)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(axis=-1)
-    diff = v - rgb.min(axis=-1)
-    safe = np.where(diff > 0, diff, 1.0)
-    s = np.where(v > 0, np.rint(diff * 255.0 / np.where(v > 0, v, 1.0)), 0.0)
-    h = np.where(
-        v == r,
-        60.0 * (g - b) / safe,
-        np.where(v == g, 120 + 60.0 * (b - r) / safe, 240 + 60.0 * (r - g) / safe),
-    )
-    h = np.where(diff > 0, np.mod(h, 360.0), 0.0)
-    return np.mod(np.rint(h / 2.0), 180.0), s, v
-
-
-def _hsv8_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """OpenCV's uint8 HSV -> RGB (hue in 2-degree units), rounded to uint8."""
-    sector_f = h * 2.0 / 60.0
-    sector = np.floor(sector_f).astype(np.int64) % 6
-    f = sector_f - np.floor(sector_f)
-    sat, val = s / 255.0, v
-    p, q, t = val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))
-    r = np.choose(sector, [val, q, p, p, t, val])
-    g = np.choose(sector, [t, val, val, q, p, p])
-    b = np.choose(sector, [p, p, t, val, val, q])
-    out = np.stack([r, g, b], axis=-1)
-    return to_uint8(out)
+    """Add a per-channel shift, clip, and truncate to uint8 (albumentations' ``cv2.LUT``)."""
+    table = _LEVELS[:, None] + np.asarray(shifts, dtype=np.float64)[None, :]
+    return _lut(image, np.clip(table, 0, 255).astype(np.uint8))
 
 
 def hsv_shift(image: np.ndarray, hue: float, sat: float, val: float) -> np.ndarray:
     """albumentations' ``HueSaturationValue`` on uint8 images (its ``shift_hsv_uint8``).
 
-    The image goes to OpenCV's 8-bit HSV (hue in 2-degree units), each channel
-    goes through albumentations' lookup table ``(x + shift)`` (hue modulo 180,
-    the others clipped to 0-255) truncated to an integer, and back to RGB. With
-    the reference's +-0.3 limits a positive draw changes nothing and a negative
-    one lowers the channel by one unit; the 8-bit HSV round trip itself moves
-    saturated colours by a grey level or two, as in the reference.
+    ``cv2.cvtColor(image, COLOR_RGB2HSV)`` (8-bit HSV: hue in 2-degree units,
+    0-179), one lookup table per channel ``(x + shift)`` (hue modulo 180, the
+    others clipped to 0-255) truncated to an integer (``cv2.LUT``), and
+    ``COLOR_HSV2RGB`` back. With the reference's +-0.3 limits a positive draw
+    changes nothing and a negative one lowers the channel by one unit; the
+    8-bit HSV round trip itself moves saturated colours by a grey level or
+    two, as in the reference.
     """
-    h, s, v = _rgb_to_hsv8(image)
+    tables = np.repeat(_LEVELS[:, None], 3, axis=1)
     if hue != 0:
-        h = np.floor(np.mod(h + hue, 180.0))
+        tables[:, 0] = np.mod(_LEVELS + hue, 180.0)
     if sat != 0:
-        s = np.floor(np.clip(s + sat, 0, 255))
+        tables[:, 1] = np.clip(_LEVELS + sat, 0, 255)
     if val != 0:
-        v = np.floor(np.clip(v + val, 0, 255))
-    return _hsv8_to_rgb(h, s, v)
+        tables[:, 2] = np.clip(_LEVELS + val, 0, 255)
+    hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
+    return cv2.cvtColor(_lut(hsv, tables.astype(np.uint8)), cv2.COLOR_HSV2RGB)
 
 
 def brightness_contrast(image: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    """``image * alpha + beta * 255``, clipped and truncated (albumentations, ``brightness_by_max``)."""
-    out = image.astype(np.float64) * alpha + beta * 255.0
-    return np.clip(out, 0, 255).astype(np.uint8)
+    """``image * alpha + beta * 255``, clipped and truncated (albumentations' ``cv2.LUT``,
+    ``brightness_by_max``)."""
+    return _lut(image, np.clip(_LEVELS * alpha + beta * 255.0, 0, 255).astype(np.uint8))
 
 
 def downscale(image: np.ndarray, ratio: int) -> np.ndarray:
-    """SBI's ``RandomDownScale``: nearest down-sampling by ``ratio``, bilinear back up."""
+    """SBI's ``RandomDownScale``: ``cv2.resize`` by ``1 / ratio`` (``INTER_NEAREST``), back
+    up with ``INTER_LINEAR``; uint8 in, uint8 out."""
     h, w = image.shape[:2]
     small = resize(image, (int(h / ratio), int(w / ratio)), mode="nearest")
-    return to_uint8(resize(small, (h, w), mode="bilinear"))
+    return resize(small, (h, w), mode="bilinear")
 
 
 def sharpen(image: np.ndarray, alpha: float, lightness: float) -> np.ndarray:
     """``albumentations.Sharpen``: a 3x3 kernel ``(1 - a) I + a [[-1]*3, [-1, 8 + L, -1], [-1]*3]``.
 
-    Applied per channel with reflected borders (``cv2.filter2D``), rounded and clipped.
+    ``cv2.filter2D`` on the uint8 image (reflected borders, ``BORDER_REFLECT_101``;
+    OpenCV rounds and saturates), the float32 kernel albumentations builds.
     """
-    effect = -np.ones((3, 3))
+    effect = -np.ones((3, 3), dtype=np.float32)
     effect[1, 1] = 8 + lightness
-    identity = np.zeros((3, 3))
+    identity = np.zeros((3, 3), dtype=np.float32)
     identity[1, 1] = 1
-    kernel = (1 - alpha) * identity + alpha * effect
-    out = np.empty_like(image)
-    for c in range(image.shape[2]):
-        filtered = ndimage.correlate(image[..., c].astype(np.float64), kernel, mode="mirror")
-        out[..., c] = to_uint8(filtered)
-    return out
+    kernel = ((1 - alpha) * identity + alpha * effect).astype(np.float32)
+    out = cv2.filter2D(np.ascontiguousarray(image), -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return out.reshape(image.shape)
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as JPEG at ``quality`` and decode (PIL)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB")).copy()
+    """Encode an RGB uint8 image as JPEG at ``quality`` and decode it (``cv2.imencode`` /
+    ``cv2.imdecode``, as albumentations' ``ImageCompression`` and AlgoHunt's generator).
+
+    The channels are handed to OpenCV in its BGR order, so the luma/chroma split is
+    the image's own (the references pass their RGB arrays as if BGR, which swaps
+    the red and blue weights of the YCbCr conversion).
+    """
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode an image of shape {image.shape}")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def sample_source_augment(rng: np.random.Generator) -> dict[str, Any]:
@@ -622,11 +663,23 @@ def pair_augment(image: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     return image
 
 
-# -- blending -------------------------------------------------------------------------
+# -- blending and alignment -----------------------------------------------------------
 def alpha_blend(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``mask * source + (1 - mask) * target`` in float64 (mask (H, W), images (H, W, C))."""
-    m = np.asarray(mask, dtype=np.float64)[..., None]
-    return m * source.astype(np.float64) + (1.0 - m) * target.astype(np.float64)
+    """``mask * source + (1 - mask) * target`` in float64 (mask (H, W), images (H, W, C)).
+
+    Computed inside the bounding box of the mask's non-zero pixels only: outside
+    it the formula gives ``target`` exactly.
+    """
+    m = np.asarray(mask, dtype=np.float64)
+    out = target.astype(np.float64)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(m.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    mb = m[box][..., None]
+    out[box] = mb * source[box].astype(np.float64) + (1.0 - mb) * out[box]
+    return out
 
 
 def blending_boundary(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -654,18 +707,25 @@ def feather_weights(mask: np.ndarray, amount: float = 0.2) -> np.ndarray:
     """AlgoHunt's ``blendImages`` weights: distance into the hull over ``amount`` x face size.
 
     For each pixel of the (binary) mask, its distance to the border of the
-    convex hull of the mask's pixels (0 on the border), divided by ``amount`` times the larger
-    side of the mask's bounding box, clipped to [0, 1]; 0 outside the mask.
+    convex hull of the mask's pixels (``cv2.convexHull``, 0 on the border),
+    divided by ``amount`` times the larger side of the mask's bounding box,
+    clipped to [0, 1]; 0 outside the mask. The reference measures the distance
+    with ``cv2.pointPolygonTest`` one pixel at a time; here it is the exact
+    Euclidean distance transform of the filled hull (``cv2.distanceTransform``,
+    ``DIST_MASK_PRECISE``) less one: 0 on the hull's edge as the reference, and
+    within a pixel of its distance inside.
     """
-    inside = np.asarray(mask) != 0
-    if not inside.any():
+    inside = (np.asarray(mask) != 0).astype(np.uint8)
+    points = cv2.findNonZero(inside)
+    if points is None:
         return np.zeros(mask.shape, dtype=np.float32)
-    rows, cols = np.nonzero(inside)
-    face_size = max(rows.max() - rows.min(), cols.max() - cols.min(), 1)
-    hull = fill_convex_hull(np.stack([cols, rows], axis=1), mask.shape)
+    _, _, width, height = cv2.boundingRect(points)
+    face_size = max(width - 1, height - 1, 1)
+    hull = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)  # a zero frame
+    cv2.fillConvexPoly(hull, cv2.convexHull(points) + 1, 1)
     # distance to the nearest pixel outside the hull, less one: 0 on the hull's edge, as
     # ``cv2.pointPolygonTest`` gives for an edge pixel
-    distance = ndimage.distance_transform_edt(np.pad(hull, 1))[1:-1, 1:-1] - 1.0
+    distance = cv2.distanceTransform(hull, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1] - 1.0
     weights = np.clip(distance / (amount * face_size), 0.0, 1.0) * inside
     return weights.astype(np.float32)
 
@@ -673,62 +733,58 @@ def feather_weights(mask: np.ndarray, amount: float = 0.2) -> np.ndarray:
 def similarity_matrix(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The 2x3 similarity (scale, rotation, shift) mapping ``source`` points onto ``target``.
 
-    Least squares (Umeyama, no reflection), as scikit-image's ``SimilarityTransform``.
+    Least squares (Umeyama, no reflection): scikit-image's
+    ``estimate_transform("similarity", source, target)``; DeepfakeBench's
+    ``get_align_mat_new`` fits the same estimate with a copy of scikit-image's
+    ``_umeyama`` (``estimate_scale=True``). Points that fix no similarity (all
+    equal) give the translation between their means.
     """
-    src = np.asarray(source, dtype=np.float64)
-    dst = np.asarray(target, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rotation = u @ np.diag(sign) @ vt
-    var = (s**2).sum() / len(src)
-    scale = (sv * sign).sum() / var if var > 0 else 1.0
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = mu_d - scale * rotation @ mu_s
-    return matrix
+    from skimage.transform import estimate_transform
+
+    src = np.asarray(source, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(target, dtype=np.float64).reshape(-1, 2)
+    try:  # scikit-image >= 0.26 returns a falsy FailedEstimation whose attributes raise
+        params = estimate_transform("similarity", src, dst).params
+    except AttributeError:
+        params = None
+    if params is None or not np.isfinite(params).all():
+        params = np.eye(3)
+        params[:2, 2] = dst.mean(0) - src.mean(0)
+    return np.array(params[:2], dtype=np.float64)
 
 
 def warp_affine(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``cv2.warpAffine(image, matrix, shape[::-1])``-like: ``matrix`` maps input (x, y) to output.
+    """``cv2.warpAffine(image, matrix, shape[::-1])``: ``matrix`` maps input (x, y) to output.
 
-    Bilinear, reflected borders (``BORDER_REFLECT``); uint8 in, uint8 out.
+    ``INTER_CUBIC`` with reflected borders (``BORDER_REFLECT``), the flags of
+    DeepfakeBench's 2-D alignment in ``ff_blend.py``; uint8 in, uint8 out
+    (OpenCV saturates the cubic overshoot).
     """
-    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(full)
-    # scipy works in (row, col) = (y, x): swap the axes of the inverse map
-    rc = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
-    offset = np.array([inv[1, 2], inv[0, 2]])
-    out = np.empty(tuple(shape) + image.shape[2:], dtype=np.uint8)
-    for c in range(image.shape[2]):
-        channel = ndimage.affine_transform(
-            image[..., c].astype(np.float64),
-            rc,
-            offset,
-            output_shape=tuple(shape),
-            order=1,
-            mode="reflect",
-        )
-        out[..., c] = to_uint8(channel)
-    return out
+    h, w = (int(s) for s in shape)
+    out = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        np.asarray(matrix, dtype=np.float64),
+        (w, h),
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    return out.reshape((h, w, *image.shape[2:]))
 
 
 # -- (real, blended) pairs in a batch -------------------------------------------------
 def image_tensor(
     image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (3, size, size): bilinear resize (no anti-aliasing),
-    rounded to 8 bits (as ``cv2.resize`` on uint8), divided by 255, then ``(x - mean) / std``."""
+    """uint8 (H, W, 3) -> normalised float (3, size, size): ``cv2.resize`` (``INTER_LINEAR``,
+    no anti-aliasing) of the uint8 image, as SBI's loader, divided by 255, then
+    ``(x - mean) / std``."""
     if image.shape[:2] != (size, size):
-        image = to_uint8(resize(image, (size, size)))
-    t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+        image = resize(image, (size, size))
+    chw = np.ascontiguousarray(to_uint8(image).transpose(2, 0, 1))
+    t = torch.from_numpy(chw).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (t - m) / s
+    return t.sub_(m).div_(s)
 
 
 def paired_inputs(
