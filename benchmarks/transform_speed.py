@@ -75,7 +75,7 @@ def main() -> None:
     if args.landmarks:
         import numpy as np
 
-        from detectors.blending import template_landmarks
+        from detectors.layers.blending import template_landmarks
 
         landmarks = str(Path(tempfile.mkdtemp()) / "landmarks.npy")
         np.save(landmarks, template_landmarks(args.side, args.side, forehead=True))

@@ -44,7 +44,7 @@ from detectors.preprocessing import Preprocessing, merge_preprocessing, train_va
 
 DETECTOR_CONFIGS = sorted((CONFIG_DIR / "detector").glob("*.yaml"))
 #: top-level keys that are not constructor arguments (``build_detector`` pops them)
-NOT_ARGUMENTS = {"_target_", "input", "weights"}
+NOT_ARGUMENTS = {"_target_", "input", "weights", "face_crop"}
 #: arguments whose Python default is built in the constructor body from ``None``
 FACTORIES = {"optimizer": "optimizer_factory", "scheduler": "scheduler_factory"}
 PLAIN = (bool, int, float, str, tuple, type(None))
