@@ -21,7 +21,8 @@ own test-time preprocessing, so the training engine, ``evaluate.py``,
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from deepsift.core.images import load_rgb, to_rgb
 from deepsift.core.inference import batches_by_shape, fake_probabilities
 from deepsift.core.runtime import autocast_dtype
 from detectors.preprocessing import Preprocessing, as_preprocessing
+
+log = logging.getLogger(__name__)
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -131,6 +134,44 @@ class Detector(nn.Module):
         optimizer = self.optimizer_factory(params=params)
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         return optimizer, scheduler
+
+    def use_protocol(
+        self, fmt: str, protocol: Mapping[str, Any], defaults: Mapping[str, Any]
+    ) -> None:
+        """Switch the test-time preprocessing to the official protocol of a weight format.
+
+        Called by ``load_weights`` when it recognises a file (DeepfakeBench,
+        icpr2020dfdc, SBI, ...): ``protocol`` holds the fields the authors' test code
+        uses (size, resize, backend, interpolation, crop, normalisation). Fields the
+        user set (those that differ from the detector's ``defaults``) win, with one
+        warning that they depart from the file's protocol. The detector's config is
+        updated too, so a checkpoint trained from these weights keeps the protocol.
+        """
+        base = Preprocessing(**dict(defaults)).to_dict()
+        current = self.preprocessing.to_dict()
+        wanted = Preprocessing(**{**base, **dict(protocol)}).to_dict()
+        chosen = {k: v for k, v in current.items() if v != base[k]}
+        departures = {k: v for k, v in chosen.items() if v != wanted[k]}
+        merged = {**wanted, **chosen}
+        self.preprocessing = Preprocessing(**merged)
+        if self.config:
+            self.config["preprocessing"] = {k: v for k, v in merged.items() if k != "extra" or v}
+        changed = sorted(k for k in merged if merged[k] != current[k])
+        log.info(
+            "%s: %s weights, so its official test-time preprocessing (%s)",
+            type(self).__name__,
+            fmt,
+            ", ".join(f"{k}={merged[k]}" for k in changed) or "unchanged",
+        )
+        if departures:
+            log.warning(
+                "%s: preprocessing %s departs from the protocol of %s weights (%s); "
+                "outputs will differ from the authors' code",
+                type(self).__name__,
+                ", ".join(f"{k}={v}" for k, v in sorted(departures.items())),
+                fmt,
+                ", ".join(f"{k}={wanted[k]}" for k in sorted(departures)),
+            )
 
     def load_weights(self, path: str | Path) -> None:
         """Load weights from ``path``: a state dict, with ``module.`` prefixes handled.

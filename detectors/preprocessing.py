@@ -36,6 +36,7 @@ DEEPFAKEBENCH_FACE_PREPROCESSING: Mapping[str, Any] = dict(
     size=256,
     resize="square",
     interpolation="bicubic",
+    resize_backend="cv2",
     crop="none",
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
@@ -45,7 +46,16 @@ _INTERPOLATION = {
     "nearest": TF.InterpolationMode.NEAREST,
     "bilinear": TF.InterpolationMode.BILINEAR,
     "bicubic": TF.InterpolationMode.BICUBIC,
+    "area": None,  # cv2 only
 }
+#: OpenCV's flags for the same names (``cv2.resize(..., interpolation=flag)``)
+_CV2_FLAGS = {
+    "nearest": "INTER_NEAREST",
+    "bilinear": "INTER_LINEAR",
+    "bicubic": "INTER_CUBIC",
+    "area": "INTER_AREA",
+}
+RESIZE_BACKENDS = ("pil", "cv2")
 
 
 @dataclass
@@ -54,7 +64,13 @@ class Preprocessing:
 
     resize: ``"none"`` keeps the pixels as they are (the safest for artifact
         detectors); ``"square"`` resizes to ``resize_to`` x ``resize_to``;
-        ``"shorter"`` resizes the shorter side to ``resize_to``.
+        ``"shorter"`` resizes the shorter side to ``resize_to``; ``"longest"`` the
+        longer side (albumentations' ``LongestMaxSize``), aspect kept.
+    resize_backend: ``"pil"`` resizes the PIL image through torchvision (Pillow's
+        anti-aliased filters: CNNDetection, NPR, UnivFD); ``"cv2"`` resizes the uint8
+        array with ``cv2.resize`` and the flag of ``interpolation`` (DeepfakeBench,
+        icpr2020dfdc, SBI), bit for bit what those references feed their networks.
+    interpolation: ``nearest``, ``bilinear``, ``bicubic``, or ``area`` (cv2 only).
     crop: ``"center"`` or ``"none"`` at test time; training always crops at a
         random position when ``crop`` is not ``"none"``.
     size: the crop side (the detector's native input size). Images smaller than
@@ -68,6 +84,7 @@ class Preprocessing:
     resize: str = "none"
     resize_to: int | None = None
     interpolation: str = "bilinear"
+    resize_backend: str = "pil"
     crop: str = "center"
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
@@ -79,9 +96,17 @@ class Preprocessing:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.resize not in ("none", "square", "shorter"):
+        if self.resize not in ("none", "square", "shorter", "longest"):
             raise ValueError(
-                f"preprocessing.resize must be none, square or shorter, not {self.resize!r}"
+                f"preprocessing.resize must be none, square, shorter or longest, not {self.resize!r}"
+            )
+        if self.resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(
+                f"preprocessing.resize_backend must be pil or cv2, not {self.resize_backend!r}"
+            )
+        if self.interpolation == "area" and self.resize_backend != "cv2":
+            raise ValueError(
+                "preprocessing.interpolation=area needs preprocessing.resize_backend=cv2"
             )
         if self.crop not in ("none", "center"):
             raise ValueError(f"preprocessing.crop must be none or center, not {self.crop!r}")
@@ -113,13 +138,35 @@ class Preprocessing:
             image = Image.open(buffer).convert("RGB")
         return image
 
-    def resize_image(self, image: Image.Image) -> Image.Image:
-        mode = _INTERPOLATION[self.interpolation]
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` after resizing, with each reference's rounding."""
+        side = int(self.resize_to or self.size)
         if self.resize == "square":
-            return TF.resize(image, [self.resize_to, self.resize_to], interpolation=mode)
-        if self.resize == "shorter":
-            return TF.resize(image, self.resize_to, interpolation=mode)
-        return image
+            return side, side
+        if self.resize == "shorter":  # torchvision: the longer side truncated
+            if width <= height:
+                return side, int(side * height / width)
+            return int(side * width / height), side
+        if self.resize == "longest":  # albumentations LongestMaxSize: rounded
+            scale = side / float(max(width, height))
+            return round(width * scale), round(height * scale)
+        return width, height
+
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        if self.resize == "none":
+            return image
+        width, height = self.target_size(*image.size)
+        if self.resize_backend == "cv2":
+            import cv2
+            import numpy as np
+
+            flag = getattr(cv2, _CV2_FLAGS[self.interpolation])
+            array = cv2.resize(np.asarray(image), (width, height), interpolation=flag)
+            return Image.fromarray(array)
+        mode = _INTERPOLATION[self.interpolation]
+        if self.resize == "shorter":  # torchvision's own rule for the longer side
+            return TF.resize(image, int(self.resize_to or self.size), interpolation=mode)
+        return TF.resize(image, [height, width], interpolation=mode)
 
     def crop_image(self, image: torch.Tensor, train: bool) -> torch.Tensor:
         if self.crop == "none":

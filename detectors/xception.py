@@ -37,8 +37,9 @@ Where this differs: one fake logit instead of two softmax classes
 (``logit_fake = z1 - z0`` gives the same probability; 2-class heads load as
 ``w[1] - w[0]``, ``b[1] - b[0]``), trained with binary cross-entropy, which on
 ``z1 - z0`` is the two-class cross-entropy; 299 px inputs (the paper and
-Xception's native size; ``preprocessing.size=256`` for DeepfakeBench's
-protocol); ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
+Xception's native size); a DeepfakeBench file switches to DeepfakeBench's
+test-time input by itself (256 px, ``cv2.resize`` ``INTER_CUBIC``; a preprocessing
+the user set still wins, with a warning); ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
 is dropped on loading); the augmentation has DeepfakeBench's flip, blur and
 JPEG but not its colour jitter, and blurs/compresses before resizing; the
 ImageNet start needs a local file (``pretrained_file``): nothing is downloaded.
@@ -62,7 +63,11 @@ from detectors.layers.xception import (
     xception_backbone,
     xception_detector_state,
 )
-from detectors.preprocessing import Preprocessing, merge_preprocessing
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +131,7 @@ class XceptionDetector(BackboneClassifier):
         state = fill_num_batches_tracked(state, self.state_dict())
         load_state_dict_strict(self, state, source)
         log.info("Xception: loaded %s (%s layout)", path, origin)
-        if origin.startswith("DeepfakeBench") and self.preprocessing.size != 256:
-            log.warning(
-                "DeepfakeBench trained and tests this file at 256 px; "
-                "set detector.preprocessing.size=256 for its protocol"
+        if origin.startswith("DeepfakeBench"):
+            self.use_protocol(
+                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
             )

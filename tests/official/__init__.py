@@ -1,0 +1,1 @@
+"""Reference outputs of the authors' own code, and what the tests need to rebuild them."""
