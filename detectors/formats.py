@@ -1,0 +1,233 @@
+"""The weight files deepsift reads, as data: what each looks like, which detector and
+test-time protocol it implies, and where it comes from.
+
+``python -m detectors.inspect FILE`` matches a file against :data:`FORMATS`; each
+detector's ``load_weights`` does the loading (and switches to the protocol,
+:meth:`detectors.base.Detector.use_protocol`). A format is recognised by the keys of
+its state dict once the container (``{'model': ...}``, ``{'net': ...}``, a deepsift
+checkpoint) is opened and ``module.`` prefixes removed, or by its file type (Keras
+HDF5, a pickled FaceForensics++ model). Several detectors can read one layout
+(DeepfakeBench's Xception and CORE share their keys; a CNNDetection ResNet-50 is
+LGrad's classifier): inspect lists every candidate, and ``--verify`` loads each.
+
+``sha256``: the checksums the authors published for their released files, where they
+published any (none of the repositories below does; the field is there for the day
+one does, and inspect says when a file matches one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+State = Mapping[str, Any]
+
+
+def _has(*keys: str) -> Callable[[State], bool]:
+    return lambda state: all(k in state for k in keys)
+
+
+def _prefix(prefix: str) -> Callable[[State], bool]:
+    return lambda state: any(k.startswith(prefix) for k in state)
+
+
+def _shape(key: str, index: int, value: int) -> Callable[[State], bool]:
+    def check(state: State) -> bool:
+        tensor = state.get(key)
+        shape = getattr(tensor, "shape", None)
+        return shape is not None and len(shape) > index and int(shape[index]) == value
+
+    return check
+
+
+def _all(*checks: Callable[[State], bool]) -> Callable[[State], bool]:
+    return lambda state: all(check(state) for check in checks)
+
+
+def _any(*checks: Callable[[State], bool]) -> Callable[[State], bool]:
+    return lambda state: any(check(state) for check in checks)
+
+
+def _none(*checks: Callable[[State], bool]) -> Callable[[State], bool]:
+    return lambda state: not any(check(state) for check in checks)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """One released weight-file layout."""
+
+    name: str
+    #: config names of the detectors that read it (first: the usual one)
+    detectors: tuple[str, ...]
+    #: where the layout and the protocol come from (repository, files)
+    source: str
+    #: the official test-time input, in words
+    protocol: str
+    #: ``state dict`` (torch / safetensors), ``keras-h5`` or ``pickled-module``
+    kind: str = "state dict"
+    #: architecture arguments the file needs (``load_detector(name, weights=..., **overrides)``)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: recognises the state dict (kind ``state dict`` only)
+    matches: Callable[[State], bool] = field(default=lambda state: False, repr=False)
+    #: the file names the authors released
+    released: tuple[str, ...] = ()
+    #: ``{file name: sha256}`` published by the authors
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+
+_DFB = "github.com/SCLBD/DeepfakeBench"
+_DFB_INPUT = (
+    "face crop resized to 256 x 256 with cv2.resize(INTER_CUBIC), ToTensor, "
+    "Normalize(0.5, 0.5) (training/dataset/abstract_dataset.py)"
+)
+_XCEPTION_DFB = _all(
+    _shape("backbone.conv1.weight", 1, 3),
+    _any(_has("backbone.last_linear.weight"), _has("backbone.last_linear.1.weight")),
+)
+
+FORMATS: tuple[WeightFormat, ...] = (
+    WeightFormat(
+        "DeepfakeBench Xception / CORE",
+        ("xception", "core"),
+        f"{_DFB}: training/detectors/xception_detector.py, core_detector.py",
+        _DFB_INPUT,
+        matches=_XCEPTION_DFB,
+        released=("xception_best.pth", "core_best.pth"),
+    ),
+    WeightFormat(
+        "DeepfakeBench SPSL",
+        ("spsl",),
+        f"{_DFB}: training/detectors/spsl_detector.py",
+        _DFB_INPUT + "; plus the phase-only reconstruction channel",
+        matches=_shape("backbone.conv1.weight", 1, 4),
+        released=("spsl_best.pth",),
+    ),
+    WeightFormat(
+        "DeepfakeBench SRM",
+        ("srm",),
+        f"{_DFB}: training/detectors/srm_detector.py",
+        _DFB_INPUT,
+        matches=_prefix("backbone_rgb."),
+        released=("srm_best.pth",),
+    ),
+    WeightFormat(
+        "DeepfakeBench F3-Net",
+        ("f3net",),
+        f"{_DFB}: training/detectors/f3net_detector.py",
+        _DFB_INPUT,
+        overrides={"mode": "fad"},
+        matches=_has("FAD_head._DCT_all"),
+        released=("f3net_best.pth",),
+    ),
+    WeightFormat(
+        "DeepfakeBench EfficientNet-B4",
+        ("efficientnet_b4",),
+        f"{_DFB}: training/detectors/efficientnetb4_detector.py",
+        _DFB_INPUT,
+        matches=_has("backbone.efficientnet._conv_stem.weight"),
+        released=("effnb4_best.pth",),
+    ),
+    WeightFormat(
+        "icpr2020dfdc EfficientNetB4",
+        ("efficientnet_b4",),
+        "github.com/polimi-ispl/icpr2020dfdc: architectures/fornet.py, isplutils/utils.py",
+        "face_policy 'scale': longest side to 224 (bilinear), zero-padded to 224 x 224, "
+        "ImageNet normalisation",
+        overrides={"padding": "static_v0.6", "stem_padding": "same"},
+        matches=_has("efficientnet._conv_stem.weight"),
+        released=("EfficientNetB4_DFDC_bestval-*.pth", "EfficientNetB4_FFPP_bestval-*.pth"),
+    ),
+    WeightFormat(
+        "DeepfakeBench RECCE",
+        ("recce",),
+        f"{_DFB}: training/detectors/recce_detector.py",
+        _DFB_INPUT,
+        matches=_prefix("model.encoder."),
+        released=("recce_best.pth",),
+    ),
+    WeightFormat(
+        "DeepfakeBench Face X-ray",
+        ("face_xray",),
+        f"{_DFB}: training/detectors/facexray_detector.py",
+        _DFB_INPUT,
+        matches=_all(_prefix("backbone.stage4."), _prefix("fc.")),
+        released=("facexray_best.pth",),
+    ),
+    WeightFormat(
+        "Self-Blended Images (SBI)",
+        ("sbi",),
+        "github.com/mapooon/SelfBlendedImages: src/model.py, src/inference/",
+        "face crop (margin per crop_face), resized to 380 x 380, [0, 1], no normalisation",
+        matches=_has("net._conv_stem.weight"),
+        released=("FFraw.tar", "FFc23.tar"),
+    ),
+    WeightFormat(
+        "Capsule-Forensics-v2",
+        ("capsule_forensics",),
+        "github.com/nii-yamagishilab/Capsule-Forensics-v2: model_big.py, test_binary_*.py",
+        "300 x 300 (transforms.Resize), ImageNet normalisation",
+        matches=_has("routing_stats.route_weights"),
+        released=("capsule_<epoch>.pt",),
+    ),
+    WeightFormat(
+        "CNNDetection ResNet-50 (also an LGrad classifier)",
+        ("cnnspot", "lgrad"),
+        "github.com/PeterWang512/CNNDetection: networks/resnet.py, demo.py",
+        "whole image (optionally CenterCrop 224), ImageNet normalisation",
+        matches=_all(_has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1)),
+        released=("blur_jpg_prob0.5.pth", "blur_jpg_prob0.1.pth"),
+    ),
+    WeightFormat(
+        "NPR",
+        ("npr",),
+        "github.com/chuangchuangtan/NPR-DeepfakeDetection: networks/resnet.py, test.py",
+        "whole image, ImageNet normalisation, no resize (even sides for the 2x residual)",
+        matches=_all(_has("fc1.weight"), _prefix("layer2."), _none(_prefix("layer3."))),
+        released=("NPR.pth", "model_epoch_last_3090.pth"),
+    ),
+    WeightFormat(
+        "UnivFD linear head",
+        ("univfd",),
+        "github.com/Yuheng-Li/UniversalFakeDetect: models/clip_models.py, validate.py",
+        "CLIP ViT-L/14 input: 224 centre crop, CLIP normalisation",
+        matches=_all(_has("weight", "bias"), _shape("weight", 1, 768)),
+        released=("fc_weights.pth",),
+    ),
+    WeightFormat(
+        "ClipBased (Cozzolino et al.) linear head",
+        ("clipbased",),
+        "github.com/grip-unina/ClipBased-SyntheticImageDetection: networks/, main.py",
+        "CLIP ViT-L/14 input: 224 centre crop, CLIP normalisation",
+        matches=_any(
+            _all(_has("weight", "bias"), _shape("weight", 1, 1024)),
+            _all(_has("fc.weight", "fc.bias"), _shape("fc.weight", 1, 1024)),
+        ),
+        released=("weights.pth",),
+    ),
+    WeightFormat(
+        "MesoNet Keras weights",
+        ("meso4", "mesoinception4"),
+        "github.com/DariusAf/MesoNet: classifiers.py, example.py",
+        "256 x 256 face, rescale 1/255",
+        kind="keras-h5",
+        released=("Meso4_DF.h5", "Meso4_F2F.h5", "MesoInception_DF.h5", "MesoInception_F2F.h5"),
+    ),
+    WeightFormat(
+        "FaceForensics++ Xception (whole pickled TransferModel)",
+        ("xception",),
+        "github.com/ondyari/FaceForensics: classification/network/models.py, detect_from_video.py",
+        "1.3x dlib face box, Resize((299, 299)) (PIL bilinear), Normalize(0.5, 0.5)",
+        kind="pickled-module",
+        released=("full_c23.p", "full_raw.p", "full_c40.p"),
+    ),
+)
+
+
+def formats_for(state: State) -> list[WeightFormat]:
+    """The state-dict formats whose signature ``state`` has."""
+    return [f for f in FORMATS if f.kind == "state dict" and f.matches(state)]
+
+
+def format_named(name: str) -> WeightFormat:
+    return next(f for f in FORMATS if f.name == name)
