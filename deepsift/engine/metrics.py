@@ -89,7 +89,7 @@ class MetricWarning(UserWarning):
 # --------------------------------------------------------------------------- inputs
 
 
-def _validate(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+def validate_scores(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     """1-D int labels in {0, 1} and float64 probabilities in [0, 1], of the same length."""
     try:
         y = np.asarray(labels, dtype=np.float64)
@@ -161,7 +161,7 @@ def calibration_bins(
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"the number of calibration bins must be an integer >= 1, got {bins!r}")
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.searchsorted(edges[1:-1], p, side="right")
     count = np.bincount(index, minlength=bins)
@@ -185,7 +185,7 @@ def _binary_metrics(
     labels: Any, probs: Any, threshold: float, ece_bins: int
 ) -> tuple[dict[str, float], str | None]:
     """The metrics, and the reason ranking metrics are undefined (``None`` when they are not)."""
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     if not math.isfinite(float(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if isinstance(ece_bins, bool) or not isinstance(ece_bins, (int, np.integer)) or ece_bins < 1:
@@ -288,7 +288,7 @@ def aggregate_by_video(
         raise ValueError(
             f"unknown video aggregation {how!r}; valid ones: {', '.join(VIDEO_AGGREGATIONS)}"
         )
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     videos = _check_length("videos", videos, len(y))
     codes: dict[Hashable, int] = {}
     for i, video in enumerate(videos):
@@ -350,7 +350,7 @@ def compute_metrics(
     Metrics that are undefined anywhere (a single-class set or generator subset) raise
     at most one :class:`MetricWarning`, naming the levels affected.
     """
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     if video_aggregation not in _AGGREGATORS:
         raise ValueError(
             f"unknown video aggregation {video_aggregation!r}; valid ones: {', '.join(VIDEO_AGGREGATIONS)}"

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from deepsift.engine.metrics import _validate, calibration_bins
+from deepsift.engine.metrics import calibration_bins, validate_scores
 
 __all__ = [
     "average_spectrum",
@@ -65,7 +65,7 @@ def plot_roc(
     skipped: list[str] = []
     min_fpr = 1.0
     for name, (labels, probs) in curves.items():
-        y, p = _validate(labels, probs)
+        y, p = validate_scores(labels, probs)
         n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
         if n_real == 0 or n_fake == 0:
             why = "empty" if len(y) == 0 else f"only {'fakes' if n_real == 0 else 'reals'}"
@@ -108,7 +108,7 @@ def plot_score_histogram(
     bins: int = 50,
 ) -> Path:
     """Overlaid histograms of the fake probability for reals and fakes, with the threshold."""
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     fig = _new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -139,7 +139,7 @@ def plot_reliability(
     Bars show the fraction of fakes in each of ``bins`` equal-width probability bins,
     dots the bin's mean predicted probability; a calibrated detector follows the diagonal.
     """
-    y, p = _validate(labels, probs)
+    y, p = validate_scores(labels, probs)
     mean_prob, frac_fake, count = calibration_bins(y, p, bins)
     full = count > 0
     ece = (

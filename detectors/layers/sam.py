@@ -3,14 +3,20 @@ decay, as torch optimiser and scheduler classes (SBI trains with them)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
-from detectors.layers.blending import (
-    warn_once,
-)
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_nonfinite() -> None:
+    """Said once per process: the step goes on without the ascent."""
+    log.warning("SAM: non-finite first gradient; skipping the ascent")
 
 
 # -- sharpness-aware minimisation through the Detector interface ----------------------
@@ -86,7 +92,7 @@ class SAM(torch.optim.Optimizer):
             2,
         )
         if not torch.isfinite(norm):
-            warn_once("sam-nonfinite", "SAM: non-finite first gradient; skipping the ascent")
+            _warn_nonfinite()
             return False
         for group, p, g in pairs:
             scale = group["rho"] / (norm + 1e-12)
