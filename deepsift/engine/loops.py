@@ -74,6 +74,17 @@ def good_batches(
             yield move_batch(batch, device, channels_last)
 
 
+def one_thread_worker(worker_id: int) -> None:
+    """DataLoader worker start: OpenCV to one thread, as torch already is in workers.
+
+    cv2 uses every core by default, so N workers running OpenCV transforms (blending,
+    resizes) would start N x cores threads and slow each other down.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def make_loader(
     dataset: RecordDataset,
     batch_size: int,
@@ -92,7 +103,10 @@ def make_loader(
         collate_fn=collate_fn,
         generator=generator,
         pin_memory=pin_memory,
+        # a new loader per epoch (reseeded from the seed and the epoch, so a resumed run
+        # replays its epochs exactly): persistent workers would carry RNG state across
         persistent_workers=False,
+        worker_init_fn=one_thread_worker if num_workers > 0 else None,
     )
 
 
