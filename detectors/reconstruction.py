@@ -42,8 +42,10 @@ This implementation:
   line with ``'~detector.autoencoder' '+detector.autoencoder=[{_target_: ...}, ...]'``.
   Factories usable as ``_target_`` in configs: :func:`diffusers_vae` (the real
   thing, needs ``pip install diffusers`` and a local model folder),
-  :func:`embedded_autoencoder` (a ``GeneratorAE`` of the embedded benchmark from a
-  weights file) and :func:`resampling_autoencoder` (a parameter-free low-pass
+  :func:`datasets.embedded.generators.embedded_autoencoder` (a ``GeneratorAE`` of the
+  embedded benchmark from a weights file; it lives with the generators, since
+  ``detectors`` never imports ``datasets``) and :func:`resampling_autoencoder` (a
+  parameter-free low-pass
   "autoencoder": average-pool down, interpolate up; the offline default).
 * ``distance``: ``"l2"`` (mean squared error), ``"l1"`` or ``"lpips"``. LPIPS needs
   the ``lpips`` package and VGG-16 ImageNet weights already in the torch hub cache
