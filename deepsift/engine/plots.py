@@ -252,3 +252,36 @@ def plot_spectra(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def bar_chart(
+    bars: Mapping[tuple[str, str], tuple[float, float]],
+    path: str | Path,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
+    """Horizontal bars of ``(group, test set) -> (mean, std)``, one colour per test set,
+    with the standard deviation as an error bar (none when NaN: a single seed)."""
+    items = list(bars.items())
+    test_sets = sorted({test_set for (_, test_set), _ in items})
+    colours = {name: f"C{i % 10}" for i, name in enumerate(test_sets)}
+    fig = _new_figure(6.5, max(2.5, 0.35 * len(items) + 1.2))
+    ax = fig.add_subplot()
+    for y, ((_group, test_set), (mean, std)) in enumerate(items):
+        ax.barh(
+            y,
+            mean,
+            xerr=None if np.isnan(std) else std,
+            color=colours[test_set],
+            capsize=3,
+            label=test_set,
+        )
+    ax.set_yticks(range(len(items)), [f"{group} — {test_set}" for (group, test_set), _ in items])
+    ax.invert_yaxis()
+    ax.set_xlabel(ylabel)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
