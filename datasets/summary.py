@@ -8,11 +8,14 @@ a table of counts per generator (or manipulation method) and label, and writes
 ``summary.json`` to ``--out`` (default: the current folder)::
 
     {"<split>": {"unit": "videos"|"images", "real": n, "fake": n,
-                 "by_generator": {"<generator>": n, ...}, "missing": n, ...},
+                 "by_generator": {"<generator>": n, ...}, "expected": n, "missing": n, ...},
      "missing": ["<path the benchmark names but the folder lacks>", ...]}
 
-Video benchmarks are counted in videos (``unit: videos``) from their split / label
-files, whether or not the face-crop cache exists; when it exists, a ``frames`` entry
+``real``, ``fake`` and ``by_generator`` count what is on disk; ``expected`` what the
+split or label files name (present + missing), so a tree with 2 videos missing prints
+138 real of 140 expected, never 140. Video benchmarks are counted in videos
+(``unit: videos``) from their split / label files, whether or not the face-crop
+cache exists; when it exists, a ``frames`` entry
 adds the cached frame counts and the number of videos without crops
 (``missing_crops`` lists them). A split that cannot be read gets an ``error`` entry
 instead; the tool fails (exit status 2) only when no split can be read.
@@ -88,8 +91,13 @@ def summarize_split(source: Any, split: str) -> tuple[dict[str, Any], list[str],
     """``(entry, missing paths, videos without crops)`` of one split."""
     if hasattr(source, "videos"):
         videos: list[VideoItem] = source.videos(split)
+        present = [v for v in videos if Path(v.path).is_file()]
         missing = [v.path for v in videos if not Path(v.path).is_file()]
-        entry = {"unit": "videos", **_counts((v.method, v.label) for v in videos)}
+        # real / fake count the videos on disk; expected_* what the split files name
+        entry = {"unit": "videos", **_counts((v.method, v.label) for v in present)}
+        named = _counts((v.method, v.label) for v in videos)
+        entry["expected"] = len(videos)
+        entry["expected_by_generator_label"] = named["by_generator_label"]
         entry["missing"] = len(missing)
         no_crops: list[str] = []
         crops_root = getattr(source, "crops_root", None)
@@ -108,6 +116,7 @@ def summarize_split(source: Any, split: str) -> tuple[dict[str, Any], list[str],
     records = source.records(split)
     missing = list(source.missing(split)) if hasattr(source, "missing") else []
     entry = {"unit": "images", **_counts((r.generator, r.label) for r in records)}
+    entry["expected"] = len(records) + len(missing)
     entry["missing"] = len(missing)
     return entry, missing, []
 
@@ -138,29 +147,29 @@ def summarize(source: Any, splits: Sequence[str] | None = None) -> dict[str, Any
 
 def format_table(summary: dict[str, Any]) -> str:
     """Counts per split x generator x label, as aligned text."""
-    rows = [("split", "unit", "generator", "real", "fake", "missing")]
+    rows = [("split", "unit", "generator", "real", "fake", "expected", "missing")]
     for split, entry in summary.items():
         if not isinstance(entry, dict) or split in ("missing", "missing_crops", "bad_rows"):
             continue
         if "error" in entry:
-            rows.append((split, "-", "error", "-", "-", "-"))
+            rows.append((split, "-", "error", "-", "-", "-", "-"))
             continue
-        for g, counts in entry["by_generator_label"].items():
-            rows.append((split, entry["unit"], g, str(counts["real"]), str(counts["fake"]), ""))
+        named = entry.get("expected_by_generator_label", {})
+        for g in sorted(set(entry["by_generator_label"]) | set(named)):
+            counts = entry["by_generator_label"].get(g, {"real": 0, "fake": 0})
+            expected = named.get(g)
+            rows.append(
+                (split, entry["unit"], g, str(counts["real"]), str(counts["fake"]),
+                 str(expected["real"] + expected["fake"]) if expected else "", "")
+            )  # fmt: skip
         rows.append(
-            (
-                split,
-                entry["unit"],
-                "all",
-                str(entry["real"]),
-                str(entry["fake"]),
-                str(entry["missing"]),
-            )
-        )
+            (split, entry["unit"], "all", str(entry["real"]), str(entry["fake"]),
+             str(entry.get("expected", "")), str(entry["missing"]))
+        )  # fmt: skip
         frames = entry.get("frames")
         if frames and "error" not in frames:
             rows.append(
-                (split, "frames", "all", str(frames["real"]), str(frames["fake"]),
+                (split, "frames", "all", str(frames["real"]), str(frames["fake"]), "",
                  f"{frames['videos_without_crops']} videos without crops")
             )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

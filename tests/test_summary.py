@@ -36,14 +36,17 @@ def test_summary_lists_missing_video(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert written["missing"] == [str(root / GONE)]
     assert written["missing_crops"] == [GONE]
     test = written["test"]
-    assert (test["unit"], test["real"], test["fake"], test["missing"]) == ("videos", 2, 8, 1)
+    # counts are of the videos on disk; "expected" is what the split files name
+    assert (test["unit"], test["real"], test["fake"], test["missing"]) == ("videos", 2, 7, 1)
+    assert test["expected"] == 10
     assert test["by_generator"] == {
         "Deepfakes": 2,
         "Face2Face": 2,
         "FaceSwap": 2,
-        "NeuralTextures": 2,
+        "NeuralTextures": 1,
         "real": 2,
     }
+    assert test["expected_by_generator_label"]["NeuralTextures"] == {"real": 0, "fake": 2}
     assert test["frames"] == {
         "real": 4,
         "fake": 14,
