@@ -38,8 +38,10 @@ Where this differs: one fake logit instead of two softmax classes
 ``w[1] - w[0]``, ``b[1] - b[0]``), trained with binary cross-entropy, which on
 ``z1 - z0`` is the two-class cross-entropy; 299 px inputs (the paper and
 Xception's native size); a DeepfakeBench file switches to DeepfakeBench's
-test-time input by itself (256 px, ``cv2.resize`` ``INTER_CUBIC``; a preprocessing
-the user set still wins, with a warning); ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
+test-time input by itself (``load_rgb``: 256 px, ``cv2.resize`` ``INTER_CUBIC`` of
+the uint8 crop, a copy when it is already 256 px; a preprocessing the user set
+still wins, with a warning), checked against DeepfakeBench's own code in
+``tests/official/deepfakebench_xception.json``; ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
 is dropped on loading); the augmentation has DeepfakeBench's flip, blur and
 JPEG but not its colour jitter, and blurs/compresses before resizing; the
 ImageNet start needs a local file (``pretrained_file``): nothing is downloaded.
@@ -87,6 +89,10 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "jpeg_quality": (40, 100),
 }
 
+#: DeepfakeBench's test-time input (``load_rgb``: ``cv2.resize`` to 256 x 256,
+#: ``INTER_CUBIC``); ``resize_to`` named, or the 299 of the defaults would stay
+DEEPFAKEBENCH_PROTOCOL: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": 256}
+
 
 class XceptionDetector(BackboneClassifier):
     """ImageNet Xception, global average pooling, one fake logit (``head``: 2048 -> 1).
@@ -132,6 +138,4 @@ class XceptionDetector(BackboneClassifier):
         load_state_dict_strict(self, state, source)
         log.info("Xception: loaded %s (%s layout)", path, origin)
         if origin.startswith("DeepfakeBench"):
-            self.use_protocol(
-                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
-            )
+            self.use_protocol("DeepfakeBench", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -257,6 +258,36 @@ def test_deepfakebench_checkpoint_matches_softmax_of_the_reference(
     expected = _reference_probability(transfer_model, x)
     assert expected.std() > 1e-3
     np.testing.assert_allclose(det.predict_batch({"image": x}).numpy(), expected, atol=1e-5)
+
+
+def test_a_deepfakebench_file_brings_its_input_and_a_users_setting_wins(
+    transfer_model: TransferModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = {f"backbone.{k}": v for k, v in transfer_model.model.state_dict().items()}
+    state = {k.replace("last_linear.1.", "last_linear."): v for k, v in state.items()}
+    torch.save(state, tmp_path / "xception_best.pth")
+    with caplog.at_level(logging.INFO, logger="detectors.base"):
+        det = load_detector("xception", weights=tmp_path / "xception_best.pth")
+    p = det.preprocessing
+    # load_rgb: cv2.resize((256, 256), INTER_CUBIC); not the 299 of the FF++ defaults
+    assert (p.size, p.resize_to, p.resize, p.interpolation, p.resize_backend) == (
+        256,
+        256,
+        "square",
+        "bicubic",
+        "cv2",
+    )
+    assert det.config["preprocessing"]["resize_to"] == 256
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        det = load_detector(
+            "xception",
+            weights=tmp_path / "xception_best.pth",
+            preprocessing={"interpolation": "nearest"},
+        )
+    assert det.preprocessing.interpolation == "nearest" and det.preprocessing.size == 256
+    assert "interpolation=nearest departs" in caplog.text
 
 
 def test_faceforensics_pickled_transfer_model(
