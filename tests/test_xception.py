@@ -291,7 +291,10 @@ def test_a_deepfakebench_file_brings_its_input_and_a_users_setting_wins(
 
 
 def test_faceforensics_pickled_transfer_model(
-    detector: XceptionDetector, transfer_model: TransferModel, tmp_path: Path
+    detector: XceptionDetector,
+    transfer_model: TransferModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "full_c23.p"
     torch.save(transfer_model, path)  # what the FF++ release is: a whole pickled model
@@ -308,6 +311,12 @@ def test_faceforensics_pickled_transfer_model(
     expected = _reference_probability(transfer_model, x)
     assert expected.std() > 1e-3
     np.testing.assert_allclose(detector.predict_batch({"image": x}).numpy(), expected, atol=1e-5)
+    # the file keeps FF++'s input (the default); a size the user set wins, with a warning
+    sized = XceptionDetector(preprocessing={"size": 256})
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        sized.load_weights(path)
+    assert sized.preprocessing.size == 256
+    assert "departs from the protocol of FaceForensics++ weights" in caplog.text
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
