@@ -41,7 +41,8 @@ Reference defaults:
   (albumentations); ``TwoTransform`` draws the base augmentation twice; Adam lr
   2e-4 (no weight decay), batch 32, 30 epochs, seed 3407; test ``Resize(299)``
   (and, a quirk, a random flip);
-* DeepfakeBench: 256 x 256 inputs (bicubic resize), mean = std = 0.5, Adam lr
+* DeepfakeBench: 256 x 256 inputs (``cv2.resize`` ``INTER_CUBIC`` of the uint8
+  crop, a copy when it is already 256 px), mean = std = 0.5, Adam lr
   2e-4 betas (0.9, 0.999) eps 1e-8 weight decay 5e-4, batch 32, 10 epochs, no
   scheduler, unweighted CE, ``consistency_rate`` 1.0, ImageNet
   ``xception-b5690688.pth``.
@@ -70,7 +71,10 @@ two-class head; the unused ``backbone.adjust_channel`` 2048->512 block is
 dropped), an official CORE checkpoint (``{'model': ...}``, keys ``conv1`` ...
 ``bn4``, two-class ``fc``; trained at 299 px: a warning says how to match it),
 the other Xception layouts of :mod:`detectors.xception`, or a deepsift state
-dict. The network and its state-dict layout (``backbone.*``, ``head.*``) are
+dict. A DeepfakeBench file brings DeepfakeBench's test-time input (the default
+here; a preprocessing the user set wins, with a warning): checked against
+DeepfakeBench's own code in ``tests/official/deepfakebench_core.json`` (made by
+``tests/official/make_deepfakebench_xception.py``). The network and its state-dict layout (``backbone.*``, ``head.*``) are
 :class:`~detectors.xception.XceptionDetector`'s: only the training differs.
 Two-class heads become the fake logit exactly: ``w = w[1] - w[0]``, ``b = b[1] - b[0]``.
 """
@@ -110,6 +114,8 @@ log = logging.getLogger(__name__)
 #: DeepfakeBench: faces resized to 256 x 256 (``cv2.INTER_CUBIC``), mean = std = 0.5;
 #: the flip is the official augmentations' ``RandomHorizontalFlip``
 DEFAULT_PREPROCESSING: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "hflip": 0.5}
+#: DeepfakeBench's test-time input (``load_rgb``: ``cv2.resize`` to 256 x 256, ``INTER_CUBIC``)
+DEEPFAKEBENCH_PROTOCOL: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": 256}
 #: the official ``main.py`` input size (``--size 299``, ``Resize(299)``)
 OFFICIAL_SIZE = 299
 #: the official ``get_augs`` names (``DFDC_selim`` needs albumentations: not offered)
@@ -265,6 +271,8 @@ class CORE(Detector):
         state, origin = xception_detector_state(read_xception_file(path), source)
         load_state_dict_strict(self, state, source)
         log.info("CORE: weights from %s (%s layout)", path, origin)
+        if origin.startswith("DeepfakeBench"):
+            self.use_protocol("DeepfakeBench", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)
         if origin == "Xception" and self.preprocessing.size != OFFICIAL_SIZE:
             log.warning(
                 "CORE: official CORE checkpoints are trained on %d x %d faces; this detector "

@@ -68,11 +68,14 @@ def phase_only(image: torch.Tensor) -> torch.Tensor:
 
     ``gray = mean over channels`` (of the normalised input, as the reference),
     ``X = FFT2(gray)``, and the result is ``Re(IFFT2(exp(i * angle(X))))``: the
-    image whose spectrum keeps ``X``'s phase with unit magnitude. Computed in
-    float32 per image over the two spatial axes (see :class:`SPSL` for how the
-    reference differs on batches).
+    image whose spectrum keeps ``X``'s phase with unit magnitude. Computed per
+    image over the two spatial axes, as DeepfakeBench's ``fftn(gray, dim=(-1, -2))``
+    (see :class:`SPSL` on its first release), in float64 for float64 inputs and in
+    float32 otherwise (half-precision FFTs take power-of-two sizes only).
     """
-    gray = image.float().mean(dim=1, keepdim=True)
+    if image.dtype != torch.float64:
+        image = image.float()
+    gray = image.mean(dim=1, keepdim=True)
     phase = torch.angle(torch.fft.fft2(gray))
     return torch.fft.ifft2(torch.polar(torch.ones_like(phase), phase)).real
 
@@ -118,18 +121,24 @@ class SPSL(Detector):
     * loss: cross-entropy on 2 logits; Adam lr 2e-4, betas (0.9, 0.999), eps
       1e-8, weight decay 5e-4, no schedule, batch 32, 10 epochs.
 
+    Test-time input and phase are the reference's: ``cv2.resize`` ``INTER_CUBIC``
+    on the uint8 crop (a copy when it is already 256 px), and the phase per image
+    (DeepfakeBench's ``fftn(gray, dim=(-1, -2))`` since its v2, commit db3e348; its
+    first release, up to 14eb0ce, called ``fftn(gray)`` over every axis, batch
+    included, which mixes the images of a batch and equals this for a batch of
+    one). Checked against DeepfakeBench's own code on ``spsl_best.pth``-layout
+    weights (``tests/official/deepfakebench_spsl.json``, made by
+    ``tests/official/make_deepfakebench_xception.py``). A DeepfakeBench file
+    keeps (or, when a preprocessing was set, warns that it departs from) that
+    protocol.
+
     Where this differs: one fake logit ``z_fake - z_real`` and binary
     cross-entropy, which equals the 2-class softmax cross-entropy on the
-    logits' difference. The reference computes ``torch.fft.fftn`` with no
-    ``dim``, a 4-D transform over batch, channel, height and width, so an
-    image's phase channel depends on the other images of its batch; here the
-    transform is per image (``fft2`` over height and width), which is the
-    paper's definition and equals the reference exactly for a batch of one
-    (tested). Augmentation keeps flip, blur and JPEG (no rotation, isotropic
-    resize or colour jitter); resizing uses PIL's bicubic filter, not OpenCV's.
-    ImageNet weights load only from a local ``pretrained_file`` (the reference
-    always starts from them). With ``shallow=True`` blocks 4-11 are removed,
-    so such a model has no keys for them.
+    logits' difference. Augmentation keeps flip, blur and JPEG (no rotation,
+    isotropic resize or colour jitter) and runs through Pillow. ImageNet weights
+    load only from a local ``pretrained_file`` (the reference always starts from
+    them). With ``shallow=True`` blocks 4-11 are removed, so such a model has no
+    keys for them.
 
     Args:
         pretrained_file: local ImageNet Xception state dict (Cadene's
@@ -182,4 +191,9 @@ class SPSL(Detector):
                 head["weight"], head["bias"], f"weights file {path}"
             )
             log.info("SPSL: read %s as a DeepfakeBench checkpoint (2-class head converted)", path)
+            load_state_dict_strict(self, state, f"weights file {path}")
+            self.use_protocol(
+                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
+            )
+            return
         load_state_dict_strict(self, state, f"weights file {path}")

@@ -18,7 +18,13 @@ Reference defaults:
   1.3x the dlib box, ``Resize((299, 299))``, ``Normalize([0.5] * 3, [0.5] * 3)``;
   softmax, class 1 = fake. The released models (``full_c23.p``, ``full_raw.p``,
   ``full_c40.p``) are whole pickled ``TransferModel`` objects (the code
-  ``torch.load``-s them as the model).
+  ``torch.load``-s them as the model). ``detect_from_video.py`` never calls
+  ``model.eval()``: it runs a pickle in the mode it was saved in; deepsift always
+  evaluates in eval mode. Checked against their ``preprocess_image`` and model on
+  such a pickle (``tests/official/faceforensics_xception_pickle.json``, made by
+  ``tests/official/make_faceforensics.py``); the default test-time input here is
+  theirs (``Resize((299, 299))``: Pillow's bilinear), and an FF++ file keeps it
+  (a preprocessing the user set wins, with a warning).
 * DeepfakeBench (github.com/SCLBD/DeepfakeBench, ``training/detectors/
   xception_detector.py``, ``networks/xception.py``, ``config/detector/
   xception.yaml``): the same network (plus an ``adjust_channel`` 2048 -> 512
@@ -38,8 +44,10 @@ Where this differs: one fake logit instead of two softmax classes
 ``w[1] - w[0]``, ``b[1] - b[0]``), trained with binary cross-entropy, which on
 ``z1 - z0`` is the two-class cross-entropy; 299 px inputs (the paper and
 Xception's native size); a DeepfakeBench file switches to DeepfakeBench's
-test-time input by itself (256 px, ``cv2.resize`` ``INTER_CUBIC``; a preprocessing
-the user set still wins, with a warning); ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
+test-time input by itself (``load_rgb``: 256 px, ``cv2.resize`` ``INTER_CUBIC`` of
+the uint8 crop, a copy when it is already 256 px; a preprocessing the user set
+still wins, with a warning), checked against DeepfakeBench's own code in
+``tests/official/deepfakebench_xception.json``; ``adjust_channel`` is not built (DeepfakeBench files carry it, and it
 is dropped on loading); the augmentation has DeepfakeBench's flip, blur and
 JPEG but not its colour jitter, and blurs/compresses before resizing; the
 ImageNet start needs a local file (``pretrained_file``): nothing is downloaded.
@@ -87,6 +95,15 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "jpeg_quality": (40, 100),
 }
 
+#: DeepfakeBench's test-time input (``load_rgb``: ``cv2.resize`` to 256 x 256,
+#: ``INTER_CUBIC``); ``resize_to`` named, or the 299 of the defaults would stay
+DEEPFAKEBENCH_PROTOCOL: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": 256}
+
+#: FaceForensics++'s ``xception_default_data_transforms['test']`` (the default here)
+FACEFORENSICS_PROTOCOL: dict[str, Any] = {
+    k: DEFAULT_PREPROCESSING[k] for k in ("size", "resize", "interpolation", "crop", "mean", "std")
+} | {"resize_to": 299, "resize_backend": "pil"}
+
 
 class XceptionDetector(BackboneClassifier):
     """ImageNet Xception, global average pooling, one fake logit (``head``: 2048 -> 1).
@@ -132,6 +149,6 @@ class XceptionDetector(BackboneClassifier):
         load_state_dict_strict(self, state, source)
         log.info("Xception: loaded %s (%s layout)", path, origin)
         if origin.startswith("DeepfakeBench"):
-            self.use_protocol(
-                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
-            )
+            self.use_protocol("DeepfakeBench", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)
+        elif origin.startswith("FaceForensics++"):
+            self.use_protocol("FaceForensics++", FACEFORENSICS_PROTOCOL, DEFAULT_PREPROCESSING)

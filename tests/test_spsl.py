@@ -180,10 +180,18 @@ def test_phase_is_per_image_and_equals_the_references_fftn_for_one_image() -> No
     for i in range(3):
         single = batch[i : i + 1]
         torch.testing.assert_close(ours[i : i + 1], phase_only(single))
-        # DeepfakeBench's phase_without_amplitude: fftn over every axis of (1, 1, H, W)
+        # DeepfakeBench's first phase_without_amplitude: fftn over every axis of (1, 1, H, W)
         gray = single.mean(dim=1, keepdim=True)
         reference = torch.real(torch.fft.ifftn(torch.exp(1j * torch.angle(torch.fft.fftn(gray)))))
         torch.testing.assert_close(ours[i : i + 1], reference, atol=1e-6, rtol=0)
+    # since its v2: fftn(gray, dim=(-1, -2)), per image on a whole batch
+    gray = batch.mean(dim=1, keepdim=True)
+    spectrum = torch.exp(1j * torch.angle(torch.fft.fftn(gray, dim=(-1, -2))))
+    v2 = torch.real(torch.fft.ifftn(spectrum, dim=(-1, -2)))
+    torch.testing.assert_close(ours, v2, atol=1e-6, rtol=0)
+    # float64 in, float64 out (the float64 parity checks); float32 otherwise
+    assert phase_only(batch.double()).dtype == torch.float64
+    assert phase_only(batch.half()).dtype == torch.float32
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -259,8 +260,41 @@ def test_deepfakebench_checkpoint_matches_softmax_of_the_reference(
     np.testing.assert_allclose(det.predict_batch({"image": x}).numpy(), expected, atol=1e-5)
 
 
+def test_a_deepfakebench_file_brings_its_input_and_a_users_setting_wins(
+    transfer_model: TransferModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = {f"backbone.{k}": v for k, v in transfer_model.model.state_dict().items()}
+    state = {k.replace("last_linear.1.", "last_linear."): v for k, v in state.items()}
+    torch.save(state, tmp_path / "xception_best.pth")
+    with caplog.at_level(logging.INFO, logger="detectors.base"):
+        det = load_detector("xception", weights=tmp_path / "xception_best.pth")
+    p = det.preprocessing
+    # load_rgb: cv2.resize((256, 256), INTER_CUBIC); not the 299 of the FF++ defaults
+    assert (p.size, p.resize_to, p.resize, p.interpolation, p.resize_backend) == (
+        256,
+        256,
+        "square",
+        "bicubic",
+        "cv2",
+    )
+    assert det.config["preprocessing"]["resize_to"] == 256
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        det = load_detector(
+            "xception",
+            weights=tmp_path / "xception_best.pth",
+            preprocessing={"interpolation": "nearest"},
+        )
+    assert det.preprocessing.interpolation == "nearest" and det.preprocessing.size == 256
+    assert "interpolation=nearest departs" in caplog.text
+
+
 def test_faceforensics_pickled_transfer_model(
-    detector: XceptionDetector, transfer_model: TransferModel, tmp_path: Path
+    detector: XceptionDetector,
+    transfer_model: TransferModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "full_c23.p"
     torch.save(transfer_model, path)  # what the FF++ release is: a whole pickled model
@@ -277,6 +311,12 @@ def test_faceforensics_pickled_transfer_model(
     expected = _reference_probability(transfer_model, x)
     assert expected.std() > 1e-3
     np.testing.assert_allclose(detector.predict_batch({"image": x}).numpy(), expected, atol=1e-5)
+    # the file keeps FF++'s input (the default); a size the user set wins, with a warning
+    sized = XceptionDetector(preprocessing={"size": 256})
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        sized.load_weights(path)
+    assert sized.preprocessing.size == 256
+    assert "departs from the protocol of FaceForensics++ weights" in caplog.text
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
