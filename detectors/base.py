@@ -144,12 +144,16 @@ class Detector(nn.Module):
         icpr2020dfdc, SBI, ...): ``protocol`` holds the fields the authors' test code
         uses (size, resize, backend, interpolation, crop, normalisation). Fields the
         user set (those that differ from the detector's ``defaults``) win, with one
-        warning that they depart from the file's protocol. The detector's config is
+        warning that they depart from the file's protocol; a value set equal to the
+        default cannot be told from the default, and follows the protocol. The detector's config is
         updated too, so a checkpoint trained from these weights keeps the protocol.
         """
         base = Preprocessing(**dict(defaults)).to_dict()
         current = self.preprocessing.to_dict()
-        wanted = Preprocessing(**{**base, **dict(protocol)}).to_dict()
+        protocol = dict(protocol)
+        if "size" in protocol and "resize_to" not in protocol:
+            protocol["resize_to"] = None  # follows the protocol's size, not the default's
+        wanted = Preprocessing(**{**base, **protocol}).to_dict()
         chosen = {k: v for k, v in current.items() if v != base[k]}
         departures = {k: v for k, v in chosen.items() if v != wanted[k]}
         merged = {**wanted, **chosen}
