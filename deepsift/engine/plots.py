@@ -272,7 +272,10 @@ def plot_robustness(
     thicker and black, as the whole set.
     """
     x = np.arange(len(levels))
-    fig = _new_figure(max(5.0, 0.6 * len(levels) + 2.5), 4.2)
+    # chains break after each "+", one step a line; the figure widens with the labels
+    ticks = [str(level).replace("+", "+\n") for level in levels]
+    longest = max((len(line) for tick in ticks for line in tick.splitlines()), default=1)
+    fig = _new_figure(min(16.0, max(5.0, len(levels) * max(0.6, 0.085 * longest) + 2.5)), 4.2)
     ax = fig.add_subplot()
     for name, values in curves.items():
         y = np.asarray(values, dtype=np.float64)
@@ -280,7 +283,7 @@ def plot_robustness(
             raise ValueError(f"curve {name!r} has {len(y)} values for {len(levels)} levels")
         style = {"color": "black", "lw": 2.2, "zorder": 3} if name == "all" else {"lw": 1.4}
         ax.plot(x, y, marker="o", ms=4, label=name, **style)
-    ax.set_xticks(x, [str(level) for level in levels], rotation=30 if len(levels) > 6 else 0)
+    ax.set_xticks(x, ticks, fontsize="small" if longest > 8 else None)
     if metric in ("auc", "ap", "acc", "acc_real", "acc_fake") or metric.startswith("tpr"):
         ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
