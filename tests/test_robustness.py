@@ -197,7 +197,7 @@ def test_identity_levels_give_the_plain_evaluation_exactly(tmp_path: Path, tree:
     assert np.abs(base.probs - q30.probs).max() > 1e-4
 
 
-def test_noise_is_the_same_whatever_the_batch_order(tmp_path: Path, tree: Path) -> None:
+def test_noise_is_the_same_whatever_the_batch_order_or_worker(tmp_path: Path, tree: Path) -> None:
     cfg = compose("eval", [*FAST, "data=folder", f"data.root={tree}"], tmp_path)
     torch.manual_seed(0)
     detector = build_detector(cfg.detector, "timm_classifier").eval()
@@ -214,6 +214,11 @@ def test_noise_is_the_same_whatever_the_batch_order(tmp_path: Path, tree: Path) 
     assert by_path_a.keys() == by_path_b.keys()
     for path, prob in by_path_a.items():
         assert prob == pytest.approx(by_path_b[path], abs=1e-6), path
+    # a DataLoader worker process (the perturbation is pickled into it) draws the same noise
+    c = run_inference(
+        detector, records, torch.device("cpu"), batch_size=1, num_workers=1, perturb=noise
+    )
+    assert np.array_equal(a.probs, c.probs)
 
 
 def run_preset(tree: Path, out: Path, *extra: str) -> dict:
