@@ -4,6 +4,9 @@ The detector comes from a deepsift checkpoint (``checkpoint=<path>``: the file
 alone is enough, it carries the detector config and preprocessing) or from a
 detector config with optional official weights (``detector=<name>
 detector.weights=<file>``).
+
+``robustness=<preset>`` (``configs/robustness``) sweeps every evaluated set over test-time
+perturbations after its plain evaluation (see :mod:`deepsift.app.robustness`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from deepsift.app.pipeline import (
     split_records,
     summary_table,
 )
+from deepsift.app.robustness import make_sweeper
 from deepsift.core import distributed as dist
 from deepsift.core.configs import instantiate
 from deepsift.core.errors import UserError
@@ -60,6 +64,7 @@ def load_for_evaluation(cfg: DictConfig) -> tuple[Detector, dict[str, Any]]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    sweeper = make_sweeper(cfg)  # a bad preset fails before the detector loads
     ctx = setup_run(cfg)
     detector, info = load_for_evaluation(cfg)
     detector.to(ctx.device)
@@ -73,8 +78,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         records = split_records(data, split)
         metrics, result = evaluate_split(detector, records, cfg, ctx, split)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
+        if sweeper is not None:
+            sweeper.sweep(detector, records, ctx, split, metrics, info)
         results[split] = metrics
-    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger))
+
+    def sweep_set(name: str, records: Any, metrics: dict[str, Any], set_info: dict) -> None:
+        if sweeper is not None:
+            sweeper.sweep(detector, records, ctx, name, metrics, set_info)
+
+    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, after=sweep_set))
+    if sweeper is not None:
+        sweeper.finish(ctx)
     if dist.is_main() and len(results) > 1:
         print(f"\nSummary:\n{summary_table(results)}", flush=True)
     logger.finish()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,15 +119,21 @@ def evaluate_data_sets(
     info: dict[str, Any],
     logger: Any,
     sets: Sequence[tuple[str, Any, str]] | None = None,
+    after: Callable[[str, Sequence[Record], dict[str, Any], dict[str, Any]], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``detector`` on every ``eval_data`` entry; results keyed ``<label>/<split>``."""
+    """Evaluate ``detector`` on every ``eval_data`` entry; results keyed ``<label>/<split>``.
+
+    ``after(name, records, metrics, info)`` runs once each set is reported (``name`` is
+    ``<label>-<split>``, as in its file names): the robustness sweep of ``evaluate.py``.
+    """
     results: dict[str, dict[str, Any]] = {}
     for label, source, split in eval_data_sets(cfg) if sets is None else sets:
         records = split_records(source, split)
         metrics, result = evaluate_split(detector, records, cfg, ctx, split)
-        report_split(
-            cfg, ctx, f"{label}-{split}", metrics, result, records, {**info, "data": label}, logger
-        )
+        name, set_info = f"{label}-{split}", {**info, "data": label}
+        report_split(cfg, ctx, name, metrics, result, records, set_info, logger)
+        if after is not None:
+            after(name, records, metrics, set_info)
         results[f"{label}/{split}"] = metrics
     return results
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
@@ -59,11 +59,21 @@ class RecordDataset(Dataset):
     A file that cannot be read does not stop the run: the sample comes back as
     ``{"error": ..., "path": ...}`` and :func:`collate_samples` drops it from the
     batch and reports it, so the engine can log and count it.
+
+    ``perturb`` (robustness sweeps, see :mod:`deepsift.core.perturb`) is called as
+    ``perturb(image, record.path)`` on every image after loading and ``reencode``,
+    before ``transform``: the same degradation for reals and fakes.
     """
 
-    def __init__(self, records: Sequence[Record], transform: Callable[[dict], dict]):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: Callable[[dict], dict],
+        perturb: Callable[[Image.Image, str], Image.Image] | None = None,
+    ):
         self.records = list(records)
         self.transform = transform
+        self.perturb = perturb
 
     def __len__(self) -> int:
         return len(self.records)
@@ -72,6 +82,8 @@ class RecordDataset(Dataset):
         record = self.records[index]
         try:
             image = reencode(load_rgb(record.path), record.extra.get("reencode"))
+            if self.perturb is not None:
+                image = self.perturb(image, record.path)
             sample = {"image": image, "label": record.label, "record": record, "index": index}
             out = self.transform(sample)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:

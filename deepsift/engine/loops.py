@@ -121,15 +121,20 @@ def run_inference(
     channels_last: bool = False,
     limit_batches: int | None = None,
     desc: str = "eval",
+    perturb: Callable[[Any, str], Any] | None = None,
+    log_skipped: bool = True,
 ) -> InferenceResult:
     """Fake probabilities for ``records`` with the detector's test-time preprocessing.
 
     Each loader batch is split by tensor shape (:func:`collate_by_shape`), so detectors
     that keep the native size are evaluated on mixed sizes; every part goes through
     :func:`deepsift.core.inference.fake_probabilities`, the forward pass of
-    ``Detector.predict`` and ``score.py``.
+    ``Detector.predict`` and ``score.py``. ``perturb`` (a
+    :class:`deepsift.core.perturb.Perturbation`, for robustness sweeps) degrades every
+    loaded image before the detector's transform; ``log_skipped=False`` keeps unreadable
+    files out of the log (a sweep's plain evaluation has already named them).
     """
-    dataset = RecordDataset(records, detector.eval_transform)
+    dataset = RecordDataset(records, detector.eval_transform, perturb)
     sampler = ShardSampler(len(dataset), dist.rank(), dist.world_size())
     loader = make_loader(
         dataset,
@@ -156,7 +161,7 @@ def run_inference(
     idx = all_idx[order].numpy()
     labels = np.array([records[i].label for i in idx], dtype=np.int64)
     for path, reason in all_skipped:
-        if dist.is_main():
+        if log_skipped and dist.is_main():
             log.warning("skipped unreadable image %s (%s)", path, reason)
     return InferenceResult(
         idx, all_prob[order].numpy().astype(np.float64), labels, sorted(all_skipped)

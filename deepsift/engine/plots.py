@@ -1,4 +1,5 @@
-"""Figures users look at, written as PNG: ROC curves, score histograms, spectra, reliability.
+"""Figures users look at, written as PNG: ROC curves, score histograms, spectra, reliability,
+robustness curves.
 
 Everything draws on a ``matplotlib.figure.Figure`` with an explicit Agg canvas:
 no pyplot, no global state, no backend switch, so it is safe in training loops,
@@ -10,7 +11,7 @@ the path it wrote.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from deepsift.engine.metrics import calibration_bins, validate_scores
 __all__ = [
     "average_spectrum",
     "plot_reliability",
+    "plot_robustness",
     "plot_roc",
     "plot_score_histogram",
     "plot_spectra",
@@ -284,4 +286,41 @@ def bar_chart(
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
+
+
+def plot_robustness(
+    levels: Sequence[str],
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path,
+    metric: str = "ap",
+    xlabel: str = "level",
+    title: str | None = None,
+) -> Path:
+    """A metric against perturbation level: one line per ``name -> values`` (one per level).
+
+    Levels are categorical ticks in the given order (``none``, JPEG 95, 90, ... or chains),
+    so families whose levels are not numbers draw the same way. NaN values (a generator
+    missing at a level, a single-class set) leave a gap; a curve named ``all`` is drawn
+    thicker and black, as the whole set.
+    """
+    x = np.arange(len(levels))
+    # chains break after each "+", one step a line; the figure widens with the labels
+    ticks = [str(level).replace("+", "+\n") for level in levels]
+    longest = max((len(line) for tick in ticks for line in tick.splitlines()), default=1)
+    fig = _new_figure(min(16.0, max(5.0, len(levels) * max(0.6, 0.085 * longest) + 2.5)), 4.2)
+    ax = fig.add_subplot()
+    for name, values in curves.items():
+        y = np.asarray(values, dtype=np.float64)
+        if len(y) != len(levels):
+            raise ValueError(f"curve {name!r} has {len(y)} values for {len(levels)} levels")
+        style = {"color": "black", "lw": 2.2, "zorder": 3} if name == "all" else {"lw": 1.4}
+        ax.plot(x, y, marker="o", ms=4, label=name, **style)
+    ax.set_xticks(x, ticks, fontsize="small" if longest > 8 else None)
+    if metric in ("auc", "ap", "acc", "acc_real", "acc_fake") or metric.startswith("tpr"):
+        ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or f"{metric} under perturbation")
     return _save(fig, path)
