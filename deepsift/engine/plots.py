@@ -286,6 +286,7 @@ def bar_chart(
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
 
 
 def plot_robustness(
