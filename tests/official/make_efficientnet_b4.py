@@ -33,6 +33,10 @@ Usage (scratch checkouts and ``pip --target`` folders outside the project)::
         tests/official/make_efficientnet_b4.py deepfakebench --repo <DeepfakeBench>
     PYTHONPATH=<site with efficientnet_pytorch 0.6.3>:<site with albumentations>:. \\
         python tests/official/make_efficientnet_b4.py icpr --repo <icpr2020dfdc>
+
+The same with efficientnet_pytorch 0.7.1 (what installing icpr2020dfdc's
+``environment.yml`` gets today) writes
+``icpr2020dfdc_efficientnet_b4_efficientnet_pytorch_071``, loaded with ``padding=static``.
 """
 
 from __future__ import annotations
@@ -163,6 +167,10 @@ def icpr(repo: Path):
     _no_imagenet_download()
     sys.modules.setdefault("matplotlib", types.ModuleType("matplotlib"))
     sys.modules.setdefault("matplotlib.pyplot", types.ModuleType("matplotlib.pyplot"))
+    # 0.6.x plans every layer's padding for 380 px, 0.7 stage by stage (deepsift's
+    # static_v0.6 and static): the released weights were trained on 0.6.x, a pip install
+    # of the repository today gets 0.7.1
+    padding = "static_v0.6" if _version("efficientnet_pytorch").startswith("0.6") else "static"
     fornet = importlib.import_module("architectures.fornet")
     utils = importlib.import_module("isplutils.utils")
     model = fornet.EfficientNetB4().eval()
@@ -171,7 +179,7 @@ def icpr(repo: Path):
     reference = {
         "format": "icpr2020dfdc EfficientNetB4 (EfficientNetB4_DFDC_bestval-*.pth)",
         "detector": "efficientnet_b4",
-        "overrides": {"padding": "static_v0.6", "stem_padding": "same", "drop_rate": 0.4},
+        "overrides": {"padding": padding, "stem_padding": "same", "drop_rate": 0.4},
         "repository": "https://github.com/polimi-ispl/icpr2020dfdc",
         "files": [
             "architectures/fornet.py",
@@ -225,6 +233,9 @@ def main() -> None:
         "deepfakebench": "deepfakebench_efficientnet_b4",
         "icpr": "icpr2020dfdc_efficientnet_b4",
     }
+    version = _version("efficientnet_pytorch")
+    if args.which == "icpr" and not version.startswith("0.6"):
+        name["icpr"] += "_efficientnet_pytorch_" + version.replace(".", "")
     reference.update(
         seed=SEED,
         images_seed=0,
