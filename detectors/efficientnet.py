@@ -47,9 +47,19 @@ Where this differs: one fake logit (DeepfakeBench's 2-class head loads as
 DeepfakeBench's (its unpadded stem included, so its weights reproduce; the
 stem does get the ImageNet weights when ``pretrained_file`` is given, where
 DeepfakeBench leaves it random); no rotation or colour jitter augmentation,
-and blur/JPEG come before resizing. For icpr2020dfdc's weights and protocol
-set ``padding=static_v0.6 stem_padding=same drop_rate=0.4`` and 224 px with
-ImageNet mean/std (see ``configs/detector/efficientnet_b4.yaml``).
+and blur/JPEG come before resizing. For icpr2020dfdc's weights set
+``padding=static_v0.6 stem_padding=same drop_rate=0.4`` (the network is an
+argument, not the file's to choose; a mismatch is logged).
+
+Test-time protocol: :meth:`EfficientNetB4Detector.load_weights` recognises the
+file and switches to its authors' test transform (:data:`PROTOCOLS`; a user's
+preprocessing still wins, with a warning): DeepfakeBench's ``cv2.resize`` to 256 x
+256 INTER_CUBIC, mean = std = 0.5; icpr2020dfdc's zero padding of a side under 224
+px (``PadIfNeeded``), ``cv2.resize`` to 224 x 224 INTER_LINEAR, ImageNet mean/std.
+Verified against the authors' code (``tests/official/make_efficientnet_b4.py``):
+DeepfakeBench's ``EfficientDetector`` and data pipeline (efficientnet-pytorch
+0.7.1) and icpr2020dfdc's ``EfficientNetB4`` and ``get_transformer('scale', 224)``
+(efficientnet-pytorch 0.6.3, albumentations 1.1.0) give the same logits to 5e-5.
 """
 
 from __future__ import annotations
@@ -70,6 +80,8 @@ from detectors.layers.efficientnet import (
 )
 from detectors.preprocessing import (
     DEEPFAKEBENCH_FACE_PREPROCESSING,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Preprocessing,
     merge_preprocessing,
 )
@@ -87,6 +99,26 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "blur_sigma": (0.8, 1.4),
     "jpeg_prob": 0.5,
     "jpeg_quality": (40, 100),
+}
+#: icpr2020dfdc's test transform (``isplutils/utils.py::get_transformer``, face policy
+#: ``scale``, 224 px): albumentations' ``PadIfNeeded(224, 224, BORDER_CONSTANT, 0)``
+#: and ``Resize(224, 224)`` (``cv2.resize`` INTER_LINEAR on the uint8 crop), ImageNet
+#: normalisation
+ICPR2020DFDC_PREPROCESSING: dict[str, Any] = dict(
+    size=224,
+    resize="square",
+    resize_to=224,  # explicit: use_protocol keeps a resize_to the defaults filled in
+    interpolation="bilinear",
+    resize_backend="cv2",
+    pad="to_size",
+    crop="none",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
+#: the official test-time preprocessing of each recognised weight format
+PROTOCOLS: dict[str, Mapping[str, Any]] = {
+    "DeepfakeBench EfficientDetector": DEEPFAKEBENCH_FACE_PREPROCESSING,
+    "icpr2020dfdc EfficientNetB4": ICPR2020DFDC_PREPROCESSING,
 }
 #: (prefix of the efficientnet_pytorch network, head prefix, origin) of community files
 LAYOUTS = (
@@ -183,15 +215,18 @@ class EfficientNetB4Detector(BackboneClassifier):
         state = fill_num_batches_tracked(state, self.state_dict())
         load_state_dict_strict(self, state, source)
         log.info("EfficientNet-B4: loaded %s (%s layout)", path, origin)
+        protocol = PROTOCOLS.get(origin)
+        if protocol:
+            self.use_protocol(origin, protocol, DEFAULT_PREPROCESSING)
         expected = {
-            "DeepfakeBench EfficientDetector": ("static", "valid", 256),
-            "icpr2020dfdc EfficientNetB4": ("static_v0.6", "same", 224),
+            "DeepfakeBench EfficientDetector": ("static", "valid"),
+            "icpr2020dfdc EfficientNetB4": ("static_v0.6", "same"),
         }.get(origin)
-        ours = (self.padding, self.stem_padding, self.preprocessing.size)
+        ours = (self.padding, self.stem_padding)
         if expected and expected != ours:
             log.warning(
-                "%s was trained with padding=%s stem_padding=%s at %d px; this detector has "
-                "padding=%s stem_padding=%s at %d px (see configs/detector/efficientnet_b4.yaml)",
+                "%s was trained with padding=%s stem_padding=%s; this detector has "
+                "padding=%s stem_padding=%s (see configs/detector/efficientnet_b4.yaml)",
                 origin,
                 *expected,
                 *ours,

@@ -71,6 +71,10 @@ class Preprocessing:
         array with ``cv2.resize`` and the flag of ``interpolation`` (DeepfakeBench,
         icpr2020dfdc, SBI), bit for bit what those references feed their networks.
     interpolation: ``nearest``, ``bilinear``, ``bicubic``, or ``area`` (cv2 only).
+    pad: ``"to_size"`` zero-pads a side shorter than ``size`` to ``size`` before
+        resizing, centred (the extra pixel right/bottom), on the uint8 picture: what
+        albumentations' ``PadIfNeeded(size, size, BORDER_CONSTANT, 0)`` does ahead of
+        icpr2020dfdc's ``Resize``; ``"none"`` (default) does not.
     crop: ``"center"`` or ``"none"`` at test time; training always crops at a
         random position when ``crop`` is not ``"none"``.
     size: the crop side (the detector's native input size). Images smaller than
@@ -85,6 +89,7 @@ class Preprocessing:
     resize_to: int | None = None
     interpolation: str = "bilinear"
     resize_backend: str = "pil"
+    pad: str = "none"
     crop: str = "center"
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
@@ -108,6 +113,8 @@ class Preprocessing:
             raise ValueError(
                 "preprocessing.interpolation=area needs preprocessing.resize_backend=cv2"
             )
+        if self.pad not in ("none", "to_size"):
+            raise ValueError(f"preprocessing.pad must be none or to_size, not {self.pad!r}")
         if self.crop not in ("none", "center"):
             raise ValueError(f"preprocessing.crop must be none or center, not {self.crop!r}")
         if self.interpolation not in _INTERPOLATION:
@@ -152,6 +159,15 @@ class Preprocessing:
             return round(width * scale), round(height * scale)
         return width, height
 
+    def pad_image(self, image: Image.Image) -> Image.Image:
+        """Zero-pad each side shorter than ``size`` to ``size``, centred (``pad="to_size"``)."""
+        width, height = image.size
+        if self.pad == "none" or (width >= self.size and height >= self.size):
+            return image
+        out = Image.new(image.mode, (max(width, self.size), max(height, self.size)))
+        out.paste(image, ((out.width - width) // 2, (out.height - height) // 2))
+        return out
+
     def resize_image(self, image: Image.Image) -> Image.Image:
         if self.resize == "none":
             return image
@@ -184,7 +200,7 @@ class Preprocessing:
         """PIL RGB image -> normalised float tensor of shape (3, H, W)."""
         if train:
             image = self.augment(image)
-        image = self.resize_image(image)
+        image = self.resize_image(self.pad_image(image))
         tensor = TF.to_tensor(image)
         tensor = self.crop_image(tensor, train)
         if train and self.hflip and random.random() < self.hflip:

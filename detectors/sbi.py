@@ -56,12 +56,16 @@ from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
-#: the official inference (``src/inference/preprocess.py``): the face crop resized to
-#: 380 x 380 (``cv2.resize``, bilinear), pixels / 255, no mean/std normalisation
+#: the official inference (``src/inference/preprocess.py::extract_face``): the face crop
+#: resized to 380 x 380 with ``cv2.resize(crop, dsize=(380, 380))`` (OpenCV's default
+#: ``INTER_LINEAR``, fixed-point on the uint8 array), pixels / 255, no mean/std
+#: normalisation; the test transform (:func:`detectors.layers.blending.image_tensor`)
+#: is that resize bit for bit, and ``size``, ``mean``, ``std`` are the fields it reads
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "size": 380,
     "resize": "square",
     "interpolation": "bilinear",
+    "resize_backend": "cv2",
     "crop": "none",
     "mean": (0.0, 0.0, 0.0),
     "std": (1.0, 1.0, 1.0),
@@ -168,7 +172,10 @@ class SBI(Detector):
       (16 reals + their 16 fakes); 100 epochs; ``LinearDecayLR`` from epoch 75;
       the latest of the top-5 validation-AUC checkpoints is evaluated;
     * inference (``src/inference``): RetinaFace crop with a 1/4 margin per side,
-      ``cv2.resize`` to 380, pixels / 255, ``softmax[:, 1]``.
+      ``cv2.resize`` to 380 (default ``INTER_LINEAR`` on the uint8 crop), pixels /
+      255, ``softmax[:, 1]``. Verified against the authors' code
+      (``tests/official/make_sbi.py``: ``Detector`` with efficientnet-pytorch 0.7.1,
+      ``extract_face``'s resize): the same logits to 5e-5 in float32.
 
     Here: one fake logit (``z1 - z0`` of the reference head: official ``.tar``
     weights load with their 2-class head converted exactly, see
@@ -338,9 +345,12 @@ class SBI(Detector):
         (sigmoid of it = the reference's ``softmax[:, 1]``). Loading is strict.
         """
         state = read_state_dict(path)
-        if not any(k.startswith(("backbone.", "fc.")) for k in state):
+        official = not any(k.startswith(("backbone.", "fc.")) for k in state)
+        if official:
             state = official_to_deepsift(state)
         load_state_dict_strict(self, state, f"weights file {path}")
+        if official:  # the default is the official protocol: this warns about departures
+            self.use_protocol("SBI", DEFAULT_PREPROCESSING, DEFAULT_PREPROCESSING)
 
 
 def build_backbone(name: str, pretrained_file: str | None, padding: str) -> tuple[nn.Module, int]:

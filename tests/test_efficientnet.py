@@ -277,6 +277,52 @@ def test_icpr2020_checkpoint_with_efficientnet_pytorch_06_padding(tmp_path: Path
     assert (logits - (other @ head_w.T + head_b)[:, 0]).abs().max() > 1e-2  # paddings differ
 
 
+def test_icpr2020_file_brings_its_test_transform_and_a_user_setting_wins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """icpr2020dfdc's ``get_transformer('scale', 224)``: zero padding to 224, cv2
+    bilinear 224 x 224, ImageNet mean/std, switched to by the file itself."""
+    state = {
+        f"efficientnet.{k}": v
+        for k, v in calibrated_state("0.6", stem_valid=False, seed=1).items()
+        if "_fc" not in k
+    }
+    state["classifier.weight"], state["classifier.bias"] = torch.zeros(1, 1792), torch.zeros(1)
+    torch.save(state, tmp_path / "EfficientNetB4_FFPP_bestval-0.pth")
+    with caplog.at_level("INFO"):
+        det = load_detector(
+            "efficientnet_b4",
+            weights=tmp_path / "EfficientNetB4_FFPP_bestval-0.pth",
+            padding="static_v0.6",
+            stem_padding="same",
+        )
+    p = det.preprocessing
+    assert (p.size, p.resize_to, p.pad, p.resize_backend, p.interpolation) == (
+        224,
+        224,
+        "to_size",
+        "cv2",
+        "bilinear",
+    )
+    assert (
+        tuple(p.mean) == (0.485, 0.456, 0.406) and det.config["preprocessing"]["pad"] == "to_size"
+    )
+    assert any(
+        "icpr2020dfdc" in r.message and "official test-time" in r.message for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        det = load_detector(
+            "efficientnet_b4",
+            weights=tmp_path / "EfficientNetB4_FFPP_bestval-0.pth",
+            padding="static_v0.6",
+            stem_padding="same",
+            preprocessing={"size": 380},
+        )
+    assert det.preprocessing.size == 380 and det.preprocessing.pad == "to_size"
+    assert any("departs from the protocol" in r.message for r in caplog.records)
+
+
 def test_imagenet_start_from_an_efficientnet_pytorch_file(
     detector: EfficientNetB4Detector, tmp_path: Path
 ) -> None:

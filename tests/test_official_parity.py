@@ -46,6 +46,9 @@ def test_official_weights_give_the_official_outputs(name: str, tmp_path: Path) -
     overrides = dict(reference.get("overrides", {}))
     assert "preprocessing" not in overrides, "the file's format must bring its protocol"
     path = write_official_file(reference, tmp_path / reference.get("filename", f"{name}.pth"))
+    for companion in reference.get("companions", []):  # a file the format needs beside it
+        companion_path = write_official_file(companion, tmp_path / companion["filename"])
+        overrides[companion["argument"]] = str(companion_path)
     detector = load_detector(reference["detector"], weights=str(path), **overrides)
     images = reference_images(reference.get("images_seed", 0))
     expected = np.array(reference["outputs"]["logits"], dtype=np.float64)

@@ -74,8 +74,8 @@ def test_area_needs_cv2() -> None:
     assert torch.equal(pre(Image.fromarray(array)), as_tensor(expected))
 
 
-def test_longest_side_then_zero_pad_is_albumentations_scale_policy() -> None:
-    """icpr2020dfdc's ``scale`` face policy: LongestMaxSize(224) then PadIfNeeded(224, 224,
+def test_longest_side_then_zero_pad_is_albumentations_tight_policy() -> None:
+    """icpr2020dfdc's ``tight`` face policy: LongestMaxSize(224) then PadIfNeeded(224, 224,
     BORDER_CONSTANT 0), written out with cv2 and numpy as albumentations does it."""
     array = photo_like(150, 205)
     pre = Preprocessing(
@@ -93,6 +93,25 @@ def test_longest_side_then_zero_pad_is_albumentations_scale_policy() -> None:
     top, left = (224 - h) // 2, (224 - w) // 2
     padded = np.zeros((224, 224, 3), np.uint8)
     padded[top : top + h, left : left + w] = resized
+    assert torch.equal(pre(Image.fromarray(array)), as_tensor(padded))
+
+
+@pytest.mark.parametrize(("width", "height"), [(208, 208), (150, 205), (300, 180), (342, 299)])
+def test_zero_pad_then_square_resize_is_albumentations_scale_policy(
+    width: int, height: int
+) -> None:
+    """icpr2020dfdc's ``scale`` face policy (its test-time default): PadIfNeeded(224,
+    224, BORDER_CONSTANT, 0) then Resize(224, 224) (cv2 INTER_LINEAR), written out with
+    numpy and cv2 as albumentations 0.4-1.x does it: each short side padded on its own,
+    the odd pixel bottom/right; no resize call when the padded picture is 224 x 224."""
+    array = photo_like(width, height)
+    pre = plain(size=224, resize="square", resize_backend="cv2", pad="to_size")
+    h, w = max(height, 224), max(width, 224)
+    top, left = (h - height) // 2, (w - width) // 2
+    padded = np.zeros((h, w, 3), np.uint8)
+    padded[top : top + height, left : left + width] = array
+    if (h, w) != (224, 224):
+        padded = cv2.resize(padded, (224, 224), interpolation=cv2.INTER_LINEAR)
     assert torch.equal(pre(Image.fromarray(array)), as_tensor(padded))
 
 

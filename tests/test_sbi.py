@@ -79,6 +79,24 @@ def test_forward_at_native_size_and_test_transform(sbi: SBI) -> None:
     assert logits.shape == (1,) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize(("width", "height"), [(300, 250), (208, 208), (640, 480), (380, 380)])
+def test_test_transform_is_the_reference_cv2_resize_bit_for_bit(
+    sbi: SBI, width: int, height: int
+) -> None:
+    """``src/inference/preprocess.py``: ``cv2.resize(crop, dsize=(380, 380))`` (default
+    INTER_LINEAR, OpenCV's fixed-point arithmetic on uint8), then ``/ 255``. Pillow's
+    bilinear (torchvision on a PIL image) is not it: a grey level off in many pixels."""
+    import cv2
+
+    array = np.random.default_rng(width).integers(0, 256, (height, width, 3), np.uint8)
+    x = sbi.transform({"image": Image.fromarray(array), "record": None}, train=False)["image"]
+    want = cv2.resize(array, dsize=(380, 380)).transpose(2, 0, 1)
+    assert torch.equal(x, torch.tensor(want).float() / 255)
+    if (width, height) != (380, 380):
+        pil = np.asarray(Image.fromarray(array).resize((380, 380), Image.Resampling.BILINEAR))
+        assert (pil != want.transpose(1, 2, 0)).mean() > 0.01
+
+
 def test_backward_reaches_every_parameter(sbi: SBI) -> None:
     batch = {
         "image": torch.rand(1, 3, 32, 32),

@@ -12,6 +12,7 @@ running means ``N(0, 0.01)``, running variances ``U(0.8, 1.2)``, counters 0.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -57,9 +58,24 @@ def _tensor(key: str, shape: list[int], dtype: str, seed: int) -> torch.Tensor:
     return value.to(kind)
 
 
-def seeded_state_dict(spec: list[list[Any]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``."""
-    return {k: _tensor(k, shape, dtype, seed) for k, shape, dtype in spec}
+def seeded_state_dict(
+    spec: list[list[Any]], seed: int = 0, scale: Mapping[str, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``.
+
+    ``scale`` (a reference's ``"scale"``): ``{regex: factor}``; a key that
+    ``re.search`` matches with a regex has its tensor multiplied by the factor (the
+    first regex that matches), for networks too deep to stay well-conditioned on the
+    defaults (e.g. EfficientNet's swish and squeeze-excitation shrink the input's
+    part of the features eightfold a block unless its batch norms' running
+    variances are smaller).
+    """
+    state = {k: _tensor(k, shape, dtype, seed) for k, shape, dtype in spec}
+    for key, value in state.items():
+        factor = next((f for rx, f in (scale or {}).items() if re.search(rx, key)), None)
+        if factor is not None:
+            state[key] = value * factor
+    return state
 
 
 def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
@@ -73,7 +89,7 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
     see :func:`pickled_module`; ``"zipfile": false`` writes torch's legacy format.
     """
     save = reference["save"]
-    state = seeded_state_dict(reference["keys"], reference.get("seed", 0))
+    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("scale"))
     prefix = save.get("prefix", "")
     state = {prefix + k: v for k, v in state.items()}
     if save["container"] == "pickled_module":
