@@ -107,7 +107,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 ICPR2020DFDC_PREPROCESSING: dict[str, Any] = dict(
     size=224,
     resize="square",
-    resize_to=224,  # explicit: use_protocol keeps a resize_to the defaults filled in
     interpolation="bilinear",
     resize_backend="cv2",
     pad="to_size",
