@@ -66,7 +66,9 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
 
     ``reference["save"]``: ``{"container": "state_dict"}`` (``torch.save(state_dict)``)
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
-    **extra})``); ``"prefix"`` (e.g. ``"module."``) is put before every key first.
+    **extra})``) or ``{"container": "torchscript"}`` (a TorchScript archive whose
+    ``state_dict()`` is these tensors, as OpenAI's CLIP ``ViT-L-14.pt``); ``"prefix"``
+    (e.g. ``"module."``) is put before every key first.
     """
     save = reference["save"]
     state = seeded_state_dict(reference["keys"], reference.get("seed", 0))
@@ -76,10 +78,51 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
         payload: Any = state
     elif save["container"] == "dict":
         payload = {save["key"]: state, **save.get("extra", {})}
+    elif save["container"] == "torchscript":
+        _save_torchscript(state, path)
+        return path
     else:
         raise ValueError(f"unknown container {save['container']!r}")
     torch.save(payload, path)
     return path
+
+
+def _save_torchscript(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A scripted module tree holding ``state`` under its dotted names (no methods)."""
+    import warnings
+
+    from torch import nn
+
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if name not in module._modules:
+                module.add_module(name, nn.Module())
+            module = module._modules[name]
+        if value.is_floating_point():
+            module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+        else:
+            module.register_buffer(leaf, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.script(root).save(str(path))
+
+
+def write_companions(reference: Mapping[str, Any], directory: Path) -> dict[str, str]:
+    """Write a reference's companion files; the ``load_detector`` overrides naming them.
+
+    Some formats are two files: UnivFD's and ClipBased's released head and the CLIP
+    weights the user passes as ``backbone_file``. ``reference["companions"]`` maps a
+    detector argument to a file spec (``filename``, ``keys``, ``seed``, ``save``, as a
+    reference's own), written with :func:`write_official_file` into ``directory``.
+    """
+    out: dict[str, str] = {}
+    for argument, spec in reference.get("companions", {}).items():
+        path = write_official_file(spec, Path(directory) / spec["filename"])
+        out[argument] = str(path)
+    return out
 
 
 def load_reference(name: str) -> dict[str, Any]:
