@@ -51,7 +51,7 @@ def test_official_weights_give_the_official_outputs(name: str, tmp_path: Path) -
     overrides = dict(reference.get("overrides", {}))
     assert "preprocessing" not in overrides, "the file's format must bring its protocol"
     path = write_official_file(reference, tmp_path / reference.get("filename", f"{name}.pth"))
-    overrides.update(write_companions(reference, tmp_path))  # e.g. the CLIP backbone_file
+    overrides = write_companions(reference, tmp_path, overrides)  # e.g. CLIP's backbone_file
     detector = load_detector(reference["detector"], weights=str(path), **overrides)
     images = reference_images(reference.get("images_seed", 0))
     expected = np.array(reference["outputs"]["logits"], dtype=np.float64)

@@ -11,6 +11,7 @@ running means ``N(0, 0.01)``, running variances ``U(0.8, 1.2)``, counters 0.
 
 from __future__ import annotations
 
+import copy
 import json
 import zlib
 from collections.abc import Mapping
@@ -68,10 +69,18 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
     **extra})``) or ``{"container": "torchscript"}`` (a TorchScript archive whose
     ``state_dict()`` is these tensors, as OpenAI's CLIP ``ViT-L-14.pt``); ``"prefix"``
-    (e.g. ``"module."``) is put before every key first.
+    (e.g. ``"module."``) is put before every key first. ``reference["scale"]``
+    (``{key: factor}``, optional) multiplies those tensors first: a linear head on
+    unit-norm features needs a realistic norm for its logits to tell inputs apart.
+    ``reference["values"]`` (``{key: value}``, optional, broadcast to the key's shape)
+    sets constants the official model holds as buffers (a blur kernel, a level of detail).
     """
     save = reference["save"]
     state = seeded_state_dict(reference["keys"], reference.get("seed", 0))
+    for key, factor in reference.get("scale", {}).items():  # e.g. a head of realistic norm
+        state[key] = state[key] * factor
+    for key, value in reference.get("values", {}).items():  # constants: buffers, counters
+        state[key] = torch.tensor(value, dtype=state[key].dtype).expand_as(state[key]).clone()
     prefix = save.get("prefix", "")
     state = {prefix + k: v for k, v in state.items()}
     if save["container"] == "state_dict":
@@ -110,18 +119,26 @@ def _save_torchscript(state: Mapping[str, torch.Tensor], path: Path) -> None:
         torch.jit.script(root).save(str(path))
 
 
-def write_companions(reference: Mapping[str, Any], directory: Path) -> dict[str, str]:
-    """Write a reference's companion files; the ``load_detector`` overrides naming them.
+def write_companions(
+    reference: Mapping[str, Any], directory: Path, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write a reference's companion files; ``overrides`` with arguments naming them.
 
     Some formats are two files: UnivFD's and ClipBased's released head and the CLIP
-    weights the user passes as ``backbone_file``. ``reference["companions"]`` maps a
-    detector argument to a file spec (``filename``, ``keys``, ``seed``, ``save``, as a
-    reference's own), written with :func:`write_official_file` into ``directory``.
+    weights the user passes as ``backbone_file``; LGrad's classifier and the StyleGAN
+    discriminator (``gradient_model.weights``). ``reference["companions"]`` maps a
+    detector argument (dotted for a field of a dict argument) to a file spec
+    (``filename``, ``keys``, ``seed``, ``save``, ``scale``, ``values``, as a reference's
+    own), written with :func:`write_official_file` into ``directory``.
     """
-    out: dict[str, str] = {}
+    out: dict[str, Any] = copy.deepcopy(dict(overrides or {}))
     for argument, spec in reference.get("companions", {}).items():
         path = write_official_file(spec, Path(directory) / spec["filename"])
-        out[argument] = str(path)
+        *parents, leaf = argument.split(".")
+        target = out
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = str(path)
     return out
 
 
