@@ -48,6 +48,20 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "std": CLIP_STD,
 }
 
+#: what ``main.py`` feeds the network for ``patch_size: Clip224``, the protocol of the
+#: released ``weights.pth`` files (verified against the authors' code in
+#: tests/official/clipbased_clipdet_latent10k_plus.json)
+OFFICIAL_TEST_PREPROCESSING: dict[str, Any] = {
+    "size": 224,
+    "resize": "shorter",
+    "resize_to": 224,
+    "interpolation": "bicubic",
+    "resize_backend": "pil",
+    "crop": "center",
+    "mean": CLIP_MEAN,
+    "std": CLIP_STD,
+}
+
 
 class ClipBased(ClipLinearProbe):
     """L2-normalised CLIP ViT-L/14 features before the projection (1024-d) + a linear classifier.
@@ -80,8 +94,12 @@ class ClipBased(ClipLinearProbe):
 
     :meth:`load_weights` loads the official ``weights.pth`` (``fc.weight``,
     ``fc.bias``; a ``{'model': ...}`` wrapper and ``module.`` prefixes are
-    handled) strictly; its CLIP encoder goes in ``backbone_file``
-    (``quick_gelu=false`` for the LAION/CommonPool weights).
+    handled) strictly, and keeps (or, where a user changed it, warns about)
+    ``main.py``'s ``Clip224`` input; its CLIP encoder goes in ``backbone_file``
+    (``quick_gelu=false`` for the LAION/CommonPool weights). With
+    ``open_clip_pytorch_model.bin`` as ``backbone_file`` the outputs match the
+    authors' ``main.py`` within 1e-7 in logit, float32
+    (``tests/official/clipbased_clipdet_latent10k_plus.json``, seeded weights).
 
     Args:
         classifier: ``"svm"`` (``LinearSVC``) or ``"logistic"``.
@@ -217,3 +235,6 @@ class ClipBased(ClipLinearProbe):
         load_state_dict_strict(self.fc, state, f"weights file {path}")
         self.fitted.fill_(True)
         log.info("ClipBased: loaded head %s", path)
+        self.use_protocol(
+            "ClipBased weights.pth", OFFICIAL_TEST_PREPROCESSING, DEFAULT_PREPROCESSING
+        )

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet50
 from torchvision.transforms import functional as TF
@@ -49,6 +51,19 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "hflip": 0.5,
 }
 
+#: ``gen_imggrad.py``'s input to the discriminator, the protocol of the official
+#: classifier files (with ``gradient_model.arch=stylegan``: verified against the
+#: authors' code in tests/official/lgrad_stylegan_bedrooms_resnet50.json)
+OFFICIAL_TEST_PREPROCESSING: dict[str, Any] = {
+    "resize": "square",
+    "resize_to": 256,
+    "interpolation": "bilinear",
+    "resize_backend": "pil",
+    "crop": "none",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+}
+
 
 class TinyDiscriminator(nn.Module):
     """A small fixed-seed convolutional critic: the offline stand-in for the paper's
@@ -70,13 +85,178 @@ class TinyDiscriminator(nn.Module):
         return self.score(self.features(x).mean(dim=(-2, -1)))
 
 
+class _Blur(torch.autograd.Function):
+    """Depthwise 3x3 blur whose backward is the flipped-kernel convolution, as genforce's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        return F.conv2d(x, kernel, padding=1, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (kernel,) = ctx.saved_tensors
+        return F.conv2d(dy, kernel.flip((2, 3)), padding=1, groups=dy.shape[1]), None
+
+
+class _BlurKernel(nn.Module):
+    """Holds the normalised ``[1, 2, 1]`` outer-product kernel, one per channel (key ``kernel``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.outer(k, k) / 16.0
+        self.register_buffer("kernel", k.expand(channels, 1, 3, 3).clone())
+
+
+def _minibatch_std_alone(x: torch.Tensor, epsilon: float = 1e-8) -> torch.Tensor:
+    """The minibatch-std channel with each image its own group (the reference's batch of one)."""
+    y = x.unsqueeze(0)
+    y = y - torch.mean(y, dim=0, keepdim=True)
+    y = torch.sqrt(torch.mean(y**2, dim=0) + epsilon)
+    y = torch.mean(y, dim=[1, 2, 3], keepdim=True)
+    return torch.cat([x, y.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+
+
+class StyleGANConv(nn.Module):
+    """StyleGAN's equalised-lr convolution block (genforce ``ConvBlock`` keys and order:
+    minibatch-std, blur, conv (strided with the 2x2-averaged kernel when fused), 2x2 average
+    pool when downsampling unfused, LeakyReLU 0.2)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        downsample: bool = False,
+        fused_scale: bool = False,
+        minibatch_std: bool = False,
+    ) -> None:
+        super().__init__()
+        self.minibatch_std = minibatch_std
+        in_channels += 1 if minibatch_std else 0
+        self.downsample, self.fused_scale, self.padding = downsample, fused_scale, padding
+        if downsample:
+            self.blur = _BlurKernel(in_channels)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.wscale = float(math.sqrt(2.0) / math.sqrt(kernel_size * kernel_size * in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.minibatch_std:
+            x = _minibatch_std_alone(x)
+        if self.downsample:
+            x = _Blur.apply(x, self.blur.kernel)
+        weight = self.weight * self.wscale
+        bias = self.bias * 1.0
+        if self.downsample and self.fused_scale:
+            weight = F.pad(weight, (1, 1, 1, 1, 0, 0, 0, 0), "constant", 0.0)
+            weight = (
+                weight[:, :, 1:, 1:]
+                + weight[:, :, :-1, 1:]
+                + weight[:, :, 1:, :-1]
+                + weight[:, :, :-1, :-1]
+            ) * 0.25
+            x = F.conv2d(x, weight, bias, stride=2, padding=1)
+        else:
+            x = F.conv2d(x, weight, bias, stride=1, padding=self.padding)
+            if self.downsample:
+                x = F.avg_pool2d(x, kernel_size=2, stride=2, padding=0)
+        return F.leaky_relu(x, 0.2)
+
+
+class StyleGANDense(nn.Module):
+    """StyleGAN's equalised-lr fully connected block (genforce ``DenseBlock``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        gain: float = math.sqrt(2.0),
+        linear: bool = False,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.wscale = float(gain / math.sqrt(in_channels))
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x.reshape(x.shape[0], -1), self.weight * self.wscale, self.bias * 1.0)
+        return x if self.linear else F.leaky_relu(x, 0.2)
+
+
+class StyleGANDiscriminator(nn.Module):
+    """StyleGAN (v1) discriminator with the state-dict layout of genforce's PyTorch port.
+
+    The paper's gradient model: ``karras2019stylegan-bedrooms-256x256_discriminator.pth``
+    (converted from NVIDIA's TensorFlow ``.pkl`` by genforce's converter), read by
+    ``img2gad_pytorch/gen_imggrad.py`` with ``build_model('stylegan', 'discriminator',
+    resolution=256, label_size=0, image_channels=3)``: ``input{i}`` FromRGB 1x1 convs,
+    ``layer{2i}``/``layer{2i+1}`` conv pairs down to 4 x 4 (fused strided conv from 128
+    px up, blur + conv + average pool below), minibatch-std, two dense layers, images in
+    [-1, 1], equalised learning rate (weights scaled by sqrt(2 / fan_in) at run time).
+    Only full resolution (``lod`` 0, as the released file) is supported. The reference
+    ran ``gen_imggrad.py`` with batch size 1, so the minibatch-std channel sees each image
+    alone (a constant sqrt(1e-8) channel with no gradient); here every image of a batch
+    is its own group, so batches give the reference's per-image gradients.
+    """
+
+    def __init__(self, resolution: int = 256, fmaps_base: int = 16 << 10, fmaps_max: int = 512):
+        super().__init__()
+        if resolution not in (8, 16, 32, 64, 128, 256, 512, 1024):
+            raise UserError(
+                f"StyleGAN discriminator resolution {resolution} is not a power of 2 in 8..1024"
+            )
+        self.resolution = resolution
+
+        def nf(res: int) -> int:
+            return min(fmaps_base // res, fmaps_max)
+
+        self.register_buffer("lod", torch.zeros(()))
+        final = int(math.log2(resolution))
+        self.blocks = final - 1
+        for block, res_log2 in enumerate(range(final, 1, -1)):
+            res = 2**res_log2
+            self.add_module(f"input{block}", StyleGANConv(3, nf(res), kernel_size=1, padding=0))
+            if res != 4:
+                self.add_module(f"layer{2 * block}", StyleGANConv(nf(res), nf(res)))
+                self.add_module(
+                    f"layer{2 * block + 1}",
+                    StyleGANConv(nf(res), nf(res // 2), downsample=True, fused_scale=res >= 128),
+                )
+            else:
+                self.add_module(f"layer{2 * block}", StyleGANConv(nf(4), nf(4), minibatch_std=True))
+                self.add_module(f"layer{2 * block + 1}", StyleGANDense(nf(4) * 16, nf(2)))
+        self.add_module(f"layer{2 * self.blocks}", StyleGANDense(nf(2), 1, gain=1.0, linear=True))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if float(self.lod) != 0.0:
+            raise UserError(
+                f"StyleGAN discriminator with lod {float(self.lod)}: only lod 0 is supported"
+            )
+        if image.shape[-2:] != (self.resolution, self.resolution):
+            raise UserError(
+                f"the StyleGAN discriminator takes {self.resolution} x {self.resolution} images, "
+                f"not {tuple(image.shape[-2:])}: keep preprocessing.resize_to={self.resolution}"
+            )
+        x = self.input0(image)
+        for block in range(self.blocks):
+            x = getattr(self, f"layer{2 * block}")(x)
+            x = getattr(self, f"layer{2 * block + 1}")(x)
+        return getattr(self, f"layer{2 * self.blocks}")(x)
+
+
 def build_gradient_model(
     arch: str = "tiny", weights: str | None = None, seed: int = 0, **kwargs: Any
 ) -> nn.Module:
     """The frozen model whose input gradients LGrad classifies.
 
     ``arch``: ``"tiny"`` (:class:`TinyDiscriminator`, built from ``seed``: the
-    offline default) or any torchvision classification model name
+    offline default), ``"stylegan"`` (:class:`StyleGANDiscriminator`, the paper's:
+    ``weights`` = ``karras2019stylegan-bedrooms-256x256_discriminator.pth``) or any
+    torchvision classification model name
     (``"resnet50"``, ...; built with ``weights=None``). ``weights``: a state
     dict file loaded strictly (e.g. a StyleGAN discriminator ported to a
     module of the same layout, or torchvision ImageNet weights). Any other
@@ -86,6 +266,8 @@ def build_gradient_model(
         torch.manual_seed(seed)
         if arch == "tiny":
             model: nn.Module = TinyDiscriminator(**kwargs)
+        elif arch == "stylegan":
+            model = StyleGANDiscriminator(**kwargs)
         else:
             import torchvision
 
@@ -130,7 +312,8 @@ class LGrad(Detector):
     CNNDetection's ``networks/resnet.py``: 23,510,081 parameters, the only
     trainable ones); :meth:`load_weights` loads an official LGrad classifier
     file (a plain ResNet-50 state dict, what ``eval_test8gan.py`` loads) into
-    it strictly, or a deepsift state dict of the whole detector.
+    it strictly (keeping, or warning about a change to, ``gen_imggrad.py``'s
+    input), or a deepsift state dict of the whole detector.
 
     Reference defaults (github.com/chuangchuangtan/LGrad):
 
@@ -148,14 +331,19 @@ class LGrad(Detector):
       ``no_crop``), ImageNet ``Normalize``.
 
     Where this differs: gradients are computed on the fly, not read back from
-    PNG files (``quantize=True`` reproduces their 8-bit rounding). The StyleGAN
-    discriminator weights cannot be fetched offline, so the gradient model is
-    pluggable (``gradient_model``: any frozen ``nn.Module`` returning scores,
-    or :func:`build_gradient_model`'s spec) and defaults to a fixed-seed
-    :class:`TinyDiscriminator`: the pipeline is the paper's, its features are
-    not until a real discriminator is plugged in. The reference
-    discriminator's minibatch-std layer ties images of a batch together; a
-    plugged model without one scores each image alone. The lr decay factor of
+    PNG files (``quantize=True`` reproduces their 8-bit rounding). The paper's
+    discriminator is :class:`StyleGANDiscriminator` (``gradient_model.arch=stylegan``,
+    ``gradient_model.weights=karras2019stylegan-bedrooms-256x256_discriminator.pth``,
+    the file ``img2gad_pytorch/README.md`` links); with it and an official
+    classifier file the outputs match the authors' ``gen_imggrad.py`` +
+    ``eval_test8gan.py`` within 1e-6 in logit, float32
+    (``tests/official/lgrad_stylegan_bedrooms_resnet50.json``, seeded weights). Its
+    weights cannot be fetched offline, so the default gradient model is a
+    fixed-seed :class:`TinyDiscriminator` (the pipeline is the paper's, its
+    features are not; loading an official classifier with it logs a warning);
+    any frozen ``nn.Module`` returning scores, or :func:`build_gradient_model`'s
+    spec, can be plugged in. The reference ran with batch size 1, so its
+    minibatch-std layer saw each image alone; here each image is its own group. The lr decay factor of
     the reference trainer (``networks/trainer.py``) was not available; the
     config uses x0.9 as in the same authors' NPR code (an assumption). The
     classifier starts from random weights (CNNDetection starts from ImageNet:
@@ -262,5 +450,15 @@ class LGrad(Detector):
         state = read_state_dict(path)
         if any(k.startswith("classifier.") for k in state):
             load_state_dict_strict(self, state, f"weights file {path}")
-        else:
-            load_state_dict_strict(self.classifier, state, f"weights file {path}")
+            return
+        load_state_dict_strict(self.classifier, state, f"weights file {path}")
+        log.info("LGrad: loaded classifier %s", path)
+        self.use_protocol("LGrad classifier", OFFICIAL_TEST_PREPROCESSING, DEFAULT_PREPROCESSING)
+        if not isinstance(self.gradient_model, StyleGANDiscriminator):
+            log.warning(
+                "LGrad: the official classifier was trained on StyleGAN-discriminator gradients "
+                "but the gradient model is %s; pass detector.gradient_model.arch=stylegan "
+                "detector.gradient_model.weights=/path/to/%s for the authors' outputs",
+                type(self.gradient_model).__name__,
+                "karras2019stylegan-bedrooms-256x256_discriminator.pth",
+            )

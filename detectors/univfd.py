@@ -53,6 +53,17 @@ DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = {
     "jpeg_prob": 0.5,
 }
 
+#: what ``validate.py`` feeds the network (``RealFakeDataset``), the protocol of
+#: ``fc_weights.pth``: verified against the authors' code in tests/official/univfd_fc_weights.json
+OFFICIAL_TEST_PREPROCESSING: dict[str, Any] = {
+    "size": 224,
+    "resize": "none",
+    "resize_backend": "pil",
+    "crop": "center",
+    "mean": CLIP_MEAN,
+    "std": CLIP_STD,
+}
+
 #: the official head file's keys and shapes (``model.fc.load_state_dict``)
 HEAD_KEYS = ("weight", "bias")
 
@@ -87,7 +98,11 @@ class UnivFD(ClipLinearProbe):
     reference's OpenCV-or-PIL JPEG choice becomes PIL only.
 
     :meth:`load_weights` loads the official ``fc_weights.pth`` strictly (keys
-    ``weight``, ``bias``), or a deepsift checkpoint/state dict of this detector.
+    ``weight``, ``bias``), or a deepsift checkpoint/state dict of this detector, and
+    keeps (or, where a user changed it, warns about) ``validate.py``'s test-time input.
+    With OpenAI's ``ViT-L-14.pt`` as ``backbone_file`` the outputs match the authors'
+    code (``models/clip_models.py``, ``models/clip/``, ``validate.py``) within 2e-6 in
+    logit, float32 (``tests/official/univfd_fc_weights.json``, seeded weights).
 
     Args:
         train_preprocessing: fields of ``preprocessing`` that differ in training.
@@ -156,3 +171,6 @@ class UnivFD(ClipLinearProbe):
             )
         load_state_dict_strict(self.fc, state, f"weights file {path}")
         log.info("UnivFD: loaded head %s", path)
+        self.use_protocol(
+            "UnivFD fc_weights.pth", OFFICIAL_TEST_PREPROCESSING, DEFAULT_PREPROCESSING
+        )

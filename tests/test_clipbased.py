@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def test_features_are_unit_norm_next_to_last() -> None:
     assert det.backbone.proj is None
     assert [n for n, _ in det.named_parameters()] == ["fc.weight", "fc.bias"]
     assert not any(p.requires_grad for p in det.parameters())
+
+
+def test_official_head_keeps_main_py_protocol_and_warns_on_an_override(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = tmp_path / "weights.pth"
+    state = {"module.fc.weight": torch.zeros(1, 64), "module.fc.bias": torch.zeros(1)}
+    torch.save({"model": state}, head)
+    with caplog.at_level(logging.INFO, logger="detectors.base"):
+        det = load_detector("clipbased", weights=head, random_init=True, **TINY)
+    assert det.preprocessing.resize == "shorter" and det.preprocessing.interpolation == "bicubic"
+    assert any("ClipBased weights.pth weights" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        det = load_detector(
+            "clipbased",
+            weights=head,
+            random_init=True,
+            preprocessing={"interpolation": "bilinear"},
+            **TINY,
+        )
+    assert det.preprocessing.interpolation == "bilinear"  # the user's choice wins
+    assert any("departs from the protocol" in r.getMessage() for r in caplog.records)

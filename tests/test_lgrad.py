@@ -3,6 +3,7 @@ an independent forward pass through PNG files, shapes, training."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torchvision.models import resnet50
 from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
-from detectors.lgrad import LGrad, build_gradient_model, gradient_image
+from detectors.lgrad import LGrad, StyleGANDiscriminator, build_gradient_model, gradient_image
 
 #: CNNDetection's networks/resnet.py ``resnet50(num_classes=1)``, what eval_test8gan.py loads
 REFERENCE_PARAMETERS = 23_510_081
@@ -251,3 +252,58 @@ def test_wrong_files_name_missing_and_unexpected_keys(detector: LGrad, tmp_path:
     message = str(info.value)
     assert "\n" not in message and "missing keys: layer4.2.bn1.bias" in message
     assert "unexpected keys: fc1.weight" in message
+
+
+def test_stylegan_discriminator_layout_and_per_image_gradients() -> None:
+    """genforce's StyleGANDiscriminator(256) keys; a batch gives each image's own gradient."""
+    torch.manual_seed(0)
+    model = StyleGANDiscriminator(256).eval()
+    state = model.state_dict()
+    assert state["lod"].shape == () and state["input0.weight"].shape == (64, 3, 1, 1)
+    assert state["layer12.weight"].shape == (512, 513, 3, 3)  # + the minibatch-std channel
+    assert state["layer13.weight"].shape == (512, 512 * 16) and state["layer14.weight"].shape == (
+        1,
+        512,
+    )
+    assert sorted(k for k in state if k.endswith("blur.kernel")) == [
+        f"layer{i}.blur.kernel" for i in (1, 11, 3, 5, 7, 9)
+    ]
+    torch.testing.assert_close(state["layer1.blur.kernel"][0, 0].sum(), torch.tensor(1.0))
+    assert count_parameters(model) == sum(
+        v.numel() for k, v in state.items() if k != "lod" and not k.endswith("kernel")
+    )
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    both = gradient_image(model, x, quantize=False)
+    alone = torch.cat([gradient_image(model, x[i : i + 1], quantize=False) for i in range(2)])
+    torch.testing.assert_close(both, alone, atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="256 x 256"):
+        model(torch.zeros(1, 3, 224, 224))
+    model.lod.fill_(0.5)
+    with pytest.raises(UserError, match="lod"):
+        model(x)
+
+
+def test_official_classifier_keeps_the_protocol_and_names_the_gradient_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "LGrad-4class.pth"
+    torch.save(official_classifier(), path)
+    with caplog.at_level(logging.INFO):
+        det = load_detector("lgrad", weights=path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("LGrad classifier weights" in m for m in messages)
+    assert any("gradient_model.arch=stylegan" in m for m in messages)  # tiny: a warning
+    assert det.preprocessing.resize_to == 256
+    torch.save(StyleGANDiscriminator(256).state_dict(), tmp_path / "d.pth")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        det = load_detector(
+            "lgrad",
+            weights=path,
+            gradient_model={"arch": "stylegan", "weights": str(tmp_path / "d.pth")},
+            preprocessing={"interpolation": "bicubic"},
+        )
+    assert isinstance(det.gradient_model, StyleGANDiscriminator)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("gradient_model.arch=stylegan" in m for m in messages)
+    assert any("departs from the protocol" in m for m in messages)

@@ -19,7 +19,12 @@ from PIL import Image
 
 from detectors import load_detector
 from tests.official.images import reference_images
-from tests.official.weights import load_reference, reference_names, write_official_file
+from tests.official.weights import (
+    load_reference,
+    reference_names,
+    write_companions,
+    write_official_file,
+)
 
 NAMES = reference_names()
 
@@ -46,9 +51,7 @@ def test_official_weights_give_the_official_outputs(name: str, tmp_path: Path) -
     overrides = dict(reference.get("overrides", {}))
     assert "preprocessing" not in overrides, "the file's format must bring its protocol"
     path = write_official_file(reference, tmp_path / reference.get("filename", f"{name}.pth"))
-    for companion in reference.get("companions", []):  # a file the format needs beside it
-        companion_path = write_official_file(companion, tmp_path / companion["filename"])
-        overrides[companion["argument"]] = str(companion_path)
+    overrides = write_companions(reference, tmp_path, overrides)  # e.g. CLIP's backbone_file
     detector = load_detector(reference["detector"], weights=str(path), **overrides)
     images = reference_images(reference.get("images_seed", 0))
     expected = np.array(reference["outputs"]["logits"], dtype=np.float64)

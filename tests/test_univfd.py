@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -178,3 +179,22 @@ def test_random_init_is_reproducible_so_checkpoints_rebuild() -> None:
     a, b = UnivFD(random_init=True, **TINY), UnivFD(random_init=True, **TINY)
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(a.features(x), b.features(x))
+
+
+def test_official_head_keeps_validate_protocol_and_warns_on_an_override(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = tmp_path / "fc_weights.pth"
+    torch.save({"weight": torch.zeros(1, TINY_EMBED), "bias": torch.zeros(1)}, head)
+    with caplog.at_level(logging.INFO, logger="detectors.base"):
+        det = load_detector("univfd", weights=head, random_init=True, **TINY)
+    assert det.preprocessing.resize == "none" and det.preprocessing.crop == "center"
+    assert any("UnivFD fc_weights.pth weights" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        det = load_detector(
+            "univfd", weights=head, random_init=True, preprocessing={"resize": "shorter"}, **TINY
+        )
+    assert det.preprocessing.resize == "shorter"  # the user's choice wins
+    assert any("departs from the protocol" in r.getMessage() for r in caplog.records)

@@ -73,18 +73,17 @@ def main() -> None:
         # the official init is randn (std 1); the seeded N(0, 1/320) leaves every class
         # capsule near zero and every logit at 4e-5; smaller running variances give the
         # primary capsules' batch norms a gain near 1
-        "scale": {r"^routing_stats\.route_weights$": 320**0.5, r"running_var$": 0.3},
-        "companions": [
-            {
-                "argument": "pretrained_file",
+        "scale_matching": {r"^routing_stats\.route_weights$": 320**0.5, r"running_var$": 0.3},
+        "companions": {
+            "pretrained_file": {
                 "filename": "vgg19-dcbb9e9d.pth",
                 "save": {"container": "state_dict"},
                 "seed": VGG_SEED,
                 # He's gain for ReLU: without it VGG's 8 convolutions shrink the input tenfold
-                "scale": {r"weight$": 2**0.5},
+                "scale_matching": {r"weight$": 2**0.5},
                 "keys": vgg_keys,
             }
-        ],
+        },
         "seed": SEED,
         "images_seed": 0,
         "image_sizes": [list(s) for s in SIZES],
@@ -95,8 +94,8 @@ def main() -> None:
         "tolerance": {"logit": 3e-5, "prob": 1e-5},
         "keys": key_spec(capnet.state_dict()),
     }
-    companion = reference["companions"][0]
-    vgg_state = seeded_state_dict(vgg_keys, VGG_SEED, companion["scale"])
+    companion = reference["companions"]["pretrained_file"]
+    vgg_state = seeded_state_dict(vgg_keys, VGG_SEED, companion["scale_matching"])
     vgg_ext.vgg_1.load_state_dict({k.removeprefix("features."): v for k, v in vgg_state.items()})
     with tempfile.TemporaryDirectory() as tmp:  # saved and reloaded as the official code does
         path = write_official_file(reference, Path(tmp) / reference["filename"])

@@ -151,7 +151,7 @@ def deepfakebench(repo: Path) -> tuple[dict, torch.nn.Module, list[torch.Tensor]
         "INTER_CUBIC on the uint8 array; T.ToTensor, T.Normalize(mean=std=0.5)",
         "save": {"container": "state_dict"},
         "filename": "effnb4_best.pth",
-        "scale": {**EFFICIENTNET_SCALE, r"^backbone\.last_layer\.weight$": 0.25},
+        "scale_matching": {**EFFICIENTNET_SCALE, r"^backbone\.last_layer\.weight$": 0.25},
     }
 
     def run(x: torch.Tensor) -> tuple[float, float]:
@@ -195,7 +195,7 @@ def icpr(repo: Path):
         "224) (cv2.resize INTER_LINEAR on the uint8 array), A.Normalize(ImageNet), ToTensorV2",
         "save": {"container": "state_dict"},
         "filename": "EfficientNetB4_DFDC_bestval-0000.pth",
-        "scale": {**EFFICIENTNET_SCALE, r"^classifier\.weight$": 10.0},
+        "scale_matching": {**EFFICIENTNET_SCALE, r"^classifier\.weight$": 10.0},
     }
 
     def run(x: torch.Tensor) -> tuple[float, float]:

@@ -11,6 +11,7 @@ running means ``N(0, 0.01)``, running variances ``U(0.8, 1.2)``, counters 0.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import warnings
@@ -63,7 +64,7 @@ def seeded_state_dict(
 ) -> dict[str, torch.Tensor]:
     """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``.
 
-    ``scale`` (a reference's ``"scale"``): ``{regex: factor}``; a key that
+    ``scale`` (a reference's ``"scale_matching"``): ``{regex: factor}``; a key that
     ``re.search`` matches with a regex has its tensor multiplied by the factor (the
     first regex that matches), for networks too deep to stay well-conditioned on the
     defaults (e.g. EfficientNet's swish and squeeze-excitation shrink the input's
@@ -83,13 +84,27 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
 
     ``reference["save"]``: ``{"container": "state_dict"}`` (``torch.save(state_dict)``)
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
-    **extra})``); ``"prefix"`` (e.g. ``"module."``) is put before every key first.
-    ``{"container": "pickled_module", "modules": [[path, "module.Class"], ...]}`` is a
-    whole pickled model (``torch.save(model)``, FaceForensics++'s ``full_c23.p``):
-    see :func:`pickled_module`; ``"zipfile": false`` writes torch's legacy format.
+    **extra})``) or ``{"container": "torchscript"}`` (a TorchScript archive whose
+    ``state_dict()`` is these tensors, as OpenAI's CLIP ``ViT-L-14.pt``); ``"prefix"``
+    (e.g. ``"module."``) is put before every key first. ``reference["scale"]``
+    (``{key: factor}``, optional) multiplies those tensors first: a linear head on
+    unit-norm features needs a realistic norm for its logits to tell inputs apart.
+    ``reference["values"]`` (``{key: value}``, optional, broadcast to the key's shape)
+    sets constants the official model holds as buffers (a blur kernel, a level of detail).
+    ``reference["scale_matching"]`` (``{regex: factor}``, see :func:`seeded_state_dict`)
+    scales every key a pattern matches. ``{"container": "pickled_module", "modules":
+    [[path, "module.Class"], ...]}`` is a whole pickled model (``torch.save(model)``,
+    FaceForensics++'s ``full_c23.p``): see :func:`pickled_module`; ``"zipfile": false``
+    writes torch's legacy format.
     """
     save = reference["save"]
-    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("scale"))
+    state = seeded_state_dict(
+        reference["keys"], reference.get("seed", 0), reference.get("scale_matching")
+    )
+    for key, factor in reference.get("scale", {}).items():  # e.g. a head of realistic norm
+        state[key] = state[key] * factor
+    for key, value in reference.get("values", {}).items():  # constants: buffers, counters
+        state[key] = torch.tensor(value, dtype=state[key].dtype).expand_as(state[key]).clone()
     prefix = save.get("prefix", "")
     state = {prefix + k: v for k, v in state.items()}
     if save["container"] == "pickled_module":
@@ -98,6 +113,9 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
         payload: Any = state
     elif save["container"] == "dict":
         payload = {save["key"]: state, **save.get("extra", {})}
+    elif save["container"] == "torchscript":
+        _save_torchscript(state, path)
+        return path
     else:
         raise ValueError(f"unknown container {save['container']!r}")
     torch.save(payload, path)
@@ -183,6 +201,52 @@ def save_pickled_module(
             else:
                 sys.modules[name] = module
     return path
+
+
+def _save_torchscript(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A scripted module tree holding ``state`` under its dotted names (no methods)."""
+    import warnings
+
+    from torch import nn
+
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if name not in module._modules:
+                module.add_module(name, nn.Module())
+            module = module._modules[name]
+        if value.is_floating_point():
+            module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+        else:
+            module.register_buffer(leaf, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.script(root).save(str(path))
+
+
+def write_companions(
+    reference: Mapping[str, Any], directory: Path, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write a reference's companion files; ``overrides`` with arguments naming them.
+
+    Some formats are two files: UnivFD's and ClipBased's released head and the CLIP
+    weights the user passes as ``backbone_file``; LGrad's classifier and the StyleGAN
+    discriminator (``gradient_model.weights``). ``reference["companions"]`` maps a
+    detector argument (dotted for a field of a dict argument) to a file spec
+    (``filename``, ``keys``, ``seed``, ``save``, ``scale``, ``values``, as a reference's
+    own), written with :func:`write_official_file` into ``directory``.
+    """
+    out: dict[str, Any] = copy.deepcopy(dict(overrides or {}))
+    for argument, spec in reference.get("companions", {}).items():
+        path = write_official_file(spec, Path(directory) / spec["filename"])
+        *parents, leaf = argument.split(".")
+        target = out
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = str(path)
+    return out
 
 
 def load_reference(name: str) -> dict[str, Any]:
