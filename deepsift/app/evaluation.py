@@ -74,7 +74,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics, result = evaluate_split(detector, records, cfg, ctx, split)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         results[split] = metrics
-    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger))
+    if cfg.get("reproduce"):  # experiment=reproduce/<id>: a published table's test sets
+        from deepsift.app.reproduce import reproduce_sets, write_report
+
+        sets, missing = reproduce_sets(cfg)
+        results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, sets=sets))
+        if dist.is_main():
+            write_report(cfg, ctx.run_dir, results, missing, info)
+    else:
+        results.update(evaluate_data_sets(detector, cfg, ctx, info, logger))
     if dist.is_main() and len(results) > 1:
         print(f"\nSummary:\n{summary_table(results)}", flush=True)
     logger.finish()

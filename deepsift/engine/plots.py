@@ -285,3 +285,9 @@ def bar_chart(
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+#: The same Agg figure and PNG writer, for figures drawn elsewhere in deepsift.engine
+#: (e.g. reproduction.png).
+new_figure = _new_figure
+save_figure = _save
