@@ -169,7 +169,8 @@ def test_cnndetection_no_crop_table(tmp_path: Path) -> None:
         payload["paper"] == published["paper"] and payload["checkpoint"] == "blur_jpg_prob0.5.pth"
     )
     assert payload["source"] == published["source"] and payload["weights"] == str(weights)
-    assert payload["detector"] == "cnnspot" and payload["tolerance"]["acc"] == 0.5
+    assert payload["detector"] == payload["evaluated_detector"] == "cnnspot"
+    assert payload["tolerance"]["acc"] == 0.5
     rows = payload["rows"]
     # all 13 generators x (acc, ap), in the published order
     expected = [(g, m) for g, v in published["results"].items() for m in v]
@@ -226,6 +227,7 @@ def test_deepfakebench_xception_table_with_missing_roots(tmp_path: Path) -> None
     rows = {r["test_set"]: r for r in payload["rows"]}
     assert list(rows) == list(published["results"])
     assert len(csv_rows) == 6 and payload["tolerance"]["auc"] == 0.6
+    assert payload["detector"] == payload["evaluated_detector"] == "xception"
     ffpp = rows["ffpp_c23"]
     assert ffpp["published"] == 0.9637 and ffpp["metric"] == "auc"
     check_compared_row(ffpp, run_dir, 1.0, 0.6)

@@ -28,7 +28,12 @@ from deepsift.app.pipeline import eval_data_sets, split_records
 from deepsift.core import distributed as dist
 from deepsift.core.configs import CONFIG_DIR, config_names
 from deepsift.core.errors import UserError
-from deepsift.engine.reproduction import compare, summarise, write_reproduction
+from deepsift.engine.reproduction import (
+    DEFAULT_TOLERANCE,
+    compare,
+    summarise,
+    write_reproduction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +104,20 @@ def write_report(
     spec = cfg.reproduce
     published = load_published(str(spec.published), str(spec.table))
     published["weights"] = info.get("weights") or info.get("checkpoint")
-    published["detector"] = info.get("detector")
+    published["evaluated_detector"] = info.get("detector")
+    if published.get("detector") and info.get("detector") != published["detector"]:
+        log.warning(
+            "reproduce: the published table is of detector %s, this run evaluates %s",
+            published["detector"],
+            info.get("detector"),
+        )
     by_label = {key.split("/", 1)[0]: metrics for key, metrics in results.items() if "/" in key}
     missing = {**{str(k): str(v) for k, v in (spec.get("unavailable") or {}).items()}, **missing}
     tolerance = (
         OmegaConf.to_container(spec.tolerance, resolve=True) if spec.get("tolerance") else None
     )
     rows = compare(published, by_label, missing, tolerance)
-    published["tolerance"] = tolerance
+    published["tolerance"] = {**DEFAULT_TOLERANCE, **(tolerance or {})}
     written = write_reproduction(run_dir, published, rows, plots=bool(cfg.metrics.plots))
     s = summarise(rows)
     print(f"\nReproduction ({written['md']}):\n{written['md'].read_text()}", flush=True)
