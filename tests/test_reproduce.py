@@ -243,3 +243,38 @@ def test_deepfakebench_xception_table_with_missing_roots(tmp_path: Path) -> None
         assert row["published"] == published["results"][name]["auc"]
     assert payload["summary"]["missing"] == 5 and payload["summary"]["compared"] == 1
     assert "| ffpp_c23 | auc |" in text and "0.9637" in text
+
+
+def test_sbi_video_table_with_unavailable_and_wrong_compression(tmp_path: Path) -> None:
+    from tests.test_datasets_face import add_crops, make_celebdf_tree, make_dfd_tree
+
+    root, tests = make_celebdf_tree(tmp_path / "cdf")
+    add_crops(root, list(tests), frames=2)
+    dfd = make_dfd_tree(tmp_path / "ffpp")  # c23 only: the protocol reads raw
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "evaluate.py",
+        [
+            "experiment=reproduce/sbi_ffraw",
+            f"data.root={root}",
+            f"eval_data.dfd.root={dfd}",
+            "detector.preprocessing.size=64",
+            *CPU,
+            f"hydra.run.dir={run_dir}",
+        ],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload, csv_rows, text = read_outputs(run_dir)
+    published = load_published("sbi", "ff_raw")
+    rows = {r["test_set"]: r for r in payload["rows"]}
+    assert list(rows) == list(published["results"]) and len(csv_rows) == 5
+    cdf = rows["celebdf_v2"]
+    assert cdf["level"] == "video" and cdf["published"] == 93.82
+    # video AUC on the published percent scale; n counts the 4 test videos, not their frames
+    check_compared_row(cdf, run_dir, 100.0, 0.005)
+    assert cdf["n"] == 4 and cdf["tolerance"] == pytest.approx(0.5)
+    assert rows["ffiw"]["reason"] == "deepsift has no FFIW (FFIW10K) loader"
+    assert "raw" in rows["dfd"]["reason"] and rows["dfd"]["status"] == "missing"
+    assert payload["summary"]["missing"] == 4 and payload["summary"]["compared"] == 1
+    assert "level: video" in text and "- weights: none (untrained)" in text

@@ -181,8 +181,11 @@ def markdown(published: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) ->
     ]
     if published.get("protocol"):
         lines.append(f"- protocol: {published['protocol']}")
-    if published.get("weights"):
-        lines.append(f"- weights evaluated: `{published['weights']}`")
+    if "weights" in published:
+        weights = published["weights"]
+        lines.append(
+            f"- weights evaluated: `{weights}`" if weights else "- weights: none (untrained)"
+        )
     lines += [f"- values in {unit}; level: {published.get('level', 'frame')}", ""]
     lines.append("| test set | metric | ours | published | delta | tolerance | within | n |")
     lines.append("| --- | --- | ---: | ---: | ---: | ---: | :---: | ---: |")
