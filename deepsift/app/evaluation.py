@@ -86,7 +86,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if sweeper is not None:
             sweeper.sweep(detector, records, ctx, name, metrics, set_info)
 
-    results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, after=sweep_set))
+    if cfg.get("reproduce"):  # experiment=reproduce/<id>: a published table's test sets
+        from deepsift.app.reproduce import reproduce_sets, write_report
+
+        sets, missing = reproduce_sets(cfg)
+        results.update(
+            evaluate_data_sets(detector, cfg, ctx, info, logger, sets=sets, after=sweep_set)
+        )
+        if dist.is_main():
+            write_report(cfg, ctx.run_dir, results, missing, info)
+    else:
+        results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, after=sweep_set))
     if sweeper is not None:
         sweeper.finish(ctx)
     if dist.is_main() and len(results) > 1:

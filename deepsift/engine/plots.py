@@ -325,3 +325,9 @@ def plot_robustness(
     ax.legend(loc="best", fontsize="small")
     ax.set_title(title or f"{metric} under perturbation")
     return _save(fig, path)
+
+
+#: The same Agg figure and PNG writer, for figures drawn elsewhere in deepsift.engine
+#: (e.g. reproduction.png).
+new_figure = _new_figure
+save_figure = _save
