@@ -6,12 +6,17 @@ on any machine (one ``torch.Generator`` per key, seeded by the seed and the key'
 CRC-32), scaled so that random networks stay well-conditioned: weights
 ``N(0, 1/fan_in)``, biases ``N(0, 0.01)``, batch-norm scales ``U(0.8, 1.2)``,
 running means ``N(0, 0.01)``, running variances ``U(0.8, 1.2)``, counters 0.
-:func:`write_official_file` then saves them in the official container.
+A reference may add ``"gains": {regex: factor}``: the tensors whose key matches a
+pattern in full are multiplied by its factor, for networks whose random weights would
+otherwise make the output (nearly) independent of the picture (FreqNet's raw biases
+drown its frequency convolutions). :func:`write_official_file` then saves them in the
+official container.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,9 +61,19 @@ def _tensor(key: str, shape: list[int], dtype: str, seed: int) -> torch.Tensor:
     return value.to(kind)
 
 
-def seeded_state_dict(spec: list[list[Any]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``."""
-    return {k: _tensor(k, shape, dtype, seed) for k, shape, dtype in spec}
+def seeded_state_dict(
+    spec: list[list[Any]], seed: int = 0, gains: Mapping[str, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``, each floating-point
+    one whose key matches a pattern of ``gains`` in full multiplied by its factor."""
+    state = {k: _tensor(k, shape, dtype, seed) for k, shape, dtype in spec}
+    for pattern, factor in (gains or {}).items():
+        keys = [k for k, v in state.items() if re.fullmatch(pattern, k) and v.is_floating_point()]
+        if not keys:
+            raise ValueError(f"gain pattern {pattern!r} matches no key")
+        for key in keys:
+            state[key] = state[key] * factor
+    return state
 
 
 def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
@@ -69,7 +84,7 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
     **extra})``); ``"prefix"`` (e.g. ``"module."``) is put before every key first.
     """
     save = reference["save"]
-    state = seeded_state_dict(reference["keys"], reference.get("seed", 0))
+    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("gains"))
     prefix = save.get("prefix", "")
     state = {prefix + k: v for k, v in state.items()}
     if save["container"] == "state_dict":
