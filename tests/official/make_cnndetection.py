@@ -45,6 +45,12 @@ their forward pass and ``.sigmoid()`` (``validate.py``), and writes
   without CUDA this script makes ``Tensor.cuda`` return the tensor unchanged while
   the model is built (the kernels are replaced by the seeded ones anyway).
 
+Each reference also records ``alternatives``: the outputs of the same code under the
+other test-time flags its README documents (CNNDetection ``--no_crop``; NPR and FreqNet
+the GANGen-Detection ``no_resize``), with the deepsift preprocessing fields that
+express them; ``tests/test_cnnspot.py``, ``test_npr.py`` and ``test_freqnet.py``
+compare those.
+
 The forward passes run on the CPU in float32 (``--dtype float64`` casts the model and
 the input tensor after their transform, for formats whose random network is
 ill-conditioned).
@@ -137,6 +143,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "no_resize": True,
         "no_crop": False,
         "classes": [""],
+        "alternatives": {
+            "no_crop": {
+                "preprocessing": (
+                    "eval.py --no_crop (README, 6/13/2020 update, recommended): the whole "
+                    "image, no resize, ToTensor, Normalize(ImageNet mean/std)"
+                ),
+                "flags": {"no_resize": True, "no_crop": True},
+                "deepsift": {"crop": "none"},
+            }
+        },
     },
     "npr": {
         "files": [
@@ -158,6 +174,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "no_resize": False,
         "no_crop": True,
         "classes": "",
+        "alternatives": {
+            "no_resize": {
+                "preprocessing": (
+                    "test.py, GANGen-Detection flags (no_resize=True, no_crop=True): the "
+                    "whole image, ToTensor, Normalize(ImageNet mean/std); null where the "
+                    "authors' forward pass fails (odd sizes)"
+                ),
+                "flags": {"no_resize": True, "no_crop": True},
+                "deepsift": {"resize": "none"},
+            }
+        },
     },
     "freqnet": {
         "files": [
@@ -179,6 +206,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "no_resize": False,
         "no_crop": True,
         "classes": "",
+        "alternatives": {
+            "no_resize": {
+                "preprocessing": (
+                    "test.py, GANGen-Detection flags (no_resize=True, no_crop=True): the "
+                    "whole image, ToTensor, Normalize(ImageNet mean/std); null where the "
+                    "authors' forward pass fails (odd sizes)"
+                ),
+                "flags": {"no_resize": True, "no_crop": True},
+                "deepsift": {"resize": "none"},
+            }
+        },
     },
 }
 
@@ -216,7 +254,7 @@ def _official_load(family: str, model: torch.nn.Module, path: Path) -> None:
         model.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
 
 
-def _official_tensors(family: str, root: Path) -> list[torch.Tensor]:
+def _official_tensors(family: str, root: Path, flags: dict[str, bool]) -> list[torch.Tensor]:
     """The reference pictures through the authors' options, dataset and loader."""
     for i, array in enumerate(reference_images()):
         for folder in ("0_real", "1_fake"):  # ImageFolder wants both classes
@@ -233,8 +271,8 @@ def _official_tensors(family: str, root: Path) -> list[torch.Tensor]:
     spec = FAMILIES[family]
     opt.dataroot = str(root)
     opt.classes = spec["classes"]
-    opt.no_resize = spec["no_resize"]
-    opt.no_crop = spec["no_crop"]
+    opt.no_resize = flags["no_resize"]
+    opt.no_crop = flags["no_crop"]
     opt.batch_size = 1  # one size per batch, as --no_crop needs; the outputs do not depend on it
     tensors = [img for img, label in create_dataloader(opt) if int(label) == 0]
     assert len(tensors) == len(SIZES), len(tensors)
@@ -272,17 +310,44 @@ def make(name: str, repo: Path, dtype: str) -> dict[str, Any]:
         model = _official_model(family)
         _official_load(family, model, path)
         model.eval()
-        tensors = _official_tensors(family, Path(tmp) / "images")
-    cast = torch.float64 if dtype == "float64" else torch.float32
-    model = model.to(cast)
-    logits, probs = [], []
+        cast = torch.float64 if dtype == "float64" else torch.float32
+        model = model.to(cast)
+        flags = {"no_resize": spec["no_resize"], "no_crop": spec["no_crop"]}
+        tensors = _official_tensors(family, Path(tmp) / "images", flags)
+        reference["outputs"] = _official_outputs(model, tensors, cast)
+        # other test-time protocols of the same code; tests/test_<detector>.py checks
+        # them with the ``deepsift`` preprocessing fields named here
+        alternatives = {}
+        for alt, protocol in spec.get("alternatives", {}).items():
+            tensors = _official_tensors(family, Path(tmp) / alt, protocol["flags"])
+            alternatives[alt] = {
+                "preprocessing": protocol["preprocessing"],
+                "deepsift": protocol["deepsift"],
+                **_official_outputs(model, tensors, cast),
+            }
+    if alternatives:
+        reference["alternatives"] = alternatives
+    return reference
+
+
+def _official_outputs(
+    model: torch.nn.Module, tensors: list[torch.Tensor], cast: torch.dtype
+) -> dict[str, list[float | None]]:
+    """validate.py: ``model(in_tens).sigmoid().flatten()``; None where the forward fails."""
+    logits: list[float | None] = []
+    probs: list[float | None] = []
     with torch.no_grad():
         for tensor in tensors:
-            out = model(tensor.to(cast))  # validate.py: model(in_tens).sigmoid().flatten()
+            try:
+                out = model(tensor.to(cast))
+            except RuntimeError as error:  # NPR on odd sizes: a shape mismatch
+                print(f"official forward failed on {tuple(tensor.shape)}: {error}")
+                logits.append(None)
+                probs.append(None)
+                continue
             logits.append(float(out.flatten()[0]))
             probs.append(float(out.sigmoid().flatten()[0]))
-    reference["outputs"] = {"logits": logits, "probs": probs}
-    return reference
+    return {"logits": logits, "probs": probs}
 
 
 def main() -> None:
