@@ -38,7 +38,8 @@ their forward pass and ``.sigmoid()`` (``validate.py``), and writes
   github.com/chuangchuangtan/FreqNet-DeepfakeDetection (the stored copy of that
   repository holds only its first commit; the authors' commits were read from the
   fork github.com/TheAvailer/FreqNet-DeepfakeDetection, whose history contains
-  them unchanged): ``networks/freqnet.py``, ``test.py`` (as NPR's:
+  them unchanged; github.com/Njoom/FreqNet-DeepfakeDetection holds the same commit
+  hash as its last one by the authors): ``networks/freqnet.py``, ``test.py`` (as NPR's:
   ``load_state_dict(torch.load(path), strict=True)``, ForenSynths flags),
   ``data/*`` (as NPR's), ``networks/base_model.py`` (a plain state dict). Their
   ``FreqNet.__init__`` creates its raw kernels with ``.cuda()``; on a machine
