@@ -134,8 +134,14 @@ class CNNSpot(Detector):
     * no reduce-on-plateau schedule: deepsift steps schedulers once per epoch
       without a metric; training ends by the trainer's early stopping instead;
     * JPEG is always PIL (the reference alternates OpenCV and PIL);
-    * test-time: the centre crop (batchable); set ``preprocessing.crop=none``
-      for the uncropped protocol (then score one image size per batch);
+    * test-time: the paper's protocol, ``eval.py``'s default (no resize, the
+      224 px centre crop, batchable); set ``preprocessing.crop=none`` for the
+      uncropped protocol (``--no_crop``; then score one image size per batch).
+      Checked against the authors' own ``resnet50``, ``eval.py`` loading and
+      ``data`` loader on both official file names: ``tests/official/
+      cnndetection_blur_jpg_prob0.5.json`` and ``..._prob0.1.json`` (made by
+      ``tests/official/make_cnndetection.py``); the uncropped protocol is the same
+      code path without the crop and has no reference of its own;
     * images are read by :func:`deepsift.core.images.load_rgb`, which composites
       transparent images on white (the reference's ``convert('RGB')`` drops alpha).
 

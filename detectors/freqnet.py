@@ -54,13 +54,14 @@ SCALE = 4
 
 
 def _full_precision(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Run a spectral step in float32 with autocast off: the reference runs in float32, and
-    half-precision FFTs (cuFFT) only take power-of-two sizes."""
+    """Run a spectral step in float32 (float64 stays float64) with autocast off: the
+    reference runs in float32, and half-precision FFTs (cuFFT) only take power-of-two
+    sizes."""
 
     @functools.wraps(fn)
     def wrapper(x: torch.Tensor, *args: Any) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return fn(x.float(), *args)
+            return fn(x if x.dtype == torch.float64 else x.float(), *args)
 
     return wrapper
 
@@ -146,8 +147,12 @@ class FreqNet(Detector):
     (``.cuda()``) and applies ReLU in place on the real view of a complex
     tensor; here they live on the module's device and every step is out of
     place (the same numbers); the spectral steps run in float32 even under
-    mixed precision (half-precision FFTs take only power-of-two sizes). Images are read by :func:`deepsift.core.images.load_rgb`
-    (transparency composited on white). The schedule in
+    mixed precision (half-precision FFTs take only power-of-two sizes). Images are
+    read by :func:`deepsift.core.images.load_rgb` (transparency composited on white).
+    The default test-time input is the reference's ForenSynths protocol, checked
+    against the authors' ``freqnet``, ``test.py`` loading and ``data`` loader on a
+    plain state dict (``tests/official/freqnet.json``, made by
+    ``tests/official/make_cnndetection.py``). The schedule in
     ``configs/detector/freqnet.yaml`` reproduces the reference's decay for its
     85 epochs; batch size and epochs are the trainer's
     (``trainer.batch_size=32 trainer.max_epochs=85``).

@@ -113,6 +113,10 @@ class NPR(Detector):
     residual (the reference's commented-out code does the same; its active code
     raises a shape error on them, which its 256 x 256 resize avoids); images are
     read by :func:`deepsift.core.images.load_rgb` (transparency composited on white).
+    The default test-time input is the reference's ForenSynths protocol, checked
+    against the authors' ``resnet50``, ``test.py`` loading and ``data`` loader on an
+    ``NPR.pth`` file (``tests/official/npr.json``, made by
+    ``tests/official/make_cnndetection.py``).
     The schedule in ``configs/detector/npr.yaml`` (``MultiStepLR`` at epochs 11,
     21, 31, 41) reproduces the reference's decay for its 50 epochs; batch size
     and epochs are the trainer's (``trainer.batch_size=32

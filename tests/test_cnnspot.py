@@ -233,3 +233,11 @@ def test_train_transform_with_augmentation(detector: CNNSpot) -> None:
     for _ in range(4):
         out = detector.train_transform({"image": Image.fromarray(rgb), "record": None})
         assert out["image"].shape == (3, 224, 224) and torch.isfinite(out["image"]).all()
+
+
+def test_official_alternative_protocol(tmp_path: Path) -> None:
+    """the README's recommended uncropped protocol (eval.py --no_crop), against the authors' code
+    (``tests/official/cnndetection_blur_jpg_prob0.5.json``, ``alternatives``)."""
+    from tests.official.alternatives import check_alternatives
+
+    check_alternatives("cnndetection_blur_jpg_prob0.5", tmp_path)

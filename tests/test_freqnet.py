@@ -297,3 +297,11 @@ def test_wrong_files_name_missing_and_unexpected_keys(
     assert "\n" not in message and message.startswith("weights file")
     assert "missing keys: imagconv4.weight" in message
     assert "unexpected keys: fc.weight" in message
+
+
+def test_official_alternative_protocol(tmp_path: Path) -> None:
+    """the GANGen-Detection protocol (test.py no_resize=True), against the authors' code
+    (``tests/official/freqnet.json``, ``alternatives``)."""
+    from tests.official.alternatives import check_alternatives
+
+    check_alternatives("freqnet", tmp_path)

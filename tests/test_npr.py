@@ -250,3 +250,11 @@ def test_wrong_files_name_missing_and_unexpected_keys(
         match=r"missing keys: fc1\.bias, fc1\.weight; unexpected keys: layer3\.0\.conv1\.weight, layer4",
     ):
         detector.load_weights(tmp_path / "cnnspot.pth")
+
+
+def test_official_alternative_protocol(tmp_path: Path) -> None:
+    """the GANGen-Detection protocol (test.py no_resize=True), against the authors' code
+    (``tests/official/npr.json``, ``alternatives``)."""
+    from tests.official.alternatives import check_alternatives
+
+    check_alternatives("npr", tmp_path)

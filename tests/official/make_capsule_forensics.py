@@ -73,14 +73,14 @@ def main() -> None:
         # the official init is randn (std 1); the seeded N(0, 1/320) leaves every class
         # capsule near zero and every logit at 4e-5; smaller running variances give the
         # primary capsules' batch norms a gain near 1
-        "scale_matching": {r"^routing_stats\.route_weights$": 320**0.5, r"running_var$": 0.3},
+        "gains": {r"routing_stats\.route_weights": 320**0.5, r".*running_var": 0.3},
         "companions": {
             "pretrained_file": {
                 "filename": "vgg19-dcbb9e9d.pth",
                 "save": {"container": "state_dict"},
                 "seed": VGG_SEED,
                 # He's gain for ReLU: without it VGG's 8 convolutions shrink the input tenfold
-                "scale_matching": {r"weight$": 2**0.5},
+                "gains": {r".*weight": 2**0.5},
                 "keys": vgg_keys,
             }
         },
@@ -95,7 +95,7 @@ def main() -> None:
         "keys": key_spec(capnet.state_dict()),
     }
     companion = reference["companions"]["pretrained_file"]
-    vgg_state = seeded_state_dict(vgg_keys, VGG_SEED, companion["scale_matching"])
+    vgg_state = seeded_state_dict(vgg_keys, VGG_SEED, companion["gains"])
     vgg_ext.vgg_1.load_state_dict({k.removeprefix("features."): v for k, v in vgg_state.items()})
     with tempfile.TemporaryDirectory() as tmp:  # saved and reloaded as the official code does
         path = write_official_file(reference, Path(tmp) / reference["filename"])

@@ -22,7 +22,7 @@ The released head is a Git LFS object of 5155 bytes that the mirror does not hol
 is written here as ``{'model': {'module.fc.weight', 'module.fc.bias'}}``, the layout
 ``networks.load_weights`` singles out for it (a DataParallel trainer's
 ``{'model': state_dict}``); ``load_weights`` also takes it without ``module.``. Its
-``fc.weight`` is the seeded one times ``HEAD_SCALE`` (``"scale"``; see below).
+``fc.weight`` is the seeded one times ``HEAD_SCALE`` (``"gains"``; see below).
 
 Preprocessing (``main.py``, ``patch_size: Clip224``): ``Image.open(f).convert("RGB")``
 of a PNG, ``Resize(224, interpolation=BICUBIC)`` (shorter side, PIL, antialiased),
@@ -95,7 +95,7 @@ def main() -> None:
         head = {
             "save": {"container": "dict", "key": "model", "prefix": "module."},
             "seed": SEED,
-            "scale": {"fc.weight": HEAD_SCALE},
+            "gains": {r"fc\.weight": HEAD_SCALE},
             "keys": key_spec(create_architecture(ARCH).state_dict()),
         }
         weights_dir = scratch / "weights"
@@ -135,7 +135,7 @@ def main() -> None:
         "save": head["save"],
         "filename": "weights.pth",
         "seed": SEED,
-        "scale": head["scale"],
+        "gains": head["gains"],
         "images_seed": IMAGES_SEED,
         "dtype": "float32",
         "tolerance": {"logit": 2e-3, "prob": 1e-4},

@@ -70,7 +70,7 @@ COMMITS = {
 #: same output; smaller running variances in the blocks' first two batch norms keep the
 #: network's gain near 1; the heads are scaled so that the logits stay within about
 #: +-12 (DeepfakeBench's features share a large mean: a smaller head)
-EFFICIENTNET_SCALE = {r"_blocks\.\d+\._bn[01]\.running_var$": 0.33}
+EFFICIENTNET_SCALE = {r".*_blocks\.\d+\._bn[01]\.running_var": 0.33}
 
 
 def _commit(repo: Path) -> str:
@@ -151,7 +151,7 @@ def deepfakebench(repo: Path) -> tuple[dict, torch.nn.Module, list[torch.Tensor]
         "INTER_CUBIC on the uint8 array; T.ToTensor, T.Normalize(mean=std=0.5)",
         "save": {"container": "state_dict"},
         "filename": "effnb4_best.pth",
-        "scale_matching": {**EFFICIENTNET_SCALE, r"^backbone\.last_layer\.weight$": 0.25},
+        "gains": {**EFFICIENTNET_SCALE, r"backbone\.last_layer\.weight": 0.25},
     }
 
     def run(x: torch.Tensor) -> tuple[float, float]:
@@ -195,7 +195,7 @@ def icpr(repo: Path):
         "224) (cv2.resize INTER_LINEAR on the uint8 array), A.Normalize(ImageNet), ToTensorV2",
         "save": {"container": "state_dict"},
         "filename": "EfficientNetB4_DFDC_bestval-0000.pth",
-        "scale_matching": {**EFFICIENTNET_SCALE, r"^classifier\.weight$": 10.0},
+        "gains": {**EFFICIENTNET_SCALE, r"classifier\.weight": 10.0},
     }
 
     def run(x: torch.Tensor) -> tuple[float, float]:

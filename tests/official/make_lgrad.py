@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import tempfile
 import time
@@ -80,8 +81,10 @@ def main() -> None:
         "save": {"container": "state_dict"},
         "seed": DISCRIMINATOR_SEED,
         "keys": key_spec(shell.state_dict()),
-        "scale": {
-            k: math.sqrt(v[0].numel()) for k, v in parameters.items() if k.endswith("weight")
+        "gains": {
+            re.escape(k): math.sqrt(v[0].numel())
+            for k, v in parameters.items()
+            if k.endswith("weight")
         },
         "values": {
             k: v[:1].tolist() if v.ndim else float(v)

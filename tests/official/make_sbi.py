@@ -83,7 +83,7 @@ def main() -> None:
             "extra": {"optimizer": {"state": {}, "param_groups": []}, "epoch": 99},
         },
         "filename": "FFc23.tar",
-        "scale_matching": {**EFFICIENTNET_SCALE, r"^net\._fc\.weight$": 0.25},
+        "gains": {**EFFICIENTNET_SCALE, r"net\._fc\.weight": 0.25},
         "seed": SEED,
         "images_seed": 0,
         "image_sizes": [list(s) for s in SIZES],

@@ -6,7 +6,13 @@ on any machine (one ``torch.Generator`` per key, seeded by the seed and the key'
 CRC-32), scaled so that random networks stay well-conditioned: weights
 ``N(0, 1/fan_in)``, biases ``N(0, 0.01)``, batch-norm scales ``U(0.8, 1.2)``,
 running means ``N(0, 0.01)``, running variances ``U(0.8, 1.2)``, counters 0.
-:func:`write_official_file` then saves them in the official container.
+A reference may add ``"gains": {regex: factor}``: the tensors whose key matches a
+pattern in full are multiplied by its factor (every matching pattern applies; a pattern
+that matches no key is an error), for networks whose random weights would otherwise make
+the output (nearly) independent of the picture (FreqNet's raw biases drown its frequency
+convolutions; EfficientNet's blocks shrink the input's share eightfold each) or a head
+of unrealistic norm. :func:`write_official_file` then saves them in the
+official container.
 """
 
 from __future__ import annotations
@@ -60,22 +66,17 @@ def _tensor(key: str, shape: list[int], dtype: str, seed: int) -> torch.Tensor:
 
 
 def seeded_state_dict(
-    spec: list[list[Any]], seed: int = 0, scale: Mapping[str, float] | None = None
+    spec: list[list[Any]], seed: int = 0, gains: Mapping[str, float] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``.
-
-    ``scale`` (a reference's ``"scale_matching"``): ``{regex: factor}``; a key that
-    ``re.search`` matches with a regex has its tensor multiplied by the factor (the
-    first regex that matches), for networks too deep to stay well-conditioned on the
-    defaults (e.g. EfficientNet's swish and squeeze-excitation shrink the input's
-    part of the features eightfold a block unless its batch norms' running
-    variances are smaller).
-    """
+    """The tensors of ``spec`` (:func:`key_spec`) made from ``seed``, each floating-point
+    one whose key matches a pattern of ``gains`` in full multiplied by its factor."""
     state = {k: _tensor(k, shape, dtype, seed) for k, shape, dtype in spec}
-    for key, value in state.items():
-        factor = next((f for rx, f in (scale or {}).items() if re.search(rx, key)), None)
-        if factor is not None:
-            state[key] = value * factor
+    for pattern, factor in (gains or {}).items():
+        keys = [k for k, v in state.items() if re.fullmatch(pattern, k) and v.is_floating_point()]
+        if not keys:
+            raise ValueError(f"gain pattern {pattern!r} matches no key")
+        for key in keys:
+            state[key] = state[key] * factor
     return state
 
 
@@ -86,23 +87,18 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
     **extra})``) or ``{"container": "torchscript"}`` (a TorchScript archive whose
     ``state_dict()`` is these tensors, as OpenAI's CLIP ``ViT-L-14.pt``); ``"prefix"``
-    (e.g. ``"module."``) is put before every key first. ``reference["scale"]``
-    (``{key: factor}``, optional) multiplies those tensors first: a linear head on
+    (e.g. ``"module."``) is put before every key first. ``reference["gains"]``
+    (optional, see :func:`seeded_state_dict`) multiplies tensors first: a linear head on
     unit-norm features needs a realistic norm for its logits to tell inputs apart.
     ``reference["values"]`` (``{key: value}``, optional, broadcast to the key's shape)
     sets constants the official model holds as buffers (a blur kernel, a level of detail).
-    ``reference["scale_matching"]`` (``{regex: factor}``, see :func:`seeded_state_dict`)
-    scales every key a pattern matches. ``{"container": "pickled_module", "modules":
+    ``{"container": "pickled_module", "modules":
     [[path, "module.Class"], ...]}`` is a whole pickled model (``torch.save(model)``,
     FaceForensics++'s ``full_c23.p``): see :func:`pickled_module`; ``"zipfile": false``
     writes torch's legacy format.
     """
     save = reference["save"]
-    state = seeded_state_dict(
-        reference["keys"], reference.get("seed", 0), reference.get("scale_matching")
-    )
-    for key, factor in reference.get("scale", {}).items():  # e.g. a head of realistic norm
-        state[key] = state[key] * factor
+    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("gains"))
     for key, value in reference.get("values", {}).items():  # constants: buffers, counters
         state[key] = torch.tensor(value, dtype=state[key].dtype).expand_as(state[key]).clone()
     prefix = save.get("prefix", "")
@@ -235,7 +231,7 @@ def write_companions(
     weights the user passes as ``backbone_file``; LGrad's classifier and the StyleGAN
     discriminator (``gradient_model.weights``). ``reference["companions"]`` maps a
     detector argument (dotted for a field of a dict argument) to a file spec
-    (``filename``, ``keys``, ``seed``, ``save``, ``scale``, ``values``, as a reference's
+    (``filename``, ``keys``, ``seed``, ``save``, ``gains``, ``values``, as a reference's
     own), written with :func:`write_official_file` into ``directory``.
     """
     out: dict[str, Any] = copy.deepcopy(dict(overrides or {}))
