@@ -269,6 +269,8 @@ def test_deepfakebench_checkpoint_gives_softmax_of_its_two_class_head(
     path = tmp_path / "recce_best.pth"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
     det = load_detector("recce", weights=path)
+    p = det.preprocessing  # DeepfakeBench's test input
+    assert (p.size, p.resize_backend, p.interpolation) == (256, "cv2", "bicubic")
     det.eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
