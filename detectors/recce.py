@@ -68,7 +68,9 @@ Where this differs, and why:
 ``recce_best.pth`` (``model.*`` = the official layout with a two-class ``fc``;
 its ``backbone.*``, an unused DeepfakeBench Xception built by the port, is
 checked and dropped), an official checkpoint (``{'model': ...}``, ``encoder.*``
-... ``decoder6.*``, e.g. the authors' retrained FF++ c23 weights) or a deepsift
+... ``decoder6.*``, e.g. the authors' retrained FF++ c23 weights; it switches the
+detector to the authors' ``inference.py`` input, 299 px, ``cv2.resize`` ``INTER_LINEAR``,
+checked against their code in ``tests/official/recce_official.json``) or a deepsift
 state dict. Two-class heads become the fake logit exactly (``w1 - w0``, ``b1 - b0``).
 A DeepfakeBench file keeps the detector on DeepfakeBench's test input (a preprocessing
 the user set still wins, with a warning); checked against DeepfakeBench's own
@@ -118,6 +120,14 @@ DEEPFAKEBENCH_XCEPTION_EXTRA = (
 )
 #: the official training and ``inference.py`` input size (albumentations ``Resize``, bilinear)
 OFFICIAL_SIZE = 299
+#: the authors' ``inference.py`` input: albumentations ``Resize(299, 299)`` (``cv2.resize``,
+#: ``INTER_LINEAR``) of the uint8 crop, ``Normalize(0.5, 0.5)``
+OFFICIAL_PREPROCESSING: dict[str, Any] = {
+    **DEEPFAKEBENCH_FACE_PREPROCESSING,
+    "size": OFFICIAL_SIZE,
+    "resize_to": OFFICIAL_SIZE,
+    "interpolation": "bilinear",
+}
 MIDDLE_WIDTH = 728
 
 
@@ -428,17 +438,6 @@ class Recce(Detector):
         elif any(k in state for k in ENCODER_IMAGENET_HEAD):
             check_key_set(state, official, source, "official RECCE")
             log.info("RECCE: official checkpoint %s", path)
-            if self.preprocessing.size != OFFICIAL_SIZE:
-                log.warning(
-                    "RECCE: the official weights are trained on %d x %d faces (bilinear resize); "
-                    "this detector resizes to %d: set preprocessing.size=%d "
-                    "preprocessing.resize_to=%d preprocessing.interpolation=bilinear to match",
-                    OFFICIAL_SIZE,
-                    OFFICIAL_SIZE,
-                    self.preprocessing.size,
-                    OFFICIAL_SIZE,
-                    OFFICIAL_SIZE,
-                )
         else:
             load_state_dict_strict(self, state, source)
             return
@@ -451,3 +450,5 @@ class Recce(Detector):
             self.use_protocol(
                 "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
             )
+        else:  # the authors' inference.py input; a user's setting wins
+            self.use_protocol("RECCE (VISION-SJTU)", OFFICIAL_PREPROCESSING, DEFAULT_PREPROCESSING)
