@@ -43,7 +43,11 @@ Adam lr 2e-4, eps 1e-8, weight decay 5e-4, 10 epochs, batch 32. Its released
 ``f3net_best.pth`` holds ``backbone.*`` (Xception with ``conv1`` 12 -> 32 and
 the unused ``adjust_channel``), ``FAD_head._DCT_all``, ``FAD_head._DCT_all_T``
 and ``FAD_head.filters.{0..3}.{base,learnable}``; it loads strictly into
-``mode="fad"`` at 256 px.
+``mode="fad"``, and the file switches the detector to DeepfakeBench's test-time input
+by itself (FAD rebuilt for its 256 px; ``cv2.resize`` ``INTER_CUBIC``, as
+``abstract_dataset.py`` ``load_rgb``; a preprocessing the user set still wins, with
+a warning). Checked against DeepfakeBench's own ``F3netDetector`` and test input
+(``tests/official/deepfakebench_f3net.json``).
 
 Where this differs: the paper's LFS formula (log of the band's L1 norm) rather
 than yyk-wew/F3Net's (mean of ``log10|DCT|`` over the band), with ``+ 1``
@@ -74,7 +78,11 @@ from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.heads import fake_logit_head, fill_num_batches_tracked
 from detectors.layers.xception import XCEPTION_FEATURES, xception_backbone
-from detectors.preprocessing import Preprocessing, merge_preprocessing
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,11 +337,25 @@ class F3Net(Detector):
     def _from_deepfakebench(self, state: Mapping[str, Any], source: str) -> dict[str, Any]:
         """DeepfakeBench's F3netDetector state dict in this detector's layout (FAD only)."""
         size = state["FAD_head._DCT_all"].shape[-1]
-        if self.mode != "fad" or size != self.preprocessing.size:
+        if self.mode != "fad":
             raise UserError(
                 f"{source} is DeepfakeBench's F3-Net: its FAD stream only, for {size} px "
-                f"images; load it with detector.mode=fad detector.preprocessing.size={size}"
+                f"images; load it with detector.mode=fad"
             )
+        # DeepfakeBench's test input: cv2 INTER_CUBIC to its resolution (256), mean = std = 0.5
+        self.use_protocol(
+            "DeepfakeBench",
+            {**DEEPFAKEBENCH_FACE_PREPROCESSING, "size": size, "resize_to": size},
+            DEFAULT_PREPROCESSING,
+        )
+        if size != self.preprocessing.size:
+            raise UserError(
+                f"{source} is DeepfakeBench's F3-Net for {size} px images (its FAD filters are "
+                f"{size} x {size}), but detector.preprocessing.size is {self.preprocessing.size}"
+            )
+        if self.fad.size != size:  # FAD was built for the default size: rebuild it for the file's
+            device = self.fad.learnable.device
+            self.fad = FrequencyAwareDecomposition(size).to(device)
         fixed = {
             "FAD_head._DCT_all": self.fad.dct,
             "FAD_head._DCT_all_T": self.fad.dct.T,

@@ -277,7 +277,13 @@ class FaceXray(Detector):
       init; 256 px, mean = std = 0.5; each real yields a (fake, real) pair;
       2-class cross-entropy + 1000 x MSE between the raw map and the X-ray;
       Adam lr 2e-4, betas (0.9, 0.999), eps 1e-8, weight decay 5e-4; batch 16
-      (pairs, so 32 images); 10 epochs; no scheduler.
+      (pairs, so 32 images); 10 epochs; no scheduler. Its test input
+      (``abstract_dataset.py`` ``load_rgb``) is the face crop resized to 256 px
+      with ``cv2.resize`` ``INTER_CUBIC``; a DeepfakeBench file keeps the
+      detector on it (a preprocessing the user set still wins, with a warning).
+      Checked against DeepfakeBench's own ``FaceXrayDetector`` and test input
+      (``tests/official/deepfakebench_facexray.json``, in float64: random
+      weights give logits near 100).
 
     Here: one fake logit (``z1 - z0`` of a 2-class head; DeepfakeBench's
     weights are converted exactly) and the paper's loss: binary cross-entropy
@@ -509,8 +515,14 @@ class FaceXray(Detector):
             log.info(
                 "Face X-ray: ignored %d keys of HRNet's unused classification head", len(dropped)
             )
+        two_class = False
         for key in ("fc.6.weight", "fc.6.bias"):
             value = state.get(key)
             if torch.is_tensor(value) and value.shape[0] == 2:
                 state[key] = (value[1] - value[0]).unsqueeze(0)
+                two_class = True
         load_state_dict_strict(self, state, f"weights file {path}")
+        if dropped or two_class:  # DeepfakeBench's layout: its test input (a user's setting wins)
+            self.use_protocol(
+                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
+            )

@@ -43,7 +43,7 @@ Reference defaults:
   flip, mean = std = 0.5; Adam lr 2e-4, weight decay 1e-5; ``StepLR`` every
   22500 *iterations* x0.5; 90000 iterations of batch 32 with AMP;
   ``SyncBatchNorm``;
-* DeepfakeBench: 256 x 256 (bicubic), mean = std = 0.5, Adam lr 2e-4 betas
+* DeepfakeBench: 256 x 256 (``cv2.resize`` ``INTER_CUBIC`` on the uint8 crop), mean = std = 0.5, Adam lr 2e-4 betas
   (0.9, 0.999) eps 1e-8 weight decay 5e-4, batch 32, 10 epochs, no scheduler;
   a two-class ``fc`` with plain cross-entropy: DeepfakeBench trains RECCE
   **without** its reconstruction and metric-learning losses and without flooding.
@@ -68,8 +68,13 @@ Where this differs, and why:
 ``recce_best.pth`` (``model.*`` = the official layout with a two-class ``fc``;
 its ``backbone.*``, an unused DeepfakeBench Xception built by the port, is
 checked and dropped), an official checkpoint (``{'model': ...}``, ``encoder.*``
-... ``decoder6.*``, e.g. the authors' retrained FF++ c23 weights) or a deepsift
+... ``decoder6.*``, e.g. the authors' retrained FF++ c23 weights; it switches the
+detector to the authors' ``inference.py`` input, 299 px, ``cv2.resize`` ``INTER_LINEAR``,
+checked against their code in ``tests/official/recce_official.json``) or a deepsift
 state dict. Two-class heads become the fake logit exactly (``w1 - w0``, ``b1 - b0``).
+A DeepfakeBench file keeps the detector on DeepfakeBench's test input (a preprocessing
+the user set still wins, with a warning); checked against DeepfakeBench's own
+``RecceDetector`` and test input (``tests/official/deepfakebench_recce.json``).
 """
 
 from __future__ import annotations
@@ -115,6 +120,14 @@ DEEPFAKEBENCH_XCEPTION_EXTRA = (
 )
 #: the official training and ``inference.py`` input size (albumentations ``Resize``, bilinear)
 OFFICIAL_SIZE = 299
+#: the authors' ``inference.py`` input: albumentations ``Resize(299, 299)`` (``cv2.resize``,
+#: ``INTER_LINEAR``) of the uint8 crop, ``Normalize(0.5, 0.5)``
+OFFICIAL_PREPROCESSING: dict[str, Any] = {
+    **DEEPFAKEBENCH_FACE_PREPROCESSING,
+    "size": OFFICIAL_SIZE,
+    "resize_to": OFFICIAL_SIZE,
+    "interpolation": "bilinear",
+}
 MIDDLE_WIDTH = 728
 
 
@@ -415,7 +428,8 @@ class Recce(Detector):
         source = f"weights file {path}"
         own = list(self.state_dict())
         official = [*own, *ENCODER_IMAGENET_HEAD]
-        if any(k.startswith("model.") for k in state):
+        deepfakebench = any(k.startswith("model.") for k in state)
+        if deepfakebench:
             backbone = [*self.encoder.state_dict(), *DEEPFAKEBENCH_XCEPTION_EXTRA]
             expected = [f"model.{k}" for k in official] + [f"backbone.{k}" for k in backbone]
             check_key_set(state, expected, source, "DeepfakeBench recce_best.pth")
@@ -424,17 +438,6 @@ class Recce(Detector):
         elif any(k in state for k in ENCODER_IMAGENET_HEAD):
             check_key_set(state, official, source, "official RECCE")
             log.info("RECCE: official checkpoint %s", path)
-            if self.preprocessing.size != OFFICIAL_SIZE:
-                log.warning(
-                    "RECCE: the official weights are trained on %d x %d faces (bilinear resize); "
-                    "this detector resizes to %d: set preprocessing.size=%d "
-                    "preprocessing.resize_to=%d preprocessing.interpolation=bilinear to match",
-                    OFFICIAL_SIZE,
-                    OFFICIAL_SIZE,
-                    self.preprocessing.size,
-                    OFFICIAL_SIZE,
-                    OFFICIAL_SIZE,
-                )
         else:
             load_state_dict_strict(self, state, source)
             return
@@ -443,3 +446,9 @@ class Recce(Detector):
             state["fc.weight"], state["fc.bias"], source
         )
         load_state_dict_strict(self, mapped, source)
+        if deepfakebench:  # DeepfakeBench's test input (the defaults; a user's setting wins)
+            self.use_protocol(
+                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
+            )
+        else:  # the authors' inference.py input; a user's setting wins
+            self.use_protocol("RECCE (VISION-SJTU)", OFFICIAL_PREPROCESSING, DEFAULT_PREPROCESSING)

@@ -344,8 +344,11 @@ class SRMTwoStream(Detector):
     difference (tested). The cross-modality attention's linear layers tie the
     model to one input size: ``preprocessing.size`` (256 = 16 x 16 maps, the
     reference) sets it, and other sizes fail with a clear error. ImageNet
-    weights load only from a local ``pretrained_file``, strictly; resizing uses
-    PIL's bicubic filter, not OpenCV's.
+    weights load only from a local ``pretrained_file``, strictly. The input is
+    DeepfakeBench's: ``cv2.resize`` ``INTER_CUBIC`` on the uint8 crop, and a
+    DeepfakeBench file keeps the detector on it (a preprocessing the user set
+    still wins, with a warning); checked against DeepfakeBench's own
+    ``SRMDetector`` and test input (``tests/official/deepfakebench_srm.json``).
 
     Args:
         pretrained_file: local ImageNet Xception state dict for both streams;
@@ -414,7 +417,8 @@ class SRMTwoStream(Detector):
     def load_weights(self, path: str | Path) -> None:
         """A DeepfakeBench SRM checkpoint or this detector's state dict, strictly."""
         state = read_state_dict(path)
-        if is_deepfakebench_file(state, "backbone_rgb."):
+        deepfakebench = is_deepfakebench_file(state, "backbone_rgb.")
+        if deepfakebench:
             state, head = split_deepfakebench_xception(state, "backbone_rgb.")
             state, _unused_head = split_deepfakebench_xception(state, "backbone_srm.")
             state = drop_known_unused(state, UNUSED_BLUR)
@@ -423,6 +427,10 @@ class SRMTwoStream(Detector):
             )
             log.info("SRM: read %s as a DeepfakeBench checkpoint (2-class head converted)", path)
         load_state_dict_strict(self, state, f"weights file {path}")
+        if deepfakebench:  # DeepfakeBench's test input (the defaults; a user's setting wins)
+            self.use_protocol(
+                "DeepfakeBench", DEEPFAKEBENCH_FACE_PREPROCESSING, DEFAULT_PREPROCESSING
+            )
 
 
 def am_softmax_loss(

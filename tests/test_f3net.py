@@ -234,11 +234,24 @@ def test_deepfakebench_fad_checkpoint_matches_softmax_of_the_reference(
         state[f"module.FAD_head.filters.{i}.learnable"] = learnable[i]
     torch.save(state, tmp_path / "f3net_best.pth")
 
-    with pytest.raises(UserError, match=r"detector\.mode=fad detector\.preprocessing\.size=64"):
+    with pytest.raises(UserError, match=r"load it with detector\.mode=fad"):
         load_detector("f3net", weights=tmp_path / "f3net_best.pth")
-    det = load_detector(
-        "f3net", weights=tmp_path / "f3net_best.pth", mode="fad", preprocessing={"size": size}
+    with pytest.raises(
+        UserError, match=r"for 64 px images .* detector\.preprocessing\.size is 128"
+    ):
+        load_detector(
+            "f3net", weights=tmp_path / "f3net_best.pth", mode="fad", preprocessing={"size": 128}
+        )
+    # the file brings DeepfakeBench's test input: its FAD size, cv2 INTER_CUBIC
+    det = load_detector("f3net", weights=tmp_path / "f3net_best.pth", mode="fad")
+    p = det.preprocessing
+    assert (p.size, p.resize_to, p.resize_backend, p.interpolation) == (
+        size,
+        size,
+        "cv2",
+        "bicubic",
     )
+    assert det.config["preprocessing"]["size"] == size
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         fad = torch.from_numpy(reference_fad(x.double().numpy(), learnable.double().numpy()))

@@ -265,6 +265,8 @@ def test_deepfakebench_weights_load_with_the_head_converted(tmp_path: Path) -> N
     torch.save(state, tmp_path / "facexray_best.pth")
     fresh = small()
     fresh.load_weights(tmp_path / "facexray_best.pth")
+    p = fresh.preprocessing  # DeepfakeBench's test input; the size small() set wins
+    assert (p.size, p.resize_backend, p.interpolation) == (64, "cv2", "bicubic")
     fresh.eval()
     hidden = {}
     fresh.fc[5].register_forward_hook(lambda _m, _i, out: hidden.setdefault("h", out))

@@ -248,6 +248,8 @@ def test_official_checkpoint_matches_an_independent_forward(
     torch.save({"step": 1000, "model": reference.state_dict()}, path)
     det = copy.deepcopy(detector)
     det.load_weights(path)
+    p = det.preprocessing  # the authors' inference.py input
+    assert (p.size, p.resize_to, p.resize_backend, p.interpolation) == (299, 299, "cv2", "bilinear")
     det.eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -269,6 +271,8 @@ def test_deepfakebench_checkpoint_gives_softmax_of_its_two_class_head(
     path = tmp_path / "recce_best.pth"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
     det = load_detector("recce", weights=path)
+    p = det.preprocessing  # DeepfakeBench's test input
+    assert (p.size, p.resize_backend, p.interpolation) == (256, "cv2", "bicubic")
     det.eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():

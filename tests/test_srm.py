@@ -8,6 +8,7 @@ with numpy as there, ``view``/``permute``/``bmm`` attention, the unused
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -347,12 +348,18 @@ def test_parameter_count_deepfakebench_keys_and_native_forward(
 
 
 def test_deepfakebench_checkpoint_predicts_like_the_reference(
-    reference: DeepfakeBenchSRM, small: SRMTwoStream, tmp_path: Path
+    reference: DeepfakeBenchSRM, small: SRMTwoStream, tmp_path: Path, caplog
 ) -> None:
     path = tmp_path / "srm_best.pth"
     torch.save({f"module.{k}": v for k, v in reference.state_dict().items()}, path)
     det = small
-    det.load_weights(path)
+    with caplog.at_level(logging.INFO):
+        det.load_weights(path)
+    # DeepfakeBench's test input; the size this test set wins, with a warning
+    assert "DeepfakeBench weights, so its official test-time preprocessing" in caplog.text
+    assert "size=64 departs from the protocol of DeepfakeBench weights" in caplog.text
+    p = det.preprocessing
+    assert (p.size, p.resize_backend, p.interpolation) == (64, "cv2", "bicubic")
     det.eval()
     torch.manual_seed(4)
     images = torch.randn(2, 3, 64, 64)

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -80,8 +81,46 @@ def seeded_state_dict(
     return state
 
 
+def computed_tensor(recipe: list[Any]) -> torch.Tensor:
+    """A fixed tensor an official model builds from a formula rather than learns.
+
+    ``["dct", n]``: the orthonormal DCT-II matrix (row ``i``, column ``j``:
+    ``c_i cos((j + 0.5) pi i / n)``, ``c_0 = sqrt(1/n)``, else ``sqrt(2/n)``; float64,
+    then float32); ``["dct_t", n]``: its transpose; ``["band", n, start, end]``: 1
+    where ``start <= i + j <= end`` on an n x n grid, else 0 (float32).
+    """
+    kind, n = recipe[0], int(recipe[1])
+    index = np.arange(n, dtype=np.float64)
+    if kind in ("dct", "dct_t"):
+        scale = np.where(index == 0, np.sqrt(1.0 / n), np.sqrt(2.0 / n))[:, None]
+        matrix = scale * np.cos((index[None, :] + 0.5) * np.pi * index[:, None] / n)
+        tensor = torch.tensor(matrix).float()
+        return tensor.T.contiguous() if kind == "dct_t" else tensor
+    if kind == "band":
+        start, end = float(recipe[2]), float(recipe[3])
+        diagonal = index[:, None] + index[None, :]
+        return torch.tensor(((diagonal >= start) & (diagonal <= end)).astype(np.float32))
+    raise ValueError(f"unknown computed tensor {recipe!r}")
+
+
+def official_state_dict(reference: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a reference's official file, before its container's prefix.
+
+    ``seeded_state_dict`` of its keys (with its ``gains``), then ``reference["values"]``
+    (key -> a constant, broadcast: buffers such as a blur kernel) and
+    ``reference["computed"]`` (key -> :func:`computed_tensor` recipe: constants such as
+    F3-Net's DCT matrices, which every real file holds with their formula's values).
+    """
+    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("gains"))
+    for key, value in reference.get("values", {}).items():
+        state[key] = torch.tensor(value, dtype=state[key].dtype).expand_as(state[key]).clone()
+    for key, recipe in reference.get("computed", {}).items():
+        state[key] = computed_tensor(recipe)
+    return state
+
+
 def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
-    """Save ``seeded_state_dict`` of a reference in its official container.
+    """Save ``official_state_dict`` of a reference in its official container.
 
     ``reference["save"]``: ``{"container": "state_dict"}`` (``torch.save(state_dict)``)
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
@@ -98,9 +137,7 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
     writes torch's legacy format.
     """
     save = reference["save"]
-    state = seeded_state_dict(reference["keys"], reference.get("seed", 0), reference.get("gains"))
-    for key, value in reference.get("values", {}).items():  # constants: buffers, counters
-        state[key] = torch.tensor(value, dtype=state[key].dtype).expand_as(state[key]).clone()
+    state = official_state_dict(reference)
     prefix = save.get("prefix", "")
     state = {prefix + k: v for k, v in state.items()}
     if save["container"] == "pickled_module":
