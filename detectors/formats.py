@@ -147,6 +147,14 @@ FORMATS: tuple[WeightFormat, ...] = (
         released=("recce_best.pth",),
     ),
     WeightFormat(
+        "RECCE (the authors' checkpoint)",
+        ("recce",),
+        "github.com/VISION-SJTU/RECCE: model/network/Recce.py, inference.py",
+        "299 x 299 (albumentations Resize: cv2 INTER_LINEAR), Normalize(0.5, 0.5)",
+        matches=_all(_prefix("encoder."), _prefix("decoder6.")),
+        released=("best_model_*.bin",),
+    ),
+    WeightFormat(
         "DeepfakeBench Face X-ray",
         ("face_xray",),
         f"{_DFB}: training/detectors/facexray_detector.py",
@@ -174,7 +182,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         "CNNDetection ResNet-50 (also an LGrad classifier)",
         ("cnnspot", "lgrad"),
         "github.com/PeterWang512/CNNDetection: networks/resnet.py, demo.py",
-        "whole image (optionally CenterCrop 224), ImageNet normalisation",
+        "no resize, CenterCrop 224 (eval.py; --no_crop: whole image), ImageNet normalisation",
         matches=_all(_has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1)),
         released=("blur_jpg_prob0.5.pth", "blur_jpg_prob0.1.pth"),
     ),
@@ -182,9 +190,18 @@ FORMATS: tuple[WeightFormat, ...] = (
         "NPR",
         ("npr",),
         "github.com/chuangchuangtan/NPR-DeepfakeDetection: networks/resnet.py, test.py",
-        "whole image, ImageNet normalisation, no resize (even sides for the 2x residual)",
+        "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation (ForenSynths "
+        "flags; GANGen-Detection: no resize)",
         matches=_all(_has("fc1.weight"), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("NPR.pth", "model_epoch_last_3090.pth"),
+    ),
+    WeightFormat(
+        "FreqNet",
+        ("freqnet",),
+        "github.com/chuangchuangtan/FreqNet-DeepfakeDetection: networks/freqnet.py, test.py",
+        "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation (ForenSynths flags)",
+        matches=_has("weight1", "bias1", "fc1.weight"),
+        released=("freqnet.pth",),
     ),
     WeightFormat(
         "UnivFD linear head",
