@@ -79,6 +79,7 @@ from datasets.faces import (
 from datasets.video import VideoError, read_frames, sample_frames
 from deepsift.core.configs import CONFIG_DIR, config_names
 from deepsift.core.errors import UserError, user_errors
+from deepsift.core.runtime import fork_safe_opencv
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ def _results(
         return
     # fork on Linux: workers inherit the loaded models instead of reading 100 MB each
     method = "fork" if sys.platform.startswith("linux") else "spawn"
+    fork_safe_opencv()
     with ProcessPoolExecutor(
         min(workers, len(jobs)),
         mp_context=multiprocessing.get_context(method),

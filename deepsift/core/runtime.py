@@ -60,3 +60,18 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of one epoch on one rank: resuming at an epoch boundary replays it exactly."""
     return (int(seed) * 1_000_003 + epoch * 1_009 + rank) % (2**31 - 1)
+
+
+def fork_safe_opencv() -> None:
+    """Stop OpenCV's thread pool in this process before it forks workers.
+
+    A process forked while OpenCV's pool threads exist deadlocks at its first OpenCV
+    call that touches the pool (``cv2.setNumThreads`` included): the threads are not
+    copied into the child, their locks are. Setting one thread joins the pool's threads,
+    so forked workers start clean (and run one OpenCV thread each, which is what a pool
+    of workers wants). Called by every fork-based pool: the DataLoader workers, the
+    preprocessing and scoring pools.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)

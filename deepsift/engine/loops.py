@@ -21,7 +21,7 @@ from deepsift.core import distributed as dist
 from deepsift.core.inference import fake_probabilities, move_batch
 from deepsift.core.progress import progress_bar
 from deepsift.core.records import Record, RecordDataset, collate_by_shape, collate_samples
-from deepsift.core.runtime import autocast
+from deepsift.core.runtime import autocast, fork_safe_opencv
 from detectors.base import Detector
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,6 @@ def good_batches(
             yield move_batch(batch, device, channels_last)
 
 
-def one_thread_worker(worker_id: int) -> None:
-    """DataLoader worker start: OpenCV to one thread, as torch already is in workers.
-
-    cv2 uses every core by default, so N workers running OpenCV transforms (blending,
-    resizes) would start N x cores threads and slow each other down.
-    """
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def make_loader(
     dataset: RecordDataset,
     batch_size: int,
@@ -95,6 +84,8 @@ def make_loader(
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_samples,
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if num_workers > 0:
+        fork_safe_opencv()  # the workers fork from this process
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -106,7 +97,6 @@ def make_loader(
         # a new loader per epoch (reseeded from the seed and the epoch, so a resumed run
         # replays its epochs exactly): persistent workers would carry RNG state across
         persistent_workers=False,
-        worker_init_fn=one_thread_worker if num_workers > 0 else None,
     )
 
 

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from deepsift.core.runtime import fork_safe_opencv
 from deepsift.scoring.inputs import WorkItem
 from deepsift.scoring.prepare import PrepareContext, Prepared, error_prepared, prepare
 
@@ -111,6 +112,8 @@ class WorkerPool:
         import multiprocessing
 
         method = "fork" if sys.platform.startswith("linux") else "spawn"
+        if method == "fork":
+            fork_safe_opencv()  # or a forked worker can deadlock in its first cv2 call
         self.mp = multiprocessing.get_context(method)
         self.ctx = ctx
         self.in_flight = max(1, in_flight)
