@@ -230,7 +230,7 @@ def train_one_epoch(
             sums[key] = sums.get(key, 0.0) + value
         count += 1
         if scalars:
-            bar.set_postfix({k: f"{v:.4f}" for k, v in scalars.items()})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in scalars.items()}, refresh=False)
         if on_step is not None:
             on_step(step, scalars)
     means = {k: v / max(count, 1) for k, v in sums.items()}
