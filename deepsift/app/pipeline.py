@@ -169,7 +169,12 @@ def evaluate_split(
     cfg: DictConfig,
     ctx: Context,
     split: str,
+    perturb: Any = None,
+    desc: str | None = None,
+    log_skipped: bool = True,
 ) -> tuple[dict[str, Any], InferenceResult]:
+    """Scores and metrics of ``records`` with the trainer's evaluation settings
+    (``perturb``: a robustness perturbation applied to every image before the transform)."""
     result = run_inference(
         detector,
         records,
@@ -179,7 +184,9 @@ def evaluate_split(
         amp_dtype=ctx.amp_dtype,
         channels_last=ctx.channels_last,
         limit_batches=cfg.trainer.limit_eval_batches,
-        desc=split,
+        desc=desc or split,
+        perturb=perturb,
+        log_skipped=log_skipped,
     )
     metrics = split_metrics(result, records, cfg.metrics.video_aggregation, cfg.metrics.threshold)
     return metrics, result

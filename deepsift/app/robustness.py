@@ -16,14 +16,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepsift.app.pipeline import Context, config_choice
+from deepsift.app.pipeline import Context, config_choice, evaluate_split
 from deepsift.core import distributed as dist
 from deepsift.core.errors import UserError
 from deepsift.core.perturb import Perturbation
 from deepsift.core.records import Record
-from deepsift.engine.loops import run_inference
 from deepsift.engine.plots import plot_robustness
-from deepsift.engine.reporting import split_metrics
 from deepsift.engine.robustness import (
     Family,
     check_metric,
@@ -67,22 +65,17 @@ class Sweeper:
         cfg = self.cfg
 
         def evaluate(perturbation: Perturbation | None) -> dict[str, Any]:
-            result = run_inference(
+            metrics, _ = evaluate_split(
                 detector,
                 records,
-                ctx.device,
-                batch_size=cfg.trainer.eval_batch_size,
-                num_workers=cfg.trainer.num_workers,
-                amp_dtype=ctx.amp_dtype,
-                channels_last=ctx.channels_last,
-                limit_batches=cfg.trainer.limit_eval_batches,
-                desc=f"{split} {perturbation or 'none'}",
+                cfg,
+                ctx,
+                split,
                 perturb=perturbation,
+                desc=f"{split} {perturbation or 'none'}",
                 log_skipped=False,
             )
-            return split_metrics(
-                result, records, cfg.metrics.video_aggregation, cfg.metrics.threshold
-            )
+            return metrics
 
         def announce(family: Family, level: Any) -> None:
             if dist.is_main():
