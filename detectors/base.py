@@ -85,6 +85,16 @@ class Detector(nn.Module):
     config_name: str | None = None
     #: closed-form detectors need one pass over the training data; ``None`` = no limit
     epochs_needed: int | None = None
+    #: ``"image"``: ``transform`` gets ``sample["image"]`` (one PIL image) and batches carry
+    #: ``batch["image"]`` (B, C, H, W). ``"clip"``: ``transform`` gets ``sample["frames"]``
+    #: (``clip_len`` PIL face crops of one face track, ``clip_stride`` frames apart, plus
+    #: ``sample["mouth_frames"]`` when ``needs_mouth``) and returns ``{"clip": (T, C, H, W)}``;
+    #: batches carry ``batch["clip"]`` (B, T, C, H, W). Either way ``forward`` returns
+    #: ``{"logits": (B,)}``, so the pipelines need no per-detector case.
+    input_kind: str = "image"
+    clip_len: int = 1
+    clip_stride: int = 1
+    needs_mouth: bool = False
 
     def __init__(
         self,
