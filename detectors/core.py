@@ -68,13 +68,15 @@ Where this differs, and why:
 :meth:`CORE.load_weights` loads, with strict key matching, DeepfakeBench's
 ``core_best.pth`` (``backbone.*`` Cadene Xception, ``backbone.last_linear``
 two-class head; the unused ``backbone.adjust_channel`` 2048->512 block is
-dropped), an official CORE checkpoint (``{'model': ...}``, keys ``conv1`` ...
-``bn4``, two-class ``fc``; trained at 299 px: a warning says how to match it),
+dropped), an official CORE checkpoint (``trainer.py``'s ``{'model', 'optimizer', 'acc', 'auc',
+'epoch'}``, the metrics NumPy scalars; keys ``conv1`` ... ``bn4``, two-class ``fc``),
 the other Xception layouts of :mod:`detectors.xception`, or a deepsift state
-dict. A DeepfakeBench file brings DeepfakeBench's test-time input (the default
-here; a preprocessing the user set wins, with a warning): checked against
-DeepfakeBench's own code in ``tests/official/deepfakebench_core.json`` (made by
-``tests/official/make_deepfakebench_xception.py``). The network and its state-dict layout (``backbone.*``, ``head.*``) are
+dict. A file brings its test-time input (a preprocessing the user set wins, with a
+warning): DeepfakeBench's (the default here), checked against DeepfakeBench's own
+code in ``tests/official/deepfakebench_core.json`` (made by
+``tests/official/make_deepfakebench_xception.py``); the authors' (``Resize(299)``,
+Pillow bilinear, mean = std = 0.5), checked against their code in
+``tests/official/core_official.json`` (``tests/official/make_core.py``). The network and its state-dict layout (``backbone.*``, ``head.*``) are
 :class:`~detectors.xception.XceptionDetector`'s: only the training differs.
 Two-class heads become the fake logit exactly: ``w = w[1] - w[0]``, ``b = b[1] - b[0]``.
 """
@@ -118,6 +120,20 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "hf
 DEEPFAKEBENCH_PROTOCOL: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": 256}
 #: the official ``main.py`` input size (``--size 299``, ``Resize(299)``)
 OFFICIAL_SIZE = 299
+#: the authors' test-time input (``main.py`` ``get_augs(name="None", norm="0.5", size=299)``):
+#: ``transforms.Resize(299)`` (the shorter side to 299, Pillow bilinear; their crops are
+#: square), ``ToTensor``, ``Normalize(0.5, 0.5)``; checked against their code in
+#: ``tests/official/core_official.json``
+OFFICIAL_PROTOCOL: dict[str, Any] = {
+    "size": OFFICIAL_SIZE,
+    "resize": "shorter",
+    "resize_to": OFFICIAL_SIZE,
+    "interpolation": "bilinear",
+    "resize_backend": "pil",
+    "crop": "none",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+}
 #: the official ``get_augs`` names (``DFDC_selim`` needs albumentations: not offered)
 AUGMENTATIONS = ("none", "RE", "RandCrop", "RaAug")
 #: ``RandomErasing(p=0.8, scale=(0.02, 0.20), ratio=(0.5, 2.0))`` (p=1.0 inside RaAug)
@@ -273,14 +289,7 @@ class CORE(Detector):
         log.info("CORE: weights from %s (%s layout)", path, origin)
         if origin.startswith("DeepfakeBench"):
             self.use_protocol("DeepfakeBench", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)
-        if origin == "Xception" and self.preprocessing.size != OFFICIAL_SIZE:
-            log.warning(
-                "CORE: official CORE checkpoints are trained on %d x %d faces; this detector "
-                "resizes to %d (set preprocessing.size=%d preprocessing.resize_to=%d "
-                "preprocessing.interpolation=bilinear for the official test transform)",
-                OFFICIAL_SIZE,
-                OFFICIAL_SIZE,
-                self.preprocessing.size,
-                OFFICIAL_SIZE,
-                OFFICIAL_SIZE,
+        if origin == "Xception":
+            self.use_protocol(
+                "CORE (the authors' checkpoint)", OFFICIAL_PROTOCOL, DEFAULT_PREPROCESSING
             )

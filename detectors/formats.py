@@ -96,6 +96,18 @@ FORMATS: tuple[WeightFormat, ...] = (
         released=("xception_best.pth", "core_best.pth"),
     ),
     WeightFormat(
+        "CORE (the authors' checkpoint)",
+        ("core",),
+        "github.com/niyunsheng/CORE: src/xception.py, src/trainer.py, src/transform.py",
+        "transforms.Resize(299) (shorter side, Pillow bilinear; square crops), ToTensor, "
+        "Normalize(0.5, 0.5) (get_augs('None', norm='0.5', size=299))",
+        matches=_all(
+            _has("conv1.weight", "block1.rep.0.conv1.weight", "conv4.pointwise.weight"),
+            _shape("fc.weight", 0, 2),
+        ),
+        released=("epoch_<n>_acc_<acc>_auc_<auc>.pth",),
+    ),
+    WeightFormat(
         "DeepfakeBench SPSL",
         ("spsl",),
         f"{_DFB}: training/detectors/spsl_detector.py",

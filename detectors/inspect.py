@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from deepsift.core.checkpoint import FORMAT, strip_prefixes
+from deepsift.core.checkpoint import FORMAT, strip_prefixes, torch_load_weights_only
 from deepsift.core.errors import UserError
 from detectors.formats import FORMATS, WeightFormat, formats_for
 from detectors.layers.keras_h5 import is_hdf5
@@ -66,7 +66,7 @@ def _open_state(path: Path) -> tuple[str, str, dict[str, Any], str | None]:
 
         return "safetensors", "state dict", dict(load_file(str(path))), None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load_weights_only(path)
     except Exception as exc:
         if _is_pickled_model(path):
             from detectors.layers.pickled_module import read_pickled_module

@@ -65,6 +65,25 @@ def test_pickled_code_is_never_unpickled(tmp_path: Path) -> None:
         load_detector(str(evil))
 
 
+def test_numpy_metrics_beside_weights_load_but_numpy_objects_do_not(tmp_path: Path) -> None:
+    """Training scripts save NumPy float metrics with the weights (CORE); those are data."""
+    import numpy as np
+
+    from deepsift.core.checkpoint import read_state_dict
+
+    weights = {"w": torch.ones(2)}
+    good = tmp_path / "epoch_3.pth"
+    torch.save({"model": weights, "acc": np.float64(0.9), "auc": np.float32(0.8)}, good)
+    assert torch.equal(read_state_dict(good)["w"], weights["w"])
+    for name, payload in {
+        "object_array.pth": {"model": weights, "x": np.array([None, 1], dtype=object)},
+        "path.pth": {"model": weights, "x": Path("/")},
+    }.items():
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(UserError, match="cannot be read safely"):
+            read_state_dict(tmp_path / name)
+
+
 def test_checkpoint_target_outside_deepsift_is_refused(tmp_path: Path) -> None:
     crafted = tmp_path / "crafted.pt"
     torch.save(

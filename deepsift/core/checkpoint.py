@@ -309,6 +309,30 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Any], sou
     module.load_state_dict(state_dict, strict=True)
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """What a numeric NumPy scalar needs to unpickle: its reconstructor and its dtype classes.
+
+    Training scripts often save metrics next to the weights (CORE's ``{'model', 'optimizer',
+    'acc', 'auc', 'epoch'}`` holds ``numpy.float64`` values). A numeric scalar is rebuilt from
+    a dtype and raw bytes, with no code run; object dtypes (which would unpickle an arbitrary
+    payload) are not allowed.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    return [scalar, np.dtype, *sorted(dtypes, key=lambda t: t.__name__)]
+
+
+def torch_load_weights_only(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` that also accepts numeric NumPy scalars (see above)."""
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, Any]:
     """The tensors of a weights file, safely.
 
@@ -326,7 +350,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         state: Any = load_file(str(path))
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load_weights_only(path)
         except Exception as exc:
             raise UserError(
                 f"weights file {path} cannot be read safely ({type(exc).__name__}); "

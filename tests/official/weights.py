@@ -124,7 +124,8 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
 
     ``reference["save"]``: ``{"container": "state_dict"}`` (``torch.save(state_dict)``)
     or ``{"container": "dict", "key": K, "extra": {...}}`` (``torch.save({K: state_dict,
-    **extra})``) or ``{"container": "torchscript"}`` (a TorchScript archive whose
+    **extra})``; ``"numpy_extra"``: more entries, saved as ``numpy.float64``) or
+    ``{"container": "torchscript"}`` (a TorchScript archive whose
     ``state_dict()`` is these tensors, as OpenAI's CLIP ``ViT-L-14.pt``); ``"prefix"``
     (e.g. ``"module."``) is put before every key first. ``reference["gains"]``
     (optional, see :func:`seeded_state_dict`) multiplies tensors first: a linear head on
@@ -146,6 +147,8 @@ def write_official_file(reference: Mapping[str, Any], path: Path) -> Path:
         payload: Any = state
     elif save["container"] == "dict":
         payload = {save["key"]: state, **save.get("extra", {})}
+        # metrics a training script saved as NumPy floats (CORE's acc and auc)
+        payload.update({k: np.float64(v) for k, v in save.get("numpy_extra", {}).items()})
     elif save["container"] == "torchscript":
         _save_torchscript(state, path)
         return path
