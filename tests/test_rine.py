@@ -78,3 +78,25 @@ def test_format_registered() -> None:
     with torch.device("meta"):
         state = RINE(random_init=True).state_dict()
     assert [f.detectors for f in formats_for(state)] == [("rine",)]
+
+
+#: keys and shapes of the released ckpt/model_2class_trainable.pth (mever-team/rine 9b7fd58)
+OFFICIAL_2CLASS = {
+    "alpha": (1, 24, 128),
+    **{f"proj1.{i}.weight": (128, 1024 if i == 1 else 128) for i in (1, 4, 7, 10)},
+    **{f"proj1.{i}.bias": (128,) for i in (1, 4, 7, 10)},
+    **{f"proj2.{i}.weight": (128, 128) for i in (1, 4, 7, 10)},
+    **{f"proj2.{i}.bias": (128,) for i in (1, 4, 7, 10)},
+    "head.0.weight": (128, 128),
+    "head.0.bias": (128,),
+    "head.3.weight": (128, 128),
+    "head.3.bias": (128,),
+    "head.6.weight": (1, 128),
+    "head.6.bias": (1,),
+}
+
+
+def test_full_size_matches_released_2class_layout() -> None:
+    with torch.device("meta"):
+        state = RINE(random_init=True).state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == OFFICIAL_2CLASS
