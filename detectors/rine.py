@@ -56,15 +56,17 @@ class RINE(ClipLinearProbe):
       layers to ``proj_dim``, dropout 0.5) maps each; the Trainable Importance
       Estimator ``alpha`` (1, blocks, proj_dim), softmax over blocks, weights
       and sums them; ``proj2`` (``nproj`` layers) and a 3-layer ``head`` give one logit;
-    * training: BCE plus a supervised contrastive term on ``z`` (weight ``lambda``),
-      Adam; ``RandomCrop(224)``, flip; test ``CenterCrop(224)`` without resizing,
+    * training (``get_transforms``): ``data_augment`` (the authors' blur/JPEG
+      step), ``RandomCrop(224)``, flip p 0.5; loss BCE plus a supervised
+      contrastive term on ``z`` and Adam lr 1e-3 as in the paper (not checked
+      against the training script here); test ``CenterCrop(224)`` without resizing,
       CLIP normalisation. Checkpoint ``model_2class_trainable.pth``: ``nproj`` 4,
       ``proj_dim`` 128 (the defaults here).
 
     Where this differs: the encoder is open_clip's re-implementation of OpenAI's
     (same weights, ``quick_gelu=True``), from ``backbone_file``; the contrastive
-    term and the reference's training schedule are not implemented (the trainer
-    uses BCE only); dropout is the reference's (active in training only).
+    term, ``data_augment`` and the reference's training schedule are not
+    implemented (the trainer uses BCE, crop and flip only); dropout is the reference's (active in training only).
     """
 
     def __init__(
