@@ -10,7 +10,7 @@ images are 64 px, so every detector reads them at 64 px with no resize (CLIP
 encoders, whose position embeddings fix 224 px, get a 224 px resize); that and
 the short budget (``--epochs``, ``--limit-train-batches``) are the only changes
 to each detector's config, and both are printed with the table. Detectors whose
-encoder weights cannot be had offline (UnivFD, ClipBased, clip_face) are
+encoder weights cannot be had offline (UnivFD, ClipBased, clip_face, RINE) are
 skipped unless ``--clip-file`` gives a local CLIP file.
 
 Prints a Markdown table and writes it, with every run's metrics, to
@@ -31,7 +31,7 @@ from detectors import detector_config, list_detectors
 from detectors.base import count_parameters
 
 FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
-CLIP_DETECTORS = {"univfd", "clipbased", "clip_face"}
+CLIP_DETECTORS = {"univfd", "clipbased", "clip_face", "rine"}
 #: fixed input size (dense layers): keep their own preprocessing (resize to native size)
 NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
 

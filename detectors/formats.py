@@ -250,6 +250,22 @@ FORMATS: tuple[WeightFormat, ...] = (
         kind="pickled-module",
         released=("full_c23.p", "full_raw.p", "full_c40.p"),
     ),
+    # AI-generated images, foundation-model detectors (#16, aigc-a)
+    WeightFormat(
+        "RINE (Koutlis & Papadopoulos) trainable parts",
+        ("rine",),
+        "github.com/mever-team/rine: src/models.py, src/utils.py, ckpt/",
+        "CLIP ViT-L/14 input: 224 centre crop without resize, CLIP normalisation",
+        matches=_all(
+            _has("alpha", "proj1.1.weight", "head.6.weight"), _shape("proj1.1.weight", 1, 1024)
+        ),
+        released=(
+            "model_1class_trainable.pth",
+            "model_2class_trainable.pth",
+            "model_4class_trainable.pth",
+            "model_ldm_trainable.pth",
+        ),
+    ),
 )
 
 
