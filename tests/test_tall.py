@@ -1,0 +1,105 @@
+"""TALL: thumbnail layout, clip transform, gradients, overfitting, full-size parameter count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepsift.core.errors import UserError
+from detectors import load_detector
+from detectors.tall import TALL, thumbnail
+from tests.video_detectors import TINY
+
+# Swin-B (patch 4, window 7, 224 px): 87,768,224 parameters with timm's 1000-class head
+# (1024 x 1000 + 1000); deepsift keeps the backbone and one 1024 -> 1 logit.
+REFERENCE_PARAMETERS = 87_768_224 - (1024 * 1000 + 1000) + 1024 + 1
+
+
+def tiny(**overrides: object) -> TALL:
+    torch.manual_seed(0)
+    return load_detector("tall", **{**TINY["tall"], **overrides})
+
+
+def frames(n: int, seed: int, size: int = 40) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+def test_thumbnail_tiles_frames_row_major() -> None:
+    clip = torch.randn(2, 6, 3, 5, 7)
+    grid = thumbnail(clip, rows=2, cols=3)
+    expected = torch.cat(
+        [torch.cat([clip[:, r * 3 + c] for c in range(3)], dim=-1) for r in range(2)], dim=-2
+    )
+    assert grid.shape == (2, 3, 10, 21)
+    torch.testing.assert_close(grid, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fill"):
+        thumbnail(clip[:, :5], 2, 3)
+
+
+def test_forward_is_backbone_on_the_thumbnail() -> None:
+    det = tiny().eval()
+    assert det.input_kind == "clip" and det.clip_len == 4 and not det.needs_mouth
+    clip = torch.stack([det.transform({"frames": frames(4, s)})["clip"] for s in range(3)])
+    assert clip.shape == (3, 4, 3, 28, 28)
+    with torch.no_grad():
+        logits = det({"clip": clip})["logits"]
+        top = torch.cat([clip[:, 0], clip[:, 1]], dim=-1)
+        bottom = torch.cat([clip[:, 2], clip[:, 3]], dim=-1)
+        image = torch.cat([top, bottom], dim=-2)
+        expected = det.head(det.backbone(image)).squeeze(-1)
+    assert logits.shape == (3,)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_train_transform_applies_one_flip_to_all_frames() -> None:
+    det = tiny(hflip=1.0, crop_scale=[1.0, 1.0])
+    same = frames(1, 0) * 4
+    clip = det.transform({"frames": same}, train=True)["clip"]
+    plain = det.transform({"frames": same})["clip"]
+    for t in range(4):
+        torch.testing.assert_close(clip[t], clip[0])
+    torch.testing.assert_close(clip[0], plain[0].flip(-1), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="clip_len=4"):
+        det.transform({"frames": same[:3]})
+
+
+def test_gradients_reach_every_parameter_and_a_tiny_batch_overfits() -> None:
+    det = tiny().train()
+    clip = torch.stack([det.transform({"frames": frames(4, s)})["clip"] for s in range(4)])
+    batch = {"clip": clip, "label": torch.tensor([0, 1, 0, 1])}
+    det.training_step(batch)["loss"].backward()
+    missing = [n for n, p in det.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    opt = torch.optim.Adam(det.parameters(), lr=1e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        loss = det.training_step(batch)["loss"]
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_full_size_parameter_count_on_meta() -> None:
+    with torch.device("meta"):
+        det = TALL()
+    assert sum(p.numel() for p in det.parameters()) == REFERENCE_PARAMETERS
+
+
+def test_pretrained_file_loads_strictly(tmp_path) -> None:
+    det = tiny()
+    path = tmp_path / "swin.pth"
+    torch.save({k: v.clone() + 1 for k, v in det.backbone.state_dict().items()}, path)
+    loaded = tiny(pretrained_file=str(path))
+    torch.testing.assert_close(
+        loaded.backbone.patch_embed.proj.weight, det.backbone.patch_embed.proj.weight + 1
+    )
+    torch.save({"extra": torch.zeros(1)}, path)
+    with pytest.raises(UserError, match="extra"):
+        tiny(pretrained_file=str(path))
+    with pytest.raises(UserError, match="pretrained_file"):
+        tiny(pretrained_file=str(tmp_path / "missing.pth"))
