@@ -8,22 +8,34 @@ The T face crops of one track are resized to a common size and tiled row-major i
 one ``rows x cols`` thumbnail image (T = 4 -> 2 x 2 grid of 112 px frames = 224 px),
 which an image backbone (Swin-B, ``swin_base_patch4_window7_224``) classifies.
 
-Reference defaults (paper / DeepfakeBench ``tall.yaml``): clip of 4 frames (the paper
-samples 4 clips of 4 frames per video; DeepfakeBench ``clip_size: 4``), 224 px
-thumbnail, ImageNet normalisation, ImageNet-pretrained Swin-B, random flip and
-crop applied to the whole clip, plus a random-masked patch per frame during training
-(paper's "thumbnail masking"); cross-entropy on two classes; optimiser AdamW-style
-(TALL4Deepfake: lr 1.5e-5 ... ; DeepfakeBench: Adam lr 2e-4, batch 16 (unconfirmed here).
+Reference defaults (DeepfakeBench ``training/config/detector/tall.yaml`` and
+``tall_detector.py``, commit 8a4a7bf5e966c5c5618bc27d1719c3683eae9a04): ``clip_size: 4``,
+``thumbnail_rows: 2``; each frame is a 224 px crop, the four are tiled into a 448 px
+thumbnail which ``forward_features`` resizes back to 224 px (``F.interpolate``, bilinear);
+ImageNet mean/std; its own Swin-B copy (Microsoft layout: ``embed_dim`` 128, depths
+(2, 2, 18, 2), heads (4, 8, 16, 32), windows (14, 14, 14, 7), patch 4, drop-path 0.1)
+plus a learnt per-frame position embedding ``frame_pos_embed`` (1, T, 128) added to every
+patch of a frame's cell (``ape: true``); a 2-class head, softmax class 1 = fake,
+cross-entropy; Adam lr 2e-5, betas (0.9, 0.999), eps 1e-8, weight decay 5e-4, no
+schedule, 100 epochs, batch 32; augmentation flip 0.5, rotate +-10 deg 0.5, blur 0.5,
+brightness/contrast +-0.1 0.5, JPEG 40-100. The paper additionally masks a random patch
+of each frame in training ("thumbnail masking").
 
-Where deepsift differs: one fake logit trained with binary cross-entropy (equivalent to
-the two-class cross-entropy on ``z_fake - z_real``); the thumbnail masking is not
-implemented; the backbone is timm's Swin (random init by default, an ImageNet start
-from a local ``pretrained_file``); official TALL4Deepfake / DeepfakeBench checkpoints
-are NOT yet loadable (their layouts were not checked offline).
+Where deepsift differs (not yet checked against the authors' code — no parity figure):
+timm's Swin (default ``swin_base_patch4_window7_224``: window 7, not 14, no
+``frame_pos_embed``); frames are resized to ``frame_size`` (112) and tiled to 224 px
+directly instead of 224 -> 448 -> bilinear 224; one fake logit trained with binary
+cross-entropy (the two-class cross-entropy on ``z_fake - z_real``); training
+augmentation is one random resized crop and one flip shared by all T frames (no
+rotation, blur, colour, JPEG or thumbnail masking); the ImageNet start needs a local
+``pretrained_file`` (timm layout), nothing is downloaded. DeepfakeBench's and
+TALL4Deepfake's checkpoints are NOT loadable yet (their layout differs from timm's:
+``model.layers.i`` with ``downsample`` at the end of a stage, ``frame_pos_embed``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,10 +49,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from deepsift.core.checkpoint import load_state_dict_strict
 from deepsift.core.errors import UserError
-from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.base import Detector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: DeepfakeBench tall.yaml: Adam lr 2e-5 (a tenth of its image detectors' 2e-4)
+TALL_ADAM: Callable[..., torch.optim.Optimizer] = functools.partial(
+    torch.optim.Adam, lr=2e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4
+)
 
 
 def thumbnail(clip: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -84,7 +101,7 @@ class TALL(Detector):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(None, optimizer or DEEPFAKEBENCH_ADAM, scheduler)
+        super().__init__(None, optimizer or TALL_ADAM, scheduler)
         self.clip_len = int(clip_len)
         self.clip_stride = int(clip_stride)
         self.rows = int(rows) if rows else round(math.sqrt(self.clip_len))

@@ -103,3 +103,12 @@ def test_pretrained_file_loads_strictly(tmp_path) -> None:
         tiny(pretrained_file=str(path))
     with pytest.raises(UserError, match="pretrained_file"):
         tiny(pretrained_file=str(tmp_path / "missing.pth"))
+
+
+def test_default_optimiser_is_deepfakebench_tall_adam() -> None:
+    optimizer, scheduler = tiny().configure_optimizers()
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.Adam) and scheduler is None
+    assert (group["lr"], group["weight_decay"]) == (2e-5, 5e-4)
+    optimizer, _ = TALL(**TINY["tall"]).configure_optimizers()
+    assert optimizer.param_groups[0]["lr"] == 2e-5
