@@ -43,6 +43,8 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.models import swin_transformer
 from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -83,6 +85,10 @@ class TALL(Detector):
             random init; nothing is downloaded.
         hflip: probability of one horizontal flip of the whole clip (training).
         crop_scale: random-resized-crop scale range, one crop for all frames (training).
+        frame_pos_embed: add a learnt (1, T, C) embedding to each frame's cell of patches
+            (DeepfakeBench ``ape: true``).
+        thumbnail_size: resize the tiled thumbnail to this side (bilinear) before the
+            backbone (DeepfakeBench: 224 px frames, 448 -> 224); ``None``: no resize.
     """
 
     input_kind = "clip"
@@ -98,6 +104,8 @@ class TALL(Detector):
         pretrained_file: str | None = None,
         hflip: float = 0.5,
         crop_scale: Sequence[float] = (0.8, 1.0),
+        frame_pos_embed: bool = False,
+        thumbnail_size: int | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
@@ -110,13 +118,44 @@ class TALL(Detector):
         self.cols = self.clip_len // self.rows
         self.frame_size = int(frame_size)
         kwargs = dict(model_kwargs or {})
-        kwargs.setdefault("img_size", (self.rows * self.frame_size, self.cols * self.frame_size))
+        self.thumbnail_size = int(thumbnail_size) if thumbnail_size else None
+        grid = (self.rows * self.frame_size, self.cols * self.frame_size)
+        kwargs.setdefault("img_size", (self.thumbnail_size,) * 2 if self.thumbnail_size else grid)
         self.backbone = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
         self.head = nn.Linear(self.backbone.num_features, 1)
+        width = self.backbone.patch_embed.proj.out_channels
+        self.frame_pos_embed = (
+            nn.Parameter(torch.zeros(1, self.clip_len, width)) if frame_pos_embed else None
+        )
         if pretrained_file:
             self._load_backbone(pretrained_file)
         self.hflip = float(hflip)
         self.crop_scale = tuple(float(s) for s in crop_scale)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load DeepfakeBench's ``tall_best.pth`` layout (``model.*``, Microsoft Swin names,
+        2-class ``head``; ``module.``-prefixed from DDP) strictly."""
+        source = f"weights file {path}"
+        if not Path(path).is_file():
+            raise UserError(f"TALL: {source} does not exist (detector.weights=)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+        if "head.weight" not in state:
+            raise UserError(f"TALL: {source} has no head.weight: not a DeepfakeBench TALL file")
+        w, b = state.pop("head.weight"), state.pop("head.bias")
+        out: dict[str, torch.Tensor] = {
+            "head.weight": (w[1] - w[0])[None],
+            "head.bias": b[1:] - b[:1],
+        }
+        if "frame_pos_embed" in state:
+            out["frame_pos_embed"] = state.pop("frame_pos_embed")
+        own = self.backbone.state_dict()
+        converted = swin_transformer.checkpoint_filter_fn(dict(state), self.backbone)
+        bad = [k for k, v in converted.items() if k in own and v.shape != own[k].shape]
+        if bad:
+            raise UserError(f"TALL: {source} does not match the configured Swin at {bad[:5]}")
+        out |= {f"backbone.{k}": v for k, v in converted.items()}
+        load_state_dict_strict(self, out, source)
 
     def _load_backbone(self, path: str) -> None:
         if not Path(path).is_file():
@@ -152,4 +191,14 @@ class TALL(Detector):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image = thumbnail(batch["clip"], self.rows, self.cols)
-        return {"logits": self.head(self.backbone(image)).squeeze(-1)}
+        if self.thumbnail_size:
+            image = F.interpolate(image, size=(self.thumbnail_size,) * 2, mode="bilinear")
+        if self.frame_pos_embed is None:
+            return {"logits": self.head(self.backbone(image)).squeeze(-1)}
+        x = self.backbone.patch_embed(image)  # (B, H', W', C): each frame a rows x cols cell
+        b, h, w, c = x.shape
+        pos = self.frame_pos_embed.reshape(self.rows, 1, self.cols, 1, c)
+        x = x.reshape(b, self.rows, h // self.rows, self.cols, w // self.cols, c) + pos
+        x = self.backbone.layers(x.reshape(b, h, w, c))
+        x = self.backbone.norm(x)
+        return {"logits": self.head(self.backbone.forward_head(x)).squeeze(-1)}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from deepsift.core.errors import UserError
 from detectors import load_detector
+from detectors.formats import formats_for
 from detectors.tall import TALL, thumbnail
 from tests.video_detectors import TINY
 
@@ -112,3 +116,57 @@ def test_default_optimiser_is_deepfakebench_tall_adam() -> None:
     assert (group["lr"], group["weight_decay"]) == (2e-5, 5e-4)
     optimizer, _ = TALL(**TINY["tall"]).configure_optimizers()
     assert optimizer.param_groups[0]["lr"] == 2e-5
+
+
+def deepfakebench_layout(det: TALL, seed: int) -> dict[str, torch.Tensor]:
+    """A DeepfakeBench ``tall_best.pth`` for ``det``'s Swin: ``model.`` prefix, Microsoft
+    Swin names (``layers.i.downsample`` ends stage i, ``head`` without ``.fc``), 2 classes."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for k, v in det.backbone.state_dict().items():
+        if "relative_position_index" in k or "attn_mask" in k:
+            continue
+        m = re.match(r"layers\.(\d+)\.downsample(.*)", k)
+        if m:
+            k = f"layers.{int(m.group(1)) - 1}.downsample{m.group(2)}"
+        state[f"model.{k}"] = torch.randn(v.shape, generator=gen) * 0.1
+    width = det.backbone.num_features
+    state["model.head.weight"] = torch.randn(2, width, generator=gen)
+    state["model.head.bias"] = torch.randn(2, generator=gen)
+    state["model.frame_pos_embed"] = torch.randn(1, 4, 16, generator=gen)
+    return state
+
+
+def test_deepfakebench_layout_loads_strictly(tmp_path) -> None:
+    overrides = {"frame_pos_embed": True, "thumbnail_size": 56, "frame_size": 40}
+    det = tiny(**overrides)
+    state = deepfakebench_layout(det, seed=1)
+    assert [f.name for f in formats_for(state)] == ["DeepfakeBench TALL"]
+    path = tmp_path / "tall_best.pth"
+    torch.save(state, path)
+    loaded = tiny(weights=str(path), **overrides).eval()
+    torch.testing.assert_close(loaded.frame_pos_embed, state["model.frame_pos_embed"])
+    w = state["model.head.weight"]
+    torch.testing.assert_close(loaded.head.weight[0], w[1] - w[0])
+    torch.testing.assert_close(
+        loaded.backbone.layers[1].downsample.reduction.weight,
+        state["model.layers.0.downsample.reduction.weight"],
+    )
+    clip = torch.randn(2, 4, 3, 40, 40)
+    with torch.no_grad():
+        logits = loaded({"clip": clip})["logits"]
+        # independent: tile, resize 80 -> 56, patchify, add each frame's embedding to its cell
+        image = F.interpolate(thumbnail(clip, 2, 2), size=(56, 56), mode="bilinear")
+        x = loaded.backbone.patch_embed(image)
+        pos = state["model.frame_pos_embed"][0]
+        x = x.clone()
+        for i in range(4):
+            r, c = divmod(i, 2)
+            x[:, r * 7 : (r + 1) * 7, c * 7 : (c + 1) * 7] += pos[i]
+        feats = loaded.backbone.forward_head(loaded.backbone.norm(loaded.backbone.layers(x)))
+        two = feats @ w.T + state["model.head.bias"]
+    torch.testing.assert_close(logits, two[:, 1] - two[:, 0], atol=1e-5, rtol=1e-5)
+    state["model.extra"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(UserError, match="extra"):
+        tiny(weights=str(path), **overrides)
