@@ -170,3 +170,25 @@ def test_deepfakebench_layout_loads_strictly(tmp_path) -> None:
     torch.save(state, path)
     with pytest.raises(UserError, match="extra"):
         tiny(weights=str(path), **overrides)
+
+
+# DeepfakeBench's TALL SwinTransformer (tall.yaml: embed 128, depths (2, 2, 18, 2), windows
+# (14, 14, 14, 7), ape, 2 classes) has 86,920,506 parameters (built from its
+# tall_detector.py at commit 8a4a7bf); deepsift's has one 1024 + 1 head row fewer.
+DEEPFAKEBENCH_PARAMETERS = 86_920_506 - (1024 + 1)
+
+
+def test_deepfakebench_size_parameter_count_on_meta() -> None:
+    with torch.device("meta"):
+        det = TALL(
+            frame_size=224,
+            thumbnail_size=224,
+            frame_pos_embed=True,
+            model_kwargs={
+                "embed_dim": 128,
+                "depths": [2, 2, 18, 2],
+                "num_heads": [4, 8, 16, 32],
+                "window_size": 14,
+            },
+        )
+    assert sum(p.numel() for p in det.parameters()) == DEEPFAKEBENCH_PARAMETERS
