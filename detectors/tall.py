@@ -28,9 +28,16 @@ directly instead of 224 -> 448 -> bilinear 224; one fake logit trained with bina
 cross-entropy (the two-class cross-entropy on ``z_fake - z_real``); training
 augmentation is one random resized crop and one flip shared by all T frames (no
 rotation, blur, colour, JPEG or thumbnail masking); the ImageNet start needs a local
-``pretrained_file`` (timm layout), nothing is downloaded. DeepfakeBench's and
-TALL4Deepfake's checkpoints are NOT loadable yet (their layout differs from timm's:
-``model.layers.i`` with ``downsample`` at the end of a stage, ``frame_pos_embed``).
+``pretrained_file`` (timm layout), nothing is downloaded.
+
+DeepfakeBench's checkpoint layout (``model.*``/``module.model.*``, Microsoft Swin names:
+``layers.i.downsample`` ends stage i, ``head`` (2, 1024), ``frame_pos_embed``) loads
+strictly through :meth:`TALL.load_weights` into the DeepfakeBench-size model
+(``frame_size=224 thumbnail_size=224 frame_pos_embed=true model_kwargs={embed_dim: 128,
+depths: [2, 2, 18, 2], num_heads: [4, 8, 16, 32], window_size: 14}``: timm clamps the
+last stage's window to its 7 x 7 map, as DeepfakeBench's code does). Its state-dict names
+and parameter count (86,920,506) were checked against DeepfakeBench's module; its forward
+output was not (no parity figure yet). The TALL4Deepfake release is not supported.
 """
 
 from __future__ import annotations
