@@ -266,6 +266,15 @@ FORMATS: tuple[WeightFormat, ...] = (
             "model_ldm_trainable.pth",
         ),
     ),
+    # -- video detectors (#15, branch video-temporal) --
+    WeightFormat(
+        "DeepfakeBench TALL",
+        ("tall",),
+        "github.com/SCLBD/DeepfakeBench: training/detectors/tall_detector.py, config/detector/tall.yaml",
+        "4 ImageNet-normalised 224 px face crops tiled 2 x 2, thumbnail resized 448 -> 224 (bilinear)",
+        matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
+        released=("tall_best.pth",),
+    ),
 )
 
 
