@@ -53,3 +53,14 @@ def test_full_size_parameter_count():
         model = ClipMean()
     # timm resnet18 with a 1-logit head: 11,176,512 + 513
     assert count_parameters(model) == 11_177_025
+
+
+def test_clip_cost_benchmark_finds_clip_detectors(tmp_path):
+    from benchmarks.clip_cost import clip_cost, clip_detectors, write_video
+
+    names = clip_detectors()
+    assert "clip_mean" in names and "univfd" not in names
+    video = tmp_path / "v.avi"
+    write_video(video, frames=12, side=128)
+    t, prep, fwd = clip_cost("clip_mean", video, batch=1, repeats=1, device="cpu")
+    assert t == 8 and prep > 0 and fwd > 0
