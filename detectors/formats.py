@@ -238,6 +238,14 @@ FORMATS: tuple[WeightFormat, ...] = (
         kind="pickled-module",
         released=("full_c23.p", "full_raw.p", "full_c40.p"),
     ),
+    # -- face-sota (#16): face-forgery detectors ---------------------------------------
+    WeightFormat(
+        "DeepfakeBench RFM",
+        ("rfm",),
+        f"{_DFB}: training/detectors/rfm_detector.py",
+        _DFB_INPUT + "; the keys are DeepfakeBench Xception's (that entry recognises them)",
+        released=("rfm_best.pth",),
+    ),
 )
 
 
