@@ -20,23 +20,47 @@ ImageNet init only from a local file (``pretrained_file``).
 
 The network and state dict are :class:`~detectors.xception.XceptionDetector`'s:
 DeepfakeBench's ``rfm_best.pth`` (``backbone.*``, ``backbone.last_linear``)
-loads strictly through :meth:`XceptionDetector.load_weights`.
+loads strictly and brings DeepfakeBench's test-time input.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from detectors.xception import XceptionDetector
+from deepsift.core.checkpoint import load_state_dict_strict
+from detectors.base import DEEPFAKEBENCH_ADAM, BackboneClassifier
+from detectors.layers.heads import fill_num_batches_tracked
+from detectors.layers.xception import (
+    XCEPTION_FEATURES,
+    read_xception_file,
+    xception_backbone,
+    xception_detector_state,
+)
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    Preprocessing,
+    merge_preprocessing,
+)
+
+log = logging.getLogger(__name__)
+
+#: DeepfakeBench rfm.yaml: 256 x 256 faces (cv2 INTER_CUBIC), mean = std = 0.5, flip
+DEFAULT_PREPROCESSING: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "hflip": 0.5}
+#: DeepfakeBench's test-time input
+DEEPFAKEBENCH_PROTOCOL: dict[str, Any] = {**DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": 256}
 
 #: DeepfakeBench: eH = eW = 120 at 256 px; 3 erased boxes per image
 ERASE_MAX, ERASE_SIZE, ERASE_POINTS = 120, 256, 3
 
 
-def forgery_attention_map(detector: XceptionDetector, x: torch.Tensor) -> torch.Tensor:
+def forgery_attention_map(detector: BackboneClassifier, x: torch.Tensor) -> torch.Tensor:
     """``|d logit / d x|``, max over channels: (B, 1, H, W), computed in eval mode."""
     was_training = detector.training
     detector.eval()
@@ -71,8 +95,43 @@ def rfm_erase(x: torch.Tensor, fam: torch.Tensor, points: int = ERASE_POINTS) ->
     return keep * x + (1 - keep) * (torch.rand_like(x) * 2 - 1)
 
 
-class RFM(XceptionDetector):
-    """Xception (see :class:`XceptionDetector`) trained on FAM-guided erased faces."""
+class RFM(BackboneClassifier):
+    """Xception (``backbone.*``, ``head``: 2048 -> 1) trained on FAM-guided erased faces.
+
+    Args:
+        pretrained_file: local ImageNet Xception weights (``xception-b5690688.pth``).
+        drop_rate: dropout before the head (0 in DeepfakeBench).
+        preprocessing, optimizer, scheduler: see :class:`Detector`.
+    """
+
+    def __init__(
+        self,
+        pretrained_file: str | None = None,
+        drop_rate: float = 0.0,
+        preprocessing: Preprocessing | dict[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        preprocessing = merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing)
+        backbone = xception_backbone(3, pretrained_file)
+        super().__init__(
+            backbone,
+            XCEPTION_FEATURES,
+            drop_rate,
+            preprocessing,
+            optimizer or DEEPFAKEBENCH_ADAM,
+            scheduler,
+        )
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load ``rfm_best.pth`` (or another Xception layout) strictly."""
+        source = f"weights file {path}"
+        state, origin = xception_detector_state(read_xception_file(path), source)
+        state = fill_num_batches_tracked(state, self.state_dict())
+        load_state_dict_strict(self, state, source)
+        log.info("RFM: loaded %s (%s layout)", path, origin)
+        if origin.startswith("DeepfakeBench"):
+            self.use_protocol("DeepfakeBench", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
