@@ -275,6 +275,14 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
         released=("tall_best.pth",),
     ),
+    # -- face-sota (#16): face-forgery detectors ---------------------------------------
+    WeightFormat(
+        "DeepfakeBench RFM",
+        ("rfm",),
+        f"{_DFB}: training/detectors/rfm_detector.py",
+        _DFB_INPUT + "; the keys are DeepfakeBench Xception's (that entry recognises them)",
+        released=("rfm_best.pth",),
+    ),
 )
 
 
