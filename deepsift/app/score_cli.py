@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LIST",
-        help="read input paths from LIST, one per line (repeatable)",
+        help="read input paths from LIST: one per line, or the path column of a .csv, .jsonl or .parquet manifest, read lazily (repeatable)",
     )
     p.add_argument(
         "--null", action="store_true", help="list files are NUL-separated (names may hold newlines)"

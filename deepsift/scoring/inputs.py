@@ -32,6 +32,7 @@ import errno
 import glob
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import stat
@@ -40,6 +41,8 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from deepsift.core.errors import UserError
 
 HEAD_BYTES = 512
 DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20
@@ -190,6 +193,62 @@ def read_list_file(path: str, null_separated: bool = False) -> Iterator[str]:
             yield pending if null_separated else pending.rstrip("\r")
 
 
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
+    """The ``path`` column of a CSV, JSONL or Parquet manifest, streamed batch by batch.
+
+    CSV and Parquet go through pyarrow's streaming readers (the ``ray`` extra), JSONL
+    line by line, so a manifest of millions of rows is never held in memory.
+    """
+    lower = path.lower()
+    if lower.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from exc
+                if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                    raise UserError(
+                        f"{path}: line {number} has no string 'path' field "
+                        '(a JSONL manifest holds one {"path": ...} object a line)'
+                    )
+                yield row["path"]
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError(
+            f'{path}: CSV/Parquet manifests need pyarrow: pip install ".[ray]"'
+        ) from exc
+    try:
+        if lower.endswith(".parquet"):
+            parquet = pq.ParquetFile(path)
+            if "path" not in parquet.schema_arrow.names:
+                raise UserError(f"{path}: the Parquet manifest has no 'path' column")
+            batches = parquet.iter_batches(batch_size=batch_rows, columns=["path"])
+        else:
+            batches = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=["path"], column_types={"path": pa.string()}
+                ),
+            )
+        for batch in batches:
+            for value in batch.column(0).to_pylist():
+                if value:
+                    yield value
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+        raise UserError(f"{path}: not a manifest with a 'path' column ({exc})") from exc
+
+
 class _Walker:
     def __init__(self, options: InputOptions, skip: Skip) -> None:
         self.options = options
@@ -214,7 +273,12 @@ class _Walker:
 
     def list_file(self, path: str) -> Iterator[WorkItem]:
         try:
-            for entry in read_list_file(path, self.options.null_separated):
+            entries = (
+                read_manifest(path)
+                if path.lower().endswith(MANIFEST_SUFFIXES)
+                else read_list_file(path, self.options.null_separated)
+            )
+            for entry in entries:
                 if os.path.lexists(entry):
                     yield from self.path(entry)
                 else:

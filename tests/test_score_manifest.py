@@ -1,0 +1,66 @@
+"""--from-file manifests (CSV, JSONL, Parquet with a ``path`` column), read lazily."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from deepsift.core.errors import UserError
+from deepsift.scoring.inputs import iter_items, read_manifest
+
+
+def _images(tmp_path: Path, n: int) -> list[str]:
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+        paths.append(str(p))
+    return paths
+
+
+def test_csv_jsonl_parquet_manifests_list_the_path_column(tmp_path: Path) -> None:
+    paths = _images(tmp_path, 5)
+    csv = tmp_path / "m.csv"
+    csv.write_text("id,path\n" + "".join(f"{i},{p}\n" for i, p in enumerate(paths)))
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"path": p, "id": i}) + "\n" for i, p in enumerate(paths)))
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": paths, "id": list(range(5))}), parquet, row_group_size=2)
+    for manifest in (csv, jsonl, parquet):
+        assert list(read_manifest(str(manifest), batch_rows=2)) == paths
+        items = list(iter_items([f"@{manifest}"]))
+        assert [item.path for item in items] == paths
+        assert all(item.error is None for item in items)
+
+
+def test_manifest_missing_path_and_missing_column(tmp_path: Path) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text(f"path\n{tmp_path / 'gone.png'}\n")
+    (item,) = iter_items([f"@{csv}"])
+    assert item.error == "no such file or directory (listed in a list file)"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file\nx.png\n")
+    with pytest.raises(UserError, match=r"bad\.csv.*'path' column"):
+        list(read_manifest(str(bad)))
+    nopath = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"file": ["x.png"]}), nopath)
+    with pytest.raises(UserError, match="no 'path' column"):
+        list(read_manifest(str(nopath)))
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"file": "x.png"}\n')
+    with pytest.raises(UserError, match="line 1 has no string 'path'"):
+        list(read_manifest(str(jsonl)))
+
+
+def test_manifest_is_streamed_not_loaded(tmp_path: Path) -> None:
+    parquet = tmp_path / "big.parquet"
+    pq.write_table(
+        pa.table({"path": [f"/x/{i}.jpg" for i in range(20000)]}), parquet, row_group_size=1000
+    )
+    stream = read_manifest(str(parquet), batch_rows=100)
+    assert next(stream) == "/x/0.jpg"  # a generator: the first row comes before the rest is read
+    assert sum(1 for _ in stream) == 19999
