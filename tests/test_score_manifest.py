@@ -64,3 +64,53 @@ def test_manifest_is_streamed_not_loaded(tmp_path: Path) -> None:
     stream = read_manifest(str(parquet), batch_rows=100)
     assert next(stream) == "/x/0.jpg"  # a generator: the first row comes before the rest is read
     assert sum(1 for _ in stream) == 19999
+
+
+def test_score_cli_scores_a_parquet_manifest_and_rejects_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    from deepsift.app.score_cli import main
+    from tests.scoring_fixtures import TINY, noise
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(noise(i, 36, 36)).save(paths[-1])
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": paths}), manifest)
+    quick = ["--workers", "0", "--quiet", "--no-provenance", "--no-pdq"]
+    out = tmp_path / "out.jsonl"
+    main(["--from-file", str(manifest), "--out", str(out), *TINY, *quick])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in records) == sorted(paths)
+    assert all(r.get("error") is None for r in records)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file\nx.png\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--from-file", str(bad), "--out", str(tmp_path / "b.jsonl"), *TINY, *quick])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "'path' column" in err and "Traceback" not in err, err
+    assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_100k_path_manifest_is_listed_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    n = 100_000
+    manifest = tmp_path / "big.csv"
+    with manifest.open("w") as handle:
+        handle.write("path\n")
+        for i in range(n):
+            handle.write(f"{tmp_path}/missing/{i:06d}-{'x' * 60}.jpg\n")
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in iter_items([f"@{manifest}"]) if item.error)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    # Holding the 100,000 paths (~150 B each as str) alone would take ~15 MB of Python heap.
+    assert peak < 4 * 2**20, f"peak Python heap {peak / 2**20:.1f} MiB while listing"

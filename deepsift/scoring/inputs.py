@@ -249,6 +249,12 @@ def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
         raise UserError(f"{path}: not a manifest with a 'path' column ({exc})") from exc
 
 
+def check_manifest(path: str) -> None:
+    """Raise the manifest's one-line error now, reading only its first batch (list files pass)."""
+    if path.lower().endswith(MANIFEST_SUFFIXES) and os.path.isfile(path):
+        next(read_manifest(path, batch_rows=1), None)
+
+
 class _Walker:
     def __init__(self, options: InputOptions, skip: Skip) -> None:
         self.options = options
