@@ -114,3 +114,16 @@ def test_100k_path_manifest_is_listed_in_bounded_memory(tmp_path: Path) -> None:
     assert count == n
     # Holding the 100,000 paths (~150 B each as str) alone would take ~15 MB of Python heap.
     assert peak < 4 * 2**20, f"peak Python heap {peak / 2**20:.1f} MiB while listing"
+
+
+def test_manifest_uri_goes_through_pyarrow_filesystems(tmp_path: Path) -> None:
+    paths = _images(tmp_path, 3)
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": paths}), parquet)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"path": p}) + "\n" for p in paths))
+    csv = tmp_path / "m.csv"
+    csv.write_text("path\n" + "\n".join(paths) + "\n")
+    for manifest in (parquet, jsonl, csv):
+        assert list(read_manifest(manifest.as_uri())) == paths
+        assert [i.path for i in iter_items([f"@{manifest.as_uri()}"])] == paths

@@ -32,6 +32,7 @@ import errno
 import glob
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -41,6 +42,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 from deepsift.core.errors import UserError
 
@@ -204,7 +206,7 @@ def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
     """
     lower = path.lower()
     if lower.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as handle:
+        with _open_text(path) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -229,13 +231,13 @@ def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
         ) from exc
     try:
         if lower.endswith(".parquet"):
-            parquet = pq.ParquetFile(path)
+            parquet = pq.ParquetFile(_open_binary(path))
             if "path" not in parquet.schema_arrow.names:
                 raise UserError(f"{path}: the Parquet manifest has no 'path' column")
             batches = parquet.iter_batches(batch_size=batch_rows, columns=["path"])
         else:
             batches = pacsv.open_csv(
-                path,
+                _open_binary(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 20),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=["path"], column_types={"path": pa.string()}
@@ -249,9 +251,29 @@ def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
         raise UserError(f"{path}: not a manifest with a 'path' column ({exc})") from exc
 
 
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _open_binary(path: str) -> Any:
+    """A local path as is; a URI (s3://, gs://, file://) through pyarrow.fs.FileSystem.from_uri."""
+    if not _is_uri(path):
+        return path
+    import pyarrow.fs
+
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    return filesystem.open_input_file(inner)
+
+
+def _open_text(path: str) -> IO[str]:
+    if not _is_uri(path):
+        return open(path, encoding="utf-8")
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
+
+
 def check_manifest(path: str) -> None:
     """Raise the manifest's one-line error now, reading only its first batch (list files pass)."""
-    if path.lower().endswith(MANIFEST_SUFFIXES) and os.path.isfile(path):
+    if path.lower().endswith(MANIFEST_SUFFIXES) and (_is_uri(path) or os.path.isfile(path)):
         next(read_manifest(path, batch_rows=1), None)
 
 
