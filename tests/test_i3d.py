@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,34 @@ def _wider(tmp_path: Path) -> Path:
     path = tmp_path / "i3d_wide.pth"
     torch.save({f"resnet.{k}": v for k, v in state.items()}, path)
     return path
+
+
+AUTHORS = json.loads((Path(__file__).parent / "official/video/deepfakebench_i3d.json").read_text())
+
+
+def test_matches_the_authors_code(tmp_path: Path) -> None:
+    """DeepfakeBench's SlowFast ResNet run by tests/official/make_deepfakebench_i3d.py."""
+    tiny = AUTHORS["tiny"]
+    spec = [[k, shape, dtype] for k, shape, dtype in tiny["key_spec"]]
+    assert spec == official_spec(tiny["blocks"], tiny["width"], 1)  # the keys, in order
+    assert AUTHORS["full"]["parameters"] == REFERENCE_PARAMETERS
+    path = tmp_path / "i3d_best.pth"
+    torch.save(
+        {f"resnet.{k}": v for k, v in seeded_state_dict(spec, AUTHORS["seed"]).items()}, path
+    )
+    frames_, size = tiny["frames"], tiny["size"]
+    det = load_detector(
+        "i3d",
+        weights=path,
+        clip_len=frames_,
+        blocks=tiny["blocks"],
+        width_per_group=tiny["width"],
+        preprocessing={"size": size, "resize_to": size},
+    ).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, frames_, 3, size, size)
+    with torch.no_grad():
+        logits = det({"clip": x})["logits"].double()
+    prob = torch.tensor(tiny["prob"], dtype=torch.float64)
+    torch.testing.assert_close(logits, torch.logit(prob), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(logits), prob, atol=1e-6, rtol=0)
