@@ -155,7 +155,11 @@ def test_transform_shapes_and_one_augmentation_per_clip() -> None:
     det = load_detector("i3d", **SMALL)
     clip = det.transform({"frames": frames(T)})["clip"]
     assert clip.shape == (T, 3, SIZE, SIZE) and clip.dtype == torch.float32
-    assert clip.min() >= -1.0 and clip.max() <= 1.0  # Normalize(0.5, 0.5)
+    # abstract_dataset.py: load_rgb's cv2.resize (INTER_CUBIC), ToTensor, Normalize(0.5, 0.5)
+    cv2 = pytest.importorskip("cv2")
+    first = cv2.resize(np.asarray(frames(T)[0]), (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
+    want = (torch.from_numpy(first).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(clip[0], want)
     same = frames(1, seed=4) * T  # T copies of one frame: every frame must get the same draw
     torch.manual_seed(0)
     views = [det.transform({"frames": same}, train=True)["clip"] for _ in range(8)]
