@@ -283,6 +283,35 @@ FORMATS: tuple[WeightFormat, ...] = (
         _DFB_INPUT + "; the keys are DeepfakeBench Xception's (that entry recognises them)",
         released=("rfm_best.pth",),
     ),
+    # -- video detectors, 3D convolutions (issue #15) -----------------------------------
+    WeightFormat(
+        "DeepfakeBench I3D",
+        ("i3d",),
+        f"{_DFB}: training/detectors/i3d_detector.py, utils/slowfast/models/",
+        "clips of 16 consecutive face frames, each cv2.resize to 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, C, T, H, W)",
+        matches=_all(
+            _has("resnet.s1.pathway0_stem.conv.weight"),
+            _shape("resnet.head.projection.weight", 0, 1),
+        ),
+        released=("i3d_best.pth",),
+    ),
+    WeightFormat(
+        "SlowFast Kinetics-400 I3D R50 (DeepfakeBench's I3D pretraining)",
+        ("i3d",),
+        "github.com/facebookresearch/SlowFast (I3D 8x8 R50), loaded by "
+        f"{_DFB}: training/detectors/i3d_detector.py as config 'pretrained'",
+        "a Kinetics action classifier, not a detector: detector.pretrained_file= for "
+        "fine-tuning (400-way head cut to row 0)",
+        matches=_any(
+            _all(_has("s1.pathway0_stem.conv.weight"), _shape("head.projection.weight", 0, 400)),
+            _all(
+                _has("resnet.s1.pathway0_stem.conv.weight"),
+                _shape("resnet.head.projection.weight", 0, 400),
+            ),
+        ),
+        released=("I3D_8x8_R50.pth",),
+    ),
 )
 
 
