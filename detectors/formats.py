@@ -275,6 +275,14 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
         released=("tall_best.pth",),
     ),
+    WeightFormat(
+        "DeepfakeBench STIL",
+        ("stil",),
+        "github.com/SCLBD/DeepfakeBench: training/detectors/stil_detector.py, config/detector/stil.yaml",
+        "8 consecutive 224 px face crops, mean = std = 0.5, per-frame logits averaged",
+        matches=_has("model.base_model.layer1.0.tim.conv1.weight", "model.base_model.fc.weight"),
+        released=("stil_best.pth",),
+    ),
     # -- face-sota (#16): face-forgery detectors ---------------------------------------
     WeightFormat(
         "DeepfakeBench RFM",
