@@ -183,7 +183,9 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("cnnspot", "lgrad"),
         "github.com/PeterWang512/CNNDetection: networks/resnet.py, demo.py",
         "no resize, CenterCrop 224 (eval.py; --no_crop: whole image), ImageNet normalisation",
-        matches=_all(_has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1)),
+        matches=_all(
+            _has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1), _none(_has("conv2.weight"))
+        ),
         released=("blur_jpg_prob0.5.pth", "blur_jpg_prob0.1.pth"),
     ),
     WeightFormat(
@@ -237,6 +239,20 @@ FORMATS: tuple[WeightFormat, ...] = (
         "1.3x dlib face box, Resize((299, 299)) (PIL bilinear), Normalize(0.5, 0.5)",
         kind="pickled-module",
         released=("full_c23.p", "full_raw.p", "full_c40.p"),
+    ),
+    # -- #16, AI-generated images: CNN / frequency detectors (aigc-b) --------------------------
+    WeightFormat(
+        "LaDeDa (LaDeDa9)",
+        ("ladeda",),
+        "github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld: networks/LaDeDa.py, "
+        "test.py",
+        "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation",
+        matches=_all(
+            _shape("conv1.weight", 2, 1),
+            _shape("conv2.weight", 1, 64),
+            _has("layer4.2.conv3.weight"),
+        ),
+        released=("WildRF_LaDeDa.pth", "ForenSynth_LaDeDa.pth"),
     ),
 )
 
