@@ -194,7 +194,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         "github.com/chuangchuangtan/NPR-DeepfakeDetection: networks/resnet.py, test.py",
         "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation (ForenSynths "
         "flags; GANGen-Detection: no resize)",
-        matches=_all(_has("fc1.weight"), _prefix("layer2."), _none(_prefix("layer3."))),
+        matches=_all(_shape("fc1.weight", 0, 1), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("NPR.pth", "model_epoch_last_3090.pth"),
     ),
     WeightFormat(
@@ -253,6 +253,14 @@ FORMATS: tuple[WeightFormat, ...] = (
             _has("layer4.2.conv3.weight"),
         ),
         released=("WildRF_LaDeDa.pth", "ForenSynth_LaDeDa.pth"),
+    ),
+    WeightFormat(
+        "SAFE",
+        ("safe",),
+        "github.com/Ouxiang-Li/SAFE: models/resnet.py, main_finetune.py, utils.py (save_model)",
+        "CenterCrop(256) (zero-padded), no resize, ToTensor, no normalisation",
+        matches=_all(_shape("fc1.weight", 0, 2), _prefix("layer2."), _none(_prefix("layer3."))),
+        released=("checkpoint-best.pth",),
     ),
 )
 
