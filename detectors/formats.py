@@ -195,7 +195,9 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("cnnspot", "lgrad"),
         "github.com/PeterWang512/CNNDetection: networks/resnet.py, demo.py",
         "no resize, CenterCrop 224 (eval.py; --no_crop: whole image), ImageNet normalisation",
-        matches=_all(_has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1)),
+        matches=_all(
+            _has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1), _none(_has("conv2.weight"))
+        ),
         released=("blur_jpg_prob0.5.pth", "blur_jpg_prob0.1.pth"),
     ),
     WeightFormat(
@@ -204,7 +206,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         "github.com/chuangchuangtan/NPR-DeepfakeDetection: networks/resnet.py, test.py",
         "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation (ForenSynths "
         "flags; GANGen-Detection: no resize)",
-        matches=_all(_has("fc1.weight"), _prefix("layer2."), _none(_prefix("layer3."))),
+        matches=_all(_shape("fc1.weight", 0, 1), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("NPR.pth", "model_epoch_last_3090.pth"),
     ),
     WeightFormat(
@@ -319,6 +321,28 @@ FORMATS: tuple[WeightFormat, ...] = (
             ),
         ),
         released=("I3D_8x8_R50.pth",),
+    ),
+    # -- #16, AI-generated images: CNN / frequency detectors (aigc-b) --------------------------
+    WeightFormat(
+        "LaDeDa (LaDeDa9)",
+        ("ladeda",),
+        "github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld: networks/LaDeDa.py, "
+        "test.py",
+        "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation",
+        matches=_all(
+            _shape("conv1.weight", 2, 1),
+            _shape("conv2.weight", 1, 64),
+            _has("layer4.2.conv3.weight"),
+        ),
+        released=("WildRF_LaDeDa.pth", "ForenSynth_LaDeDa.pth"),
+    ),
+    WeightFormat(
+        "SAFE",
+        ("safe",),
+        "github.com/Ouxiang-Li/SAFE: models/resnet.py, main_finetune.py, utils.py (save_model)",
+        "CenterCrop(256) (zero-padded), no resize, ToTensor, no normalisation",
+        matches=_all(_shape("fc1.weight", 0, 2), _prefix("layer2."), _none(_prefix("layer3."))),
+        released=("checkpoint-best.pth",),
     ),
 )
 
