@@ -15,6 +15,10 @@ the same timm class (``vit_base_patch14_reg4_dinov2``: 14 px patches, 4 register
 ``img_size``/``embed_dim``/``depth``/``num_heads`` overrides and 56 px crops (a 4 x 4
 grid): the full ViT-B/14 at 504 px is too slow for the test suite on a CPU. deepsift
 gets the same architecture through ``overrides`` (``crop_size``, ``model_args``).
+Checked once outside the suite at full size (their ``get_network('timm_c5i504_vit_base_
+patch14_reg4_dinov2.lvd142m')``, seed-0 weights in ``{'model': ...}``, the 640 x 480 and
+480 x 640 reference pictures): deepsift's ``load_detector('bfree', weights=...)`` gave the
+same logits (-0.70577, -0.69144; |difference| 0.0), about a minute per picture on a CPU.
 
     python -m tests.official.make_bfree --repo /path/to/B-Free  # a checkout of COMMIT
 """
