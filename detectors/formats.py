@@ -344,6 +344,18 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_all(_shape("fc1.weight", 0, 2), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("checkpoint-best.pth",),
     ),
+    WeightFormat(
+        "B-Free (Guillaro et al.) timm DINOv2 ViT-B/14 reg4, 504 px grid",
+        ("bfree",),
+        "github.com/grip-unina/B-Free: code/networks/__init__.py, code/networks/wrapper5crops.py",
+        "whole image, no resize, ImageNet normalisation; mean logit of five 504 px crops",
+        matches=_all(
+            _has("reg_token", "pos_embed", "patch_embed.proj.weight", "head.weight"),
+            _shape("patch_embed.proj.weight", 2, 14),
+            _shape("head.weight", 0, 1),
+        ),
+        released=("model_epoch_best.pth",),
+    ),
 )
 
 
