@@ -104,3 +104,49 @@ def test_bad_engine_settings_fail_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1], err
     assert not out.exists()
+
+
+def test_resume_keeps_committed_shards_and_scores_the_rest(cluster: Any, tmp_path: Path) -> None:
+    """A killed run left one committed shard (the first 10 listed items) and a torn tmp file:
+    --resume neither lists nor scores those items again, and writes every item once."""
+    from deepsift.scoring.inputs import item_key, iter_items
+    from deepsift.scoring.output import encode_jsonl
+    from deepsift.scoring.ray_engine import score_ray, shard_name
+
+    root = make_zoo(tmp_path / "in")["root"]
+    options = RunOptions(
+        inputs=[str(root)],
+        workers=0,
+        batch_size=4,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+    )
+    sink = OutputFile(tmp_path / "local.jsonl", overwrite=True)
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
+    sink.close()
+    local = read_jsonl(tmp_path / "local.jsonl")
+    listed = [item.key() for item in iter_items(options.inputs, options.input_options)]
+    first = set(listed[:10])
+    committed = [r for r in local if item_key(r["path"], r["member"], r["member_index"]) in first]
+    marked = next(r for r in committed if r["score"] is not None and not r["duplicate_of"])
+    marked["score"] = 0.123456  # proves the committed record is kept, not scored again
+    shards = tmp_path / "r.jsonl.shards"
+    shards.mkdir()
+    (shards / shard_name(0, 9)).write_bytes(b"".join(encode_jsonl(r) for r in committed))
+    (shards / (shard_name(10, 17) + ".tmp-999")).write_bytes(b'{"path": "torn')
+    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    run = score_ray(
+        stub_ensemble,
+        DEFAULT_BANDS,
+        options,
+        sink,
+        shard_dir=shards,
+        items_per_shard=8,
+        resume=True,
+    )
+    sink.close()
+    remote = read_jsonl(tmp_path / "r.jsonl")
+    assert run["shards_resumed"] == 1 and run["items_listed"] == len(listed) - 10
+    assert sorted(map(_key, remote)) == sorted(map(_key, local))  # each item exactly once
+    kept = next(r for r in remote if _key(r) == _key(marked))
+    assert kept["score"] == 0.123456

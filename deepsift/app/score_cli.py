@@ -470,8 +470,13 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     from deepsift.scoring.ray_engine import score_ray, start_ray
     from deepsift.scoring.runner import Stats
 
-    if args.resume:
-        raise UserError("--engine ray does not support --resume yet; use --engine local")
+    out = Path(args.out)
+    shard_dir = out.with_name(out.name + ".shards")
+    if args.resume and not shard_dir.is_dir():
+        raise UserError(
+            f"--engine ray --resume continues from {shard_dir}, which does not exist "
+            "(the run finished, or never started); pass --overwrite to score again"
+        )
     start_ray(args.ray_address, args.gpus_per_worker, args.model_workers)
     load = functools.partial(
         load_ensemble,
@@ -495,17 +500,18 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     device = torch.device("cuda" if args.gpus_per_worker > 0 else "cpu")
     options = run_options(args, inputs, device, None)
     options.workers = 0
-    out = Path(args.out)
     options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
     stats = Stats()
-    sink = OutputFile(out, args.format, overwrite=args.overwrite)
+    # --resume: --out is rewritten whole from the committed shards
+    sink = OutputFile(out, args.format, overwrite=args.overwrite or args.resume)
     try:
         run = score_ray(
             load,
             bands,
             options,
             sink,
-            shard_dir=out.with_name(out.name + ".shards"),
+            shard_dir=shard_dir,
+            resume=args.resume,
             model_workers=args.model_workers,
             gpus_per_worker=args.gpus_per_worker,
             on_record=stats.add,

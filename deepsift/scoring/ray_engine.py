@@ -20,7 +20,8 @@ Scorer and across shards by the driver while merging, as the local engine does.
 Known limits of this first version: the item listing is enumerated lazily but
 handed to Ray Data as one in-memory list of small rows (paths, plus the bytes of
 archive members); a duplicate video keeps its frame records when its original is in
-another shard; ``--resume`` is not supported yet.
+another shard; ``--resume`` continues from the committed shards (``<out>.shards``) and
+rewrites --out whole from them.
 
 ``ray`` is imported inside functions only: the local engine works without it.
 """
@@ -41,7 +42,7 @@ from deepsift.core.errors import UserError
 from deepsift.scoring.calibration import Bands
 from deepsift.scoring.inputs import iter_items
 from deepsift.scoring.models import Ensemble
-from deepsift.scoring.output import encode_jsonl, iter_jsonl_records
+from deepsift.scoring.output import encode_jsonl, iter_jsonl_records, record_key
 from deepsift.scoring.runner import RunOptions
 
 #: items per shard file (one map_batches block)
@@ -194,17 +195,33 @@ class _ScoreShard:
 
 
 # -- driver side ------------------------------------------------------------------------
-def _rows(options: RunOptions) -> Iterator[dict[str, Any]]:
+def _rows(options: RunOptions, done: set[bytes]) -> Iterator[dict[str, Any]]:
+    """Rows of the items to score. An item's index is its position in the whole listing,
+    committed items (``done``) included, so a resumed run names its shards apart."""
     seen: set[bytes] = set()
+    position = [-1]
 
     def skip(key: bytes) -> bool:  # the same item named twice is scored once
         if key in seen:
             return True
         seen.add(key)
-        return False
+        position[0] += 1
+        return key in done
 
-    for index, item in enumerate(iter_items(options.inputs, options.input_options, skip)):
-        yield {"index": index, "item": pickle.dumps(item)}
+    for item in iter_items(options.inputs, options.input_options, skip):
+        yield {"index": position[0], "item": pickle.dumps(item)}
+
+
+def _committed(shard_dir: Path) -> tuple[list[str], set[bytes]]:
+    """Shard files already committed (tmp files are not) and the item keys they hold."""
+    names = sorted(p.name for p in shard_dir.glob("shard-*.jsonl"))
+    done: set[bytes] = set()
+    for name in names:
+        with open(shard_dir / name, "rb") as handle:
+            for _, _, record in iter_jsonl_records(handle):
+                if record is not None and record["kind"] != "frame":
+                    done.add(record_key(record))
+    return names, done
 
 
 def _merged(shard_dir: Path, names: list[str]) -> Iterator[dict[str, Any]]:
@@ -251,12 +268,15 @@ def score_ray(
     model_workers: int = 1,
     gpus_per_worker: float = 0.0,
     items_per_shard: int = DEFAULT_ITEMS_PER_SHARD,
+    resume: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``options.inputs`` on the Ray cluster :func:`start_ray` connected to; write the
     merged records to ``sink`` and return a summary like the local engine's ``this_run``.
 
     ``load`` builds the ensemble (it runs in every worker: it must be picklable).
+    ``resume``: the shards a killed run committed in ``shard_dir`` are kept and their
+    items are not listed again (not even read); the rest is scored, then all are merged.
     """
     import time
 
@@ -266,10 +286,16 @@ def score_ray(
         raise UserError("--engine ray: call start_ray first")
     start = time.monotonic()
     shard_dir = Path(shard_dir)
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    shard_dir.mkdir(parents=True)
-    rows = list(_rows(options))
-    names: list[str] = []
+    if resume and shard_dir.is_dir():
+        names, done = _committed(shard_dir)
+        for stale in shard_dir.glob("*.tmp-*"):  # a block its worker never committed
+            stale.unlink()
+    else:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        shard_dir.mkdir(parents=True)
+        names, done = [], set()
+    resumed = len(names)
+    rows = list(_rows(options, done))
     if rows:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // items_per_shard)))
         ds = ds.map(
@@ -310,4 +336,6 @@ def score_ray(
         "elapsed_s": round(elapsed, 3),
         "items_per_s": round(items / elapsed, 3) if elapsed > 0 else None,
         "shards": len(set(names)),
+        "shards_resumed": resumed,
+        "items_listed": len(rows),
     }
