@@ -117,6 +117,42 @@ def end_to_end(
     return summary["this_run"]["items"] / summary["this_run"]["elapsed_s"]
 
 
+def end_to_end_ray(load, folder: Path, out: Path, batch: int, model_workers: int) -> float:
+    """``--engine ray`` on the local Ray that main() started (actor start-up included)."""
+    from deepsift.scoring.calibration import DEFAULT_BANDS
+    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.ray_engine import score_ray
+    from deepsift.scoring.runner import RunOptions
+
+    options = RunOptions(
+        inputs=[str(folder)],
+        batch_size=batch,
+        workers=0,
+        progress=False,
+        prepare_options=PrepareOptions(provenance=False, pdq=False),
+    )
+    sink = OutputFile(out, overwrite=True)
+    try:
+        run = score_ray(
+            load,
+            DEFAULT_BANDS,
+            options,
+            sink,
+            shard_dir=out.with_name(out.name + ".shards"),
+            model_workers=model_workers,
+        )
+    finally:
+        sink.close()
+    return run["items"] / run["elapsed_s"]
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -141,6 +177,13 @@ def main() -> None:
         "--extras", action="store_true", help="also time score.py with provenance and PDQ"
     )
     parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: also time score.py --engine ray on a local Ray with the same cores",
+    )
+    parser.add_argument("--model-workers", type=int, default=1, help="--engine ray actors")
+    parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of all modes; the best of each is shown"
     )
     args = parser.parse_args()
@@ -153,6 +196,18 @@ def main() -> None:
     ensemble = load_ensemble(detector=args.detector, overrides=args.set).to(device)
     detector = ensemble.members[0].detector
     best: dict[str, float] = {}
+    ray_mode = f"score.py --engine ray ({args.model_workers} model workers)"
+    if args.engine == "ray":
+        import functools
+
+        import ray
+
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 2
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        load = functools.partial(load_ensemble, detector=args.detector, overrides=args.set)
 
     def keep(name: str, rate: float) -> None:
         best[name] = max(best.get(name, 0.0), rate)
@@ -181,6 +236,9 @@ def main() -> None:
                     "score.py with provenance + PDQ",
                     end_to_end(ensemble, folder, out, args.batch, workers, device, amp, True),
                 )
+            if args.engine == "ray":
+                out = Path(tmp) / "ray.jsonl"
+                keep(ray_mode, end_to_end_ray(load, folder, out, args.batch, args.model_workers))
             keep(
                 "naive loop (PIL, transform, forward; 1 process)",
                 naive_loop(detector, paths, args.batch, device, amp),
@@ -195,6 +253,11 @@ def main() -> None:
     print("| mode | images/s | x model only |\n|---|---:|---:|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
+    if args.engine == "ray":
+        print(
+            f"\nscore.py --engine ray / local: {best[ray_mode] / best[e2e]:.2f}; "
+            f"peak RSS of this process {_peak_rss_mib():.0f} MiB (Ray workers not included)"
+        )
 
 
 if __name__ == "__main__":

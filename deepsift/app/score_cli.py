@@ -197,6 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="animated GIF/WebP/PNG: first frame, or frames like a video",
     )
 
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine; ray: Ray Data on a cluster (the ray extra)",
+    )
+    g.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (HOST:PORT from `ray start --head`, auto, ray://HOST:10001); "
+        "default: start a local Ray",
+    )
+    g.add_argument(
+        "--model-workers", type=int, default=1, help="--engine ray: model actors (default 1)"
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="--engine ray: GPUs per model actor (default 0: CPU)",
+    )
+
     g = p.add_argument_group("resources and limits")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     g.add_argument(
@@ -399,6 +421,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("nothing to score: pass files, folders, patterns or --from-file LIST")
     for path in args.from_file:
         check_manifest(path)  # a manifest without a path column fails before --out is opened
+    if args.engine == "ray":
+        return score_on_ray(args, inputs)
     device, amp = resolve(args)
     ensemble = ensemble_from_args(args, device)
     bands = (
@@ -430,6 +454,88 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     print_summary(summary, path)
     if summary["this_run"]["interrupted"]:
         sys.exit(130)
+    return summary
+
+
+def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
+    """``--engine ray``: every engine check first (nothing is written on a bad setting),
+    then :func:`deepsift.scoring.ray_engine.score_ray` into --out."""
+    import functools
+
+    import torch
+
+    from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
+    from deepsift.scoring.models import load_ensemble
+    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.ray_engine import score_ray, start_ray
+    from deepsift.scoring.runner import Stats
+
+    out = Path(args.out)
+    shard_dir = out.with_name(out.name + ".shards")
+    if args.resume and not shard_dir.is_dir():
+        raise UserError(
+            f"--engine ray --resume continues from {shard_dir}, which does not exist "
+            "(the run finished, or never started); pass --overwrite to score again"
+        )
+    start_ray(args.ray_address, args.gpus_per_worker, args.model_workers)
+    load = functools.partial(
+        load_ensemble,
+        checkpoint=args.checkpoint,
+        detector=args.detector,
+        weights=args.weights,
+        overrides=args.set,
+        ensemble=args.ensemble,
+        faces=args.faces,
+        combine=args.combine,
+        face_overrides=face_overrides(args),
+    )
+    ensemble = load()  # a bad detector or weights file fails here, in one line
+    if any(m.faces for m in ensemble.members):
+        raise UserError("--engine ray does not score face crops yet; use --engine local")
+    bands = (
+        load_calibration(args.calibration, ensemble.identity())
+        if args.calibration
+        else DEFAULT_BANDS
+    )
+    device = torch.device("cuda" if args.gpus_per_worker > 0 else "cpu")
+    options = run_options(args, inputs, device, None)
+    options.workers = 0
+    options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
+    stats = Stats()
+    # --resume: --out is rewritten whole from the committed shards
+    sink = OutputFile(out, args.format, overwrite=args.overwrite or args.resume)
+    try:
+        run = score_ray(
+            load,
+            bands,
+            options,
+            sink,
+            shard_dir=shard_dir,
+            resume=args.resume,
+            model_workers=args.model_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            on_record=stats.add,
+        )
+    finally:
+        sink.close()
+    summary = {
+        "output": str(out),
+        "format": sink.format,
+        **stats.to_dict(),
+        "this_run": {**run, "pictures_per_s": None, "interrupted": False},
+        "calibrated": bands.calibrated,
+        "calibration_file": bands.source,
+        "thresholds": bands.thresholds(),
+        "engine": "ray",
+        "ray_address": args.ray_address,
+        "model_workers": args.model_workers,
+        "gpus_per_worker": args.gpus_per_worker,
+        "batch_size": options.batch_size,
+        **extras_status(args),
+    }
+    path = summary_path(out)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print_summary(summary, path)
     return summary
 
 

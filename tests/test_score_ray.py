@@ -1,0 +1,152 @@
+"""score.py --engine ray: the same records as the local engine, and bad engine settings in one line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepsift.app.score_cli import main
+from deepsift.scoring.calibration import DEFAULT_BANDS
+from deepsift.scoring.inputs import InputOptions
+from deepsift.scoring.output import OutputFile
+from deepsift.scoring.runner import RunOptions, Scorer
+from tests.scoring_fixtures import BAD, make_zoo, read_jsonl, stub_ensemble
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _key(record: dict[str, Any]) -> tuple:
+    return (record["path"], record["member"], record["member_index"], record["kind"])
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=0, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Path) -> None:
+    from deepsift.scoring.ray_engine import score_ray
+
+    zoo = make_zoo(tmp_path / "in")
+    options = RunOptions(
+        inputs=[str(zoo["root"])],
+        batch_size=4,
+        workers=0,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+    )
+    sink = OutputFile(tmp_path / "local.jsonl", overwrite=True)
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
+    sink.close()
+    sink = OutputFile(tmp_path / "ray.jsonl", overwrite=True)
+    # blocks of 8 items: several shards, so duplicates are resolved across shards too
+    run = score_ray(
+        stub_ensemble,
+        DEFAULT_BANDS,
+        options,
+        sink,
+        shard_dir=tmp_path / "shards",
+        items_per_shard=8,
+    )
+    sink.close()
+    local = {_key(r): r for r in read_jsonl(tmp_path / "local.jsonl")}
+    remote = read_jsonl(tmp_path / "ray.jsonl")
+    assert run["shards"] > 1
+    assert len(remote) == len({_key(r) for r in remote}) == len(local)  # no duplicate, no loss
+    for record in remote:
+        expected = local[_key(record)]
+        assert _same(record, expected), (record, expected)
+    errors = {Path(r["path"]).name: r["error"] for r in remote if r["error"]}
+    for name, reason in BAD.items():
+        assert reason in errors[name]
+    assert sum(r["score"] is not None for r in remote) > 10
+    assert any(r.get("duplicate_of") for r in remote)
+    assert not (tmp_path / "shards").exists()  # merged shards are cleaned up
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ray-address", "127.0.0.1:9"], "--ray-address 127.0.0.1:9: no Ray cluster answers"),
+        (["--gpus-per-worker", "1"], "--gpus-per-worker 1.0 but the Ray cluster has 0 GPU(s)"),
+        (["--model-workers", "0"], "--model-workers must be positive"),
+    ],
+)
+def test_bad_engine_settings_fail_in_one_line(
+    cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not really")
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main([str(image), "--out", str(out), "--detector", "durall", "--engine", "ray", *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert not out.exists()
+
+
+def test_resume_keeps_committed_shards_and_scores_the_rest(cluster: Any, tmp_path: Path) -> None:
+    """A killed run left one committed shard (the first 10 listed items) and a torn tmp file:
+    --resume neither lists nor scores those items again, and writes every item once."""
+    from deepsift.scoring.inputs import item_key, iter_items
+    from deepsift.scoring.output import encode_jsonl
+    from deepsift.scoring.ray_engine import score_ray, shard_name
+
+    root = make_zoo(tmp_path / "in")["root"]
+    options = RunOptions(
+        inputs=[str(root)],
+        workers=0,
+        batch_size=4,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+    )
+    sink = OutputFile(tmp_path / "local.jsonl", overwrite=True)
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
+    sink.close()
+    local = read_jsonl(tmp_path / "local.jsonl")
+    listed = [item.key() for item in iter_items(options.inputs, options.input_options)]
+    first = set(listed[:10])
+    committed = [r for r in local if item_key(r["path"], r["member"], r["member_index"]) in first]
+    marked = next(r for r in committed if r["score"] is not None and not r["duplicate_of"])
+    marked["score"] = 0.123456  # proves the committed record is kept, not scored again
+    shards = tmp_path / "r.jsonl.shards"
+    shards.mkdir()
+    (shards / shard_name(0, 9)).write_bytes(b"".join(encode_jsonl(r) for r in committed))
+    (shards / (shard_name(10, 17) + ".tmp-999")).write_bytes(b'{"path": "torn')
+    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    run = score_ray(
+        stub_ensemble,
+        DEFAULT_BANDS,
+        options,
+        sink,
+        shard_dir=shards,
+        items_per_shard=8,
+        resume=True,
+    )
+    sink.close()
+    remote = read_jsonl(tmp_path / "r.jsonl")
+    assert run["shards_resumed"] == 1 and run["items_listed"] == len(listed) - 10
+    assert sorted(map(_key, remote)) == sorted(map(_key, local))  # each item exactly once
+    kept = next(r for r in remote if _key(r) == _key(marked))
+    assert kept["score"] == 0.123456
