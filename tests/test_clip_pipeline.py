@@ -158,3 +158,66 @@ def test_clip_detector_trains_and_evaluates(celeb_cache: Path, tmp_path: Path) -
     evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
     assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
     assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
+
+
+def test_score_refuses_a_clip_detector_with_the_alternative() -> None:
+    from deepsift.core.errors import UserError
+    from deepsift.scoring.models import build_member
+
+    overrides = {"backbone": "resnet10t", "size": 32, "clip_len": 2}
+    with pytest.raises(UserError, match=r"clip detector.*evaluate\.py"):
+        build_member(detector="clip_mean", overrides=overrides)
+
+
+def _hydra(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_hydra(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _other_clip_detectors() -> list[str]:
+    from benchmarks.clip_cost import clip_detectors
+
+    return [name for name in clip_detectors() if name != "clip_mean"]
+
+
+@pytest.mark.parametrize("name", _other_clip_detectors())
+def test_every_clip_detector_trains_through_the_pipeline(
+    name: str, celeb_cache: Path, tmp_path: Path
+) -> None:
+    from detectors import detector_config
+
+    try:
+        from tests.video_detectors import TINY as OVERRIDES
+    except ImportError:
+        OVERRIDES = {}
+    if name not in OVERRIDES:
+        pytest.skip(f"{name}: no CPU-small overrides in tests/video_detectors.py TINY")
+    overrides = OVERRIDES[name]
+    config = {**detector_config(name), **overrides}
+    if clip_span_of(config) > FRAMES:
+        pytest.skip(f"{name}: a clip spans more than the fixture's {FRAMES} cached frames")
+    args = [
+        f"detector={name}",
+        *(f"++detector.{k}={_hydra(v)}" for k, v in overrides.items()),
+        *[a for a in TINY if not a.startswith("detector")],
+        *data_args(celeb_cache),
+        "eval_splits=[test]",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    result = run_script("train.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
+    assert report["unit"] == "clip" and report["video"]["n"] == 6
+
+
+def clip_span_of(config: dict) -> int:
+    from datasets.clips import clip_span
+
+    return clip_span(int(config.get("clip_len", 1)), int(config.get("clip_stride", 1)))
