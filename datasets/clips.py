@@ -15,7 +15,9 @@ records of :class:`datasets.crop_cache.VideoCropSource` into one record per clip
   of a video like it aggregates frames.
 
 "Consecutive" means consecutive in the cache: ``datasets.preprocess`` keeps ``frames``
-frames evenly spaced over the video, so ``clip_stride`` counts cached frames.
+frames evenly spaced over the video, so ``clip_stride`` counts cached frames (after
+``data.max_frames``, when set, has thinned them: leave it null for clip detectors).
+Mouth crops (``Detector.needs_mouth``) are not in the cache yet.
 
 A video with no track as long as one clip (``(clip_len - 1) * clip_stride + 1`` cached
 frames) is skipped and returned in ``skipped`` with the reason and the fix; it is never

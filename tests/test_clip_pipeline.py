@@ -221,3 +221,35 @@ def clip_span_of(config: dict) -> int:
     from datasets.clips import clip_span
 
     return clip_span(int(config.get("clip_len", 1)), int(config.get("clip_stride", 1)))
+
+
+def test_a_mouth_clip_detector_is_refused_in_one_line(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from deepsift.app.pipeline import detector_records
+    from deepsift.core.errors import UserError
+
+    detector = SimpleNamespace(input_kind="clip", clip_len=2, clip_stride=1, needs_mouth=True)
+    cfg = OmegaConf.create({"metrics": {"clips_per_video": 2}})
+    ctx = SimpleNamespace(run_dir=tmp_path)
+    with pytest.raises(UserError, match="mouth crops"):
+        detector_records(detector, [Record("a.png", 0, video="v")], cfg, ctx, "test")
+
+
+def test_image_data_gives_a_clip_detector_one_clear_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from deepsift.app.pipeline import detector_records
+    from deepsift.core.errors import UserError
+
+    detector = SimpleNamespace(input_kind="clip", clip_len=2, clip_stride=1, needs_mouth=False)
+    cfg = OmegaConf.create({"metrics": {"clips_per_video": 2}})
+    ctx = SimpleNamespace(run_dir=tmp_path)
+    stills = [Record(f"{i}.png", i % 2) for i in range(4)]
+    with pytest.raises(UserError, match="face-crop cache"):
+        detector_records(detector, stills, cfg, ctx, "test")
+    assert (tmp_path / "clips_skipped_test.json").is_file()

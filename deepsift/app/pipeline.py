@@ -178,6 +178,11 @@ def detector_records(
     """
     if getattr(detector, "input_kind", "image") != "clip":
         return list(records), []
+    if getattr(detector, "needs_mouth", False):
+        raise UserError(
+            f"{name}: this clip detector needs mouth crops (needs_mouth), which the face-crop "
+            "cache does not hold yet; only full-face clip detectors train and evaluate here"
+        )
     per_video = cfg.metrics.get("clips_per_video", 4)
     clips, skipped = clip_records(records, detector.clip_len, detector.clip_stride, per_video)
     n_videos = len({r.video for r in clips})
