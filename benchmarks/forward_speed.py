@@ -12,6 +12,7 @@ counted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 
@@ -19,6 +20,12 @@ import torch
 
 from detectors import detector_config, list_detectors, load_detector
 from detectors.base import count_parameters
+
+
+def is_clip_detector(name: str) -> bool:
+    target = str(detector_config(name).get("_target_", ""))
+    module, _, cls = target.rpartition(".")
+    return getattr(getattr(importlib.import_module(module), cls), "input_kind", "image") == "clip"
 
 
 def time_forward(name: str, batch: int, repeats: int, device: str) -> tuple[int, int, float]:
@@ -69,6 +76,9 @@ def main() -> None:
     print("| detector | parameters | input | ms / image |")
     print("|---|---:|---:|---:|")
     for name in args.detectors or list_detectors():
+        if is_clip_detector(name):  # clips of T frames: benchmarks.clip_cost times those
+            print(f"| {name} | clip detector: see python -m benchmarks.clip_cost | | |")
+            continue
         params, size, ms = time_forward(name, args.batch, args.repeats, args.device)
         print(f"| {name} | {params:,} | {size}×{size} | {ms:.2f} |", flush=True)
 

@@ -8,11 +8,12 @@ one clip of T frames of one face track gives one logit and the clip pipeline
 deepsift's own baseline and the CPU-cheap clip detector of the video pipeline tests.
 Backbone random-init (``pretrained=false``); input ``size`` px, ImageNet mean/std,
 one flip / crop / JPEG quality per clip (:class:`detectors.layers.clips.ClipPreprocessing`),
-BCE loss, the optimiser of its config (AdamW).
+BCE loss, AdamW (lr 1e-3, weight decay 1e-4).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ class ClipMean(Detector):
     ) -> None:
         import timm
 
+        if optimizer is None:
+            optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
         super().__init__(optimizer=optimizer, scheduler=scheduler)
         self.clip_len = int(clip_len)
         self.clip_stride = int(clip_stride)

@@ -195,7 +195,9 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("cnnspot", "lgrad"),
         "github.com/PeterWang512/CNNDetection: networks/resnet.py, demo.py",
         "no resize, CenterCrop 224 (eval.py; --no_crop: whole image), ImageNet normalisation",
-        matches=_all(_has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1)),
+        matches=_all(
+            _has("layer4.2.conv3.weight"), _shape("fc.weight", 0, 1), _none(_has("conv2.weight"))
+        ),
         released=("blur_jpg_prob0.5.pth", "blur_jpg_prob0.1.pth"),
     ),
     WeightFormat(
@@ -204,7 +206,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         "github.com/chuangchuangtan/NPR-DeepfakeDetection: networks/resnet.py, test.py",
         "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation (ForenSynths "
         "flags; GANGen-Detection: no resize)",
-        matches=_all(_has("fc1.weight"), _prefix("layer2."), _none(_prefix("layer3."))),
+        matches=_all(_shape("fc1.weight", 0, 1), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("NPR.pth", "model_epoch_last_3090.pth"),
     ),
     WeightFormat(
@@ -275,6 +277,14 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
         released=("tall_best.pth",),
     ),
+    WeightFormat(
+        "DeepfakeBench STIL",
+        ("stil",),
+        "github.com/SCLBD/DeepfakeBench: training/detectors/stil_detector.py, config/detector/stil.yaml",
+        "8 consecutive 224 px face crops, mean = std = 0.5, per-frame logits averaged",
+        matches=_has("model.base_model.layer1.0.tim.conv1.weight", "model.base_model.fc.weight"),
+        released=("stil_best.pth",),
+    ),
     # -- face-sota (#16): face-forgery detectors ---------------------------------------
     WeightFormat(
         "DeepfakeBench RFM",
@@ -282,6 +292,57 @@ FORMATS: tuple[WeightFormat, ...] = (
         f"{_DFB}: training/detectors/rfm_detector.py",
         _DFB_INPUT + "; the keys are DeepfakeBench Xception's (that entry recognises them)",
         released=("rfm_best.pth",),
+    ),
+    # -- video detectors, 3D convolutions (issue #15) -----------------------------------
+    WeightFormat(
+        "DeepfakeBench I3D",
+        ("i3d",),
+        f"{_DFB}: training/detectors/i3d_detector.py, utils/slowfast/models/",
+        "clips of 16 consecutive face frames, each cv2.resize to 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, C, T, H, W)",
+        matches=_all(
+            _has("resnet.s1.pathway0_stem.conv.weight"),
+            _shape("resnet.head.projection.weight", 0, 1),
+        ),
+        released=("i3d_best.pth",),
+    ),
+    WeightFormat(
+        "SlowFast Kinetics-400 I3D R50 (DeepfakeBench's I3D pretraining)",
+        ("i3d",),
+        "github.com/facebookresearch/SlowFast (I3D 8x8 R50), loaded by "
+        f"{_DFB}: training/detectors/i3d_detector.py as config 'pretrained'",
+        "a Kinetics action classifier, not a detector: detector.pretrained_file= for "
+        "fine-tuning (400-way head cut to row 0)",
+        matches=_any(
+            _all(_has("s1.pathway0_stem.conv.weight"), _shape("head.projection.weight", 0, 400)),
+            _all(
+                _has("resnet.s1.pathway0_stem.conv.weight"),
+                _shape("resnet.head.projection.weight", 0, 400),
+            ),
+        ),
+        released=("I3D_8x8_R50.pth",),
+    ),
+    # -- #16, AI-generated images: CNN / frequency detectors (aigc-b) --------------------------
+    WeightFormat(
+        "LaDeDa (LaDeDa9)",
+        ("ladeda",),
+        "github.com/barcavia/RealTime-DeepfakeDetection-in-the-RealWorld: networks/LaDeDa.py, "
+        "test.py",
+        "PIL Resize((256, 256)) bilinear, no crop, ImageNet normalisation",
+        matches=_all(
+            _shape("conv1.weight", 2, 1),
+            _shape("conv2.weight", 1, 64),
+            _has("layer4.2.conv3.weight"),
+        ),
+        released=("WildRF_LaDeDa.pth", "ForenSynth_LaDeDa.pth"),
+    ),
+    WeightFormat(
+        "SAFE",
+        ("safe",),
+        "github.com/Ouxiang-Li/SAFE: models/resnet.py, main_finetune.py, utils.py (save_model)",
+        "CenterCrop(256) (zero-padded), no resize, ToTensor, no normalisation",
+        matches=_all(_shape("fc1.weight", 0, 2), _prefix("layer2."), _none(_prefix("layer3."))),
+        released=("checkpoint-best.pth",),
     ),
 )
 

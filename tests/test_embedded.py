@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -216,3 +217,24 @@ def test_crops_are_real_pixels(built: Path) -> None:
         x, y = int(row["x"]), int(row["y"])
         crop = np.asarray(Image.open(built / row["path"]))
         assert np.array_equal(crop, image[y : y + 64, x : x + 64])
+
+
+# v1 as built before the v2 work (#17 part 2): the cache key, the split/crop index and a real
+# crop's decoded pixels of the tiny build. These depend only on the settings and the photos
+# (pixels, not PNG bytes: another zlib may compress the same pixels differently), so any
+# change means v1 no longer rebuilds as it did. Generator outputs are
+# left out: their float rounding may differ across CPUs (see datasets/embedded/build.py).
+V1_TINY_KEY = "v1-7772e52205"
+V1_TINY_INDEX_SHA256 = "f5f4eea9995db080735cdc91eed33043e9d50fcc41fe46bc0d3b92d9630a80c9"
+V1_TINY_REAL_CROP = (
+    "images/real/astronaut/0000.png",
+    "bfb0e4d519c5435cb15d76f981739bb57a99bebd350f8ef1f036bb234c85a3f4",
+)
+
+
+def test_v1_is_pinned(built: Path) -> None:
+    assert built.name == V1_TINY_KEY
+    assert hashlib.sha256((built / "index.csv").read_bytes()).hexdigest() == V1_TINY_INDEX_SHA256
+    path, sha = V1_TINY_REAL_CROP
+    pixels = np.asarray(Image.open(built / path).convert("RGB"))
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == sha, pixels.shape

@@ -1,12 +1,26 @@
-"""CPU-small overrides of the clip detectors, read by their tests and the end-to-end test."""
+"""CPU-small variants of the video (clip) detectors, for tests.
+
+``TINY[config name]`` are overrides for ``load_detector(name, **TINY[name])``: few
+blocks, narrow layers, short clips of small frames, so a forward and a training step
+take well under a second on one core. The end-to-end clip test reads this table.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 TINY: dict[str, dict[str, Any]] = {
+    # one bottleneck per stage, 8-channel stem, 4 frames of 32 x 32 (s5 map: 2 x 1 x 1)
+    "i3d": {
+        "clip_len": 4,
+        "blocks": [1, 1, 1, 1],
+        "width_per_group": 8,
+        "dropout": 0.0,
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
     "tall": {
         "frame_size": 28,
         "model_kwargs": {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]},
     },
+    "stil": {"clip_len": 4, "size": 64, "layers": [1, 1, 1, 1], "width": 32, "stem_width": 8},
 }

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LIST",
-        help="read input paths from LIST, one per line (repeatable)",
+        help="read input paths from LIST: one per line, or the path column of a .csv, .jsonl or .parquet manifest, read lazily (repeatable)",
     )
     p.add_argument(
         "--null", action="store_true", help="list files are NUL-separated (names may hold newlines)"
@@ -390,12 +390,15 @@ def extras_status(args: argparse.Namespace) -> dict[str, str]:
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
     from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
+    from deepsift.scoring.inputs import check_manifest
     from deepsift.scoring.output import OutputFile
     from deepsift.scoring.runner import Scorer, Stats
 
     inputs = [*args.inputs, *(f"@{path}" for path in args.from_file)]
     if not inputs:
         raise UserError("nothing to score: pass files, folders, patterns or --from-file LIST")
+    for path in args.from_file:
+        check_manifest(path)  # a manifest without a path column fails before --out is opened
     device, amp = resolve(args)
     ensemble = ensemble_from_args(args, device)
     bands = (

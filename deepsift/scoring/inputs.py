@@ -32,6 +32,8 @@ import errno
 import glob
 import gzip
 import hashlib
+import io
+import json
 import lzma
 import os
 import stat
@@ -40,6 +42,9 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, Any
+
+from deepsift.core.errors import UserError
 
 HEAD_BYTES = 512
 DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20
@@ -190,6 +195,88 @@ def read_list_file(path: str, null_separated: bool = False) -> Iterator[str]:
             yield pending if null_separated else pending.rstrip("\r")
 
 
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def read_manifest(path: str, batch_rows: int = 8192) -> Iterator[str]:
+    """The ``path`` column of a CSV, JSONL or Parquet manifest, streamed batch by batch.
+
+    CSV and Parquet go through pyarrow's streaming readers (the ``ray`` extra), JSONL
+    line by line, so a manifest of millions of rows is never held in memory.
+    """
+    lower = path.lower()
+    if lower.endswith(".jsonl"):
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from exc
+                if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                    raise UserError(
+                        f"{path}: line {number} has no string 'path' field "
+                        '(a JSONL manifest holds one {"path": ...} object a line)'
+                    )
+                yield row["path"]
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError(
+            f'{path}: CSV/Parquet manifests need pyarrow: pip install ".[ray]"'
+        ) from exc
+    try:
+        if lower.endswith(".parquet"):
+            parquet = pq.ParquetFile(_open_binary(path))
+            if "path" not in parquet.schema_arrow.names:
+                raise UserError(f"{path}: the Parquet manifest has no 'path' column")
+            batches = parquet.iter_batches(batch_size=batch_rows, columns=["path"])
+        else:
+            batches = pacsv.open_csv(
+                _open_binary(path),
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=["path"], column_types={"path": pa.string()}
+                ),
+            )
+        for batch in batches:
+            for value in batch.column(0).to_pylist():
+                if value:
+                    yield value
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+        raise UserError(f"{path}: not a manifest with a 'path' column ({exc})") from exc
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _open_binary(path: str) -> Any:
+    """A local path as is; a URI (s3://, gs://, file://) through pyarrow.fs.FileSystem.from_uri."""
+    if not _is_uri(path):
+        return path
+    import pyarrow.fs
+
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    return filesystem.open_input_file(inner)
+
+
+def _open_text(path: str) -> IO[str]:
+    if not _is_uri(path):
+        return open(path, encoding="utf-8")
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
+
+
+def check_manifest(path: str) -> None:
+    """Raise the manifest's one-line error now, reading only its first batch (list files pass)."""
+    if path.lower().endswith(MANIFEST_SUFFIXES) and (_is_uri(path) or os.path.isfile(path)):
+        next(read_manifest(path, batch_rows=1), None)
+
+
 class _Walker:
     def __init__(self, options: InputOptions, skip: Skip) -> None:
         self.options = options
@@ -214,7 +301,12 @@ class _Walker:
 
     def list_file(self, path: str) -> Iterator[WorkItem]:
         try:
-            for entry in read_list_file(path, self.options.null_separated):
+            entries = (
+                read_manifest(path)
+                if path.lower().endswith(MANIFEST_SUFFIXES)
+                else read_list_file(path, self.options.null_separated)
+            )
+            for entry in entries:
                 if os.path.lexists(entry):
                     yield from self.path(entry)
                 else:

@@ -1,0 +1,387 @@
+"""I3D: a 3D ResNet-50 ("inflated" 2D ResNet) on face clips, as DeepfakeBench trains it.
+
+After J. Carreira and A. Zisserman, "Quo Vadis, Action Recognition? A New Model and
+the Kinetics Dataset", CVPR 2017, in the ResNet-50 form of PySlowFast
+(github.com/facebookresearch/SlowFast, ``MODEL.ARCH: i3d``) that DeepfakeBench
+(github.com/SCLBD/DeepfakeBench, ``training/detectors/i3d_detector.py``, its copy of
+SlowFast under ``training/detectors/utils/slowfast/``) fine-tunes as a video deepfake
+detector. Spatio-temporal convolutions see the whole clip, so temporal artefacts
+(flicker, incoherent motion of the blended face) are features like spatial ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
+from deepsift.core.errors import UserError
+from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.preprocessing import Preprocessing, merge_preprocessing
+
+log = logging.getLogger(__name__)
+
+#: blocks per stage of SlowFast's ``_MODEL_STAGE_DEPTH`` for ``RESNET.DEPTH``
+STAGE_DEPTH: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+#: ``_TEMPORAL_KERNEL_BASIS["i3d"]``: stem, then per stage the kernel pattern its blocks cycle
+#: through (every block uses it: ``NUM_BLOCK_TEMP_KERNEL`` [[3], [4], [6], [3]])
+STEM_TEMPORAL_KERNEL = 5
+STAGE_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = ((3,), (3, 1), (3, 1), (1, 3))
+
+#: ``i3d.yaml``: clips of ``clip_size`` 16 consecutive frames, 224 x 224, Normalize(0.5, 0.5)
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "size": 224,
+    "resize": "square",
+    "resize_to": 224,
+    "resize_backend": "cv2",
+    "interpolation": "bicubic",
+    "crop": "none",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+}
+
+#: eps and momentum of every BatchNorm3d in SlowFast's helpers (``bn_mmt`` 0.1)
+BN_EPS = 1e-5
+
+
+def _bn(channels: int) -> nn.BatchNorm3d:
+    return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=0.1)
+
+
+class BasicStem(nn.Module):
+    """``ResNetBasicStem``: conv (kt x 7 x 7, stride 1 x 2 x 2), BN, ReLU, max-pool 1 x 3 x 3 / 2."""
+
+    def __init__(self, dim_out: int, temporal_kernel: int = STEM_TEMPORAL_KERNEL) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(
+            3,
+            dim_out,
+            (temporal_kernel, 7, 7),
+            stride=(1, 2, 2),
+            padding=(temporal_kernel // 2, 3, 3),
+            bias=False,
+        )
+        self.bn = _bn(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        return F.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+
+class Bottleneck(nn.Module):
+    """``BottleneckTransform`` (``a`` kt x 1 x 1, ``b`` 1 x 3 x 3 with the stride, ``c`` 1 x 1 x 1)."""
+
+    def __init__(
+        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int
+    ) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(
+            dim_in,
+            dim_inner,
+            (temporal_kernel, 1, 1),
+            padding=(temporal_kernel // 2, 0, 0),
+            bias=False,
+        )
+        self.a_bn = _bn(dim_inner)
+        self.b = nn.Conv3d(
+            dim_inner,
+            dim_inner,
+            (1, 3, 3),
+            stride=(1, stride, stride),
+            padding=(0, 1, 1),
+            bias=False,
+        )
+        self.b_bn = _bn(dim_inner)
+        self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
+        self.c_bn = _bn(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.a_bn(self.a(x)))
+        x = F.relu(self.b_bn(self.b(x)))
+        return self.c_bn(self.c(x))
+
+
+class ResBlock(nn.Module):
+    """``ResBlock``: ``branch2`` plus the identity or a 1 x 1 x 1 projection ``branch1``, ReLU."""
+
+    def __init__(
+        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int
+    ) -> None:
+        super().__init__()
+        if dim_in != dim_out or stride != 1:
+            self.branch1 = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
+            self.branch1_bn = _bn(dim_out)
+        self.branch2 = Bottleneck(dim_in, dim_out, dim_inner, temporal_kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
+        return F.relu(shortcut + self.branch2(x))
+
+
+class Pathway(nn.Module):
+    """One pathway of a SlowFast stem or stage: a holder so keys read ``s2.pathway0_res0``."""
+
+
+class I3DResNet(nn.Module):
+    """SlowFast's ``ResNet`` (one pathway) with ``ARCH: i3d``, keys as its ``state_dict``.
+
+    ``s1.pathway0_stem``, ``s2`` ... ``s5`` with ``pathway0_res<i>`` blocks (a temporal
+    max-pool 2 x 1 x 1 after ``s2``), ``head.projection`` on the average-pooled,
+    dropped-out 2048-d feature. Returns the logit(s) before the head's sigmoid.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[int] = STAGE_DEPTH[50],
+        width_per_group: int = 64,
+        num_classes: int = 1,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise UserError(f"detector.blocks must be 4 positive block counts, got {list(blocks)}")
+        self.s1 = Pathway()
+        self.s1.pathway0_stem = BasicStem(width_per_group)
+        dim_in = width_per_group
+        for stage, (n, kernels) in enumerate(zip(blocks, STAGE_TEMPORAL_KERNELS, strict=True)):
+            dim_out, dim_inner = width_per_group * 4 * 2**stage, width_per_group * 2**stage
+            holder = Pathway()
+            for i in range(n):
+                stride = 1 if stage == 0 or i > 0 else 2
+                block = ResBlock(dim_in, dim_out, dim_inner, kernels[i % len(kernels)], stride)
+                holder.add_module(f"pathway0_res{i}", block)
+                dim_in = dim_out
+            self.add_module(f"s{stage + 2}", holder)
+        self.feature_dim = dim_in
+        self.head = Pathway()
+        self.head.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head.projection = nn.Linear(dim_in, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``init_weights`` (weight_init_helper.py): MSRA fill, final BN of each block zero, fc N(0, 0.01)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm3d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, Bottleneck):  # ZERO_INIT_FINAL_BN: True
+                nn.init.zeros_(module.c_bn.weight)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.s2, self.s3, self.s4, self.s5]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the ``s5`` map (B, 2048, T/2, H/32, W/32)."""
+        x = self.s1.pathway0_stem(x)
+        for index, stage in enumerate(self.stages()):
+            for block in stage.children():
+                x = block(x)
+            if index == 0:  # pathway0_pool: _POOL1["i3d"] = [2, 1, 1]
+                x = F.max_pool3d(x, (2, 1, 1), stride=(2, 1, 1))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3, 4))
+        return self.head.projection(self.head.dropout(pooled))
+
+
+class I3D(Detector):
+    """DeepfakeBench's I3D detector: ``resnet`` (an :class:`I3DResNet`), one fake logit per clip.
+
+    Reference defaults (DeepfakeBench ``training/config/detector/i3d.yaml``,
+    ``i3d_detector.py``'s embedded SlowFast ``config_text``, ``dataset/abstract_dataset.py``):
+
+    * model: SlowFast ``ResNet``, ``ARCH: i3d``, ``DEPTH: 50`` (3, 4, 6, 3 bottlenecks),
+      ``WIDTH_PER_GROUP`` 64, ``NUM_GROUPS`` 1, no non-local blocks, temporal kernels
+      stem 5, res2 [3], res3 [3, 1], res4 [3, 1], res5 [1, 3] (cycled over each stage's
+      blocks), a temporal max-pool 2 after res2, ``DROPOUT_RATE`` 0.5, ``NUM_CLASSES`` 1
+      with ``HEAD_ACT: sigmoid`` (the model returns a probability), zero-initialised final
+      BN of each block; pretrained ``I3D_8x8_R50.pth`` (Kinetics-400), ``resnet.``
+      prefixes removed, the 400-way ``head.projection`` cut to its first row, loaded
+      strictly into ``resnet``;
+    * input: clips of ``clip_size`` 16 consecutive frames (``frame_num`` 32 per video,
+      cut into clips), each face frame resized to 224 x 224 (``cv2.INTER_CUBIC``),
+      ``Normalize(0.5, 0.5)``; (B, T, C, H, W) permuted to (B, C, T, H, W);
+    * augmentation (one draw per video, replayed on every frame): horizontal flip p 0.5,
+      rotation +-10 degrees p 0.5, Gaussian blur kernel 3-7 p 0.5, one of brightness/
+      contrast +-0.1, FancyPCA, HSV p 0.5, JPEG quality 40-100 p 0.5;
+    * loss ``BCELoss`` on the probability; Adam lr 2e-4, betas (0.9, 0.999), eps 1e-8,
+      weight decay 5e-4, no schedule, batch 8, 30 epochs.
+
+    Where this differs: ``forward`` returns the logit before the head's sigmoid and the
+    loss is :func:`~torch.nn.functional.binary_cross_entropy_with_logits` (the same loss,
+    numerically stabler); the head averages the ``s5`` map over all positions (SlowFast's
+    ``AvgPool3d([T/2, 7, 7], stride=1)`` equals it at the configured clip length and
+    224 px, and gives several outputs otherwise); the training augmentation is torchvision's (the same parameters for
+    all T frames): rotation fills with black (albumentations reflects), brightness/
+    contrast is ``ColorJitter`` (multiplicative brightness), without the FancyPCA/HSV
+    alternatives. The per-clip transform may be replaced by the shared clip helper.
+
+    :meth:`load_weights` reads DeepfakeBench's ``i3d_best.pth`` (the detector's
+    ``state_dict``: ``resnet.s1.pathway0_stem.conv.weight`` ...) or a deepsift state dict,
+    strictly. ``pretrained_file`` takes SlowFast's Kinetics ``I3D_8x8_R50.pth`` as
+    DeepfakeBench does (the fine-tuning start, not a detector). The keys are the authors'
+    module's, in order, and the outputs match DeepfakeBench's SlowFast ``ResNet`` (commit
+    8a4a7bf) within 7.2e-7 in logit at full size, float32, seeded weights
+    (``tests/official/make_deepfakebench_i3d.py``, ``tests/official/video/deepfakebench_i3d.json``).
+
+    Args:
+        clip_len: frames per clip (``clip_size``).
+        clip_stride: frame step within a clip (1: consecutive frames).
+        blocks: bottlenecks per stage (``DEPTH`` 50: 3, 4, 6, 3); smaller for tests.
+        width_per_group: channels of the stem (64); smaller for tests.
+        dropout: before ``head.projection``.
+        pretrained_file: a local ``I3D_8x8_R50.pth`` (Kinetics-400), or ``None`` for
+            SlowFast's random initialisation.
+        train_augment: the training augmentation (off: the eval transform in training).
+    """
+
+    input_kind = "clip"
+
+    def __init__(
+        self,
+        clip_len: int = 16,
+        clip_stride: int = 1,
+        blocks: Sequence[int] = STAGE_DEPTH[50],
+        width_per_group: int = 64,
+        dropout: float = 0.5,
+        pretrained_file: str | None = None,
+        train_augment: bool = True,
+        preprocessing: Preprocessing | dict[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__(
+            preprocessing=merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing),
+            optimizer=optimizer or DEEPFAKEBENCH_ADAM,
+            scheduler=scheduler,
+        )
+        if clip_len < 1 or clip_stride < 1:
+            raise UserError(
+                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
+            )
+        self.clip_len = int(clip_len)
+        self.clip_stride = int(clip_stride)
+        self.train_augment = bool(train_augment)
+        self.resnet = I3DResNet(blocks, width_per_group, num_classes=1, dropout=dropout)
+        if pretrained_file:
+            self.load_pretrained(pretrained_file)
+        self._augment = v2.Compose(
+            [
+                v2.RandomHorizontalFlip(0.5),
+                v2.RandomApply([v2.RandomRotation(10)], p=0.5),
+                v2.RandomApply(
+                    [v2.RandomChoice([v2.GaussianBlur(k, _cv2_sigma(k)) for k in (3, 5, 7)])],
+                    p=0.5,
+                ),
+                v2.RandomApply([v2.ColorJitter(brightness=0.1, contrast=0.1)], p=0.5),
+                v2.RandomApply([v2.JPEG((40, 100))], p=0.5),
+            ]
+        )
+
+    # -- data ------------------------------------------------------------------
+    def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
+        """``sample["frames"]`` (T PIL RGB face crops) -> ``{"clip": (T, 3, size, size)}``."""
+        frames = sample.get("frames")
+        if not frames:
+            raise UserError(
+                "I3D reads face clips: the sample has no 'frames' (use a clip data config)"
+            )
+        # uint8 until normalised (JPEG needs it); frames may differ in size before the resize
+        video = torch.stack([self._resize(frame) for frame in frames])
+        if train and self.train_augment:
+            # a Video: one draw of every random parameter for all T frames
+            video = self._augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+        clip = video.float().div(255.0)
+        mean = torch.tensor(self.preprocessing.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocessing.std).view(1, 3, 1, 1)
+        return {"clip": (clip - mean) / std}
+
+    def _resize(self, frame: Image.Image) -> torch.Tensor:
+        """DeepfakeBench's ``load_rgb``: ``cv2.resize`` to size x size, ``INTER_CUBIC``; uint8 (3, H, W)."""
+        import cv2
+
+        size = self.preprocessing.size
+        array = cv2.resize(
+            np.asarray(frame.convert("RGB")), (size, size), interpolation=cv2.INTER_CUBIC
+        )
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+    # -- model -----------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        clip = batch["clip"]
+        if clip.ndim != 5 or clip.shape[2] != 3:
+            raise UserError(
+                f"I3D expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
+            )
+        logits = self.resnet(clip.permute(0, 2, 1, 3, 4))
+        return {"logits": logits[:, 0]}
+
+    # -- weights -----------------------------------------------------------------
+    def load_pretrained(self, path: str | Path) -> None:
+        """SlowFast's Kinetics-400 ``I3D_8x8_R50.pth`` into ``resnet``, as DeepfakeBench does."""
+        source = f"detector.pretrained_file {path}"
+        if not Path(path).expanduser().is_file():
+            raise UserError(
+                f"{source} does not exist; pass SlowFast's Kinetics I3D_8x8_R50.pth "
+                "or set detector.pretrained_file=null (random initialisation)"
+            )
+        self._load_kinetics(read_state_dict(Path(path).expanduser()), source)
+
+    def _load_kinetics(self, state: dict[str, Any], source: str) -> None:
+        """``resnet.`` prefixes removed, ``head.projection`` cut to row 0, strict into ``resnet``."""
+        state = strip_prefixes(state, ("resnet.",))
+        for key in ("head.projection.weight", "head.projection.bias"):
+            if torch.is_tensor(state.get(key)):
+                state[key] = state[key][:1]  # 400 Kinetics classes -> 1 (row 0 kept)
+        load_state_dict_strict(self.resnet, state, source)
+        log.info("I3D: loaded the Kinetics I3D %s", source)
+
+    def load_weights(self, path: str | Path) -> None:
+        """DeepfakeBench's ``i3d_best.pth``, a deepsift I3D state dict, or ``I3D_8x8_R50.pth``.
+
+        All strictly. A file whose ``head.projection`` has more than one row is SlowFast's
+        Kinetics model: it loads as ``pretrained_file`` does (row 0 kept), a start for
+        fine-tuning, not a detector.
+        """
+        source = f"weights file {path}"
+        state = read_state_dict(path)
+        head = strip_prefixes(state, ("resnet.",)).get("head.projection.weight")
+        if torch.is_tensor(head) and head.ndim == 2 and head.shape[0] > 1:
+            log.warning(
+                "I3D: %s is a %d-class Kinetics model, not a deepfake detector; loading its "
+                "backbone as detector.pretrained_file does",
+                path,
+                head.shape[0],
+            )
+            self._load_kinetics(state, source)
+            return
+        if not any(k.startswith("resnet.") for k in state):
+            raise UserError(
+                f"{source} is not an I3D file: no resnet.* keys as in DeepfakeBench's "
+                "i3d_best.pth, and no multi-class head.projection as in SlowFast's I3D_8x8_R50.pth"
+            )
+        load_state_dict_strict(self, state, source)
+        log.info("I3D: loaded %s", path)
+
+
+def _cv2_sigma(kernel: int) -> float:
+    """OpenCV's sigma for ``GaussianBlur(ksize, sigmaX=0)`` (albumentations' default)."""
+    return 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
