@@ -181,6 +181,17 @@ def _hydra(value: object) -> str:
     return str(value)
 
 
+def _flat(overrides: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys, so an override edits a config's mapping, not replaces it."""
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _other_clip_detectors() -> list[str]:
     from benchmarks.clip_cost import clip_detectors
 
@@ -205,7 +216,7 @@ def test_every_clip_detector_trains_through_the_pipeline(
         pytest.skip(f"{name}: a clip spans more than the fixture's {FRAMES} cached frames")
     args = [
         f"detector={name}",
-        *(f"++detector.{k}={_hydra(v)}" for k, v in overrides.items()),
+        *(f"++detector.{k}={_hydra(v)}" for k, v in _flat(overrides).items()),
         *[a for a in TINY if not a.startswith("detector")],
         *data_args(celeb_cache),
         "eval_splits=[test]",
