@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from deepsift.app.pipeline import (
     build_data,
     config_choice,
+    detector_records,
     evaluate_data_sets,
     evaluate_split,
     plain_config,
@@ -75,8 +76,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     splits = [cfg.split] if isinstance(cfg.split, str) else list(cfg.split)
     results = {}
     for split in splits:
-        records = split_records(data, split)
-        metrics, result = evaluate_split(detector, records, cfg, ctx, split)
+        records, skipped = detector_records(detector, split_records(data, split), cfg, ctx, split)
+        metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         if sweeper is not None:
             sweeper.sweep(detector, records, ctx, split, metrics, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from datasets.clips import clip_records
 from deepsift.core import distributed as dist
 from deepsift.core.configs import CONFIG_DIR, config_names, instantiate
 from deepsift.core.errors import UserError
@@ -128,9 +130,9 @@ def evaluate_data_sets(
     """
     results: dict[str, dict[str, Any]] = {}
     for label, source, split in eval_data_sets(cfg) if sets is None else sets:
-        records = split_records(source, split)
-        metrics, result = evaluate_split(detector, records, cfg, ctx, split)
         name, set_info = f"{label}-{split}", {**info, "data": label}
+        records, skipped = detector_records(detector, split_records(source, split), cfg, ctx, name)
+        metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, name, metrics, result, records, set_info, logger)
         if after is not None:
             after(name, records, metrics, set_info)
@@ -163,6 +165,51 @@ def split_records(data: Any, split: str) -> list[Record]:
     return records
 
 
+def detector_records(
+    detector: Any, records: Sequence[Record], cfg: DictConfig, ctx: Context, name: str
+) -> tuple[list[Record], list[tuple[str, str]]]:
+    """The records ``detector`` reads: ``records`` themselves for an image detector; for a
+    clip detector (``input_kind == "clip"``) clips of ``clip_len`` crops of one face track,
+    ``metrics.clips_per_video`` evenly spaced per video (:func:`datasets.clips.clip_records`).
+
+    Returns ``(records, skipped)``: the videos too short for one clip, as ``(video, reason)``,
+    logged in one line, written to ``clips_skipped_<name>.json`` in the run directory and
+    counted in the split's report; an error only when no video is long enough.
+    """
+    if getattr(detector, "input_kind", "image") != "clip":
+        return list(records), []
+    if getattr(detector, "needs_mouth", False):
+        raise UserError(
+            f"{name}: this clip detector needs mouth crops (needs_mouth), which the face-crop "
+            "cache does not hold yet; only full-face clip detectors train and evaluate here"
+        )
+    per_video = cfg.metrics.get("clips_per_video", 4)
+    clips, skipped = clip_records(records, detector.clip_len, detector.clip_stride, per_video)
+    n_videos = len({r.video for r in clips})
+    if dist.is_main():
+        log.info(
+            "%s: %d clips (%d frames, stride %d) from %d videos",
+            name, len(clips), detector.clip_len, detector.clip_stride, n_videos,
+        )  # fmt: skip
+        if skipped:
+            listing = ctx.run_dir / f"clips_skipped_{name}.json"
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text(
+                json.dumps([{"video": v, "reason": r} for v, r in skipped], indent=1)
+            )
+            log.warning(
+                "%s: %d videos skipped, too short for one clip (listed in %s); first: %s: %s",
+                name, len(skipped), listing.name, skipped[0][0], skipped[0][1],
+            )  # fmt: skip
+    if not clips:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise UserError(
+            f"{name}: no video has a face track as long as one clip of the clip detector{first}; "
+            "clip detectors need video data read from a face-crop cache"
+        )
+    return clips, skipped
+
+
 def evaluate_split(
     detector: Any,
     records: Sequence[Record],
@@ -172,9 +219,11 @@ def evaluate_split(
     perturb: Any = None,
     desc: str | None = None,
     log_skipped: bool = True,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[str, Any], InferenceResult]:
     """Scores and metrics of ``records`` with the trainer's evaluation settings
-    (``perturb``: a robustness perturbation applied to every image before the transform)."""
+    (``perturb``: a robustness perturbation applied to every image before the transform;
+    ``skipped``: what :func:`detector_records` left out, reported with the unreadable files)."""
     result = run_inference(
         detector,
         records,
@@ -188,6 +237,7 @@ def evaluate_split(
         perturb=perturb,
         log_skipped=log_skipped,
     )
+    result.skipped.extend(skipped)
     metrics = split_metrics(result, records, cfg.metrics.video_aggregation, cfg.metrics.threshold)
     return metrics, result
 

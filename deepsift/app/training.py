@@ -30,6 +30,7 @@ from deepsift.app.pipeline import (
     build_data,
     check_data_sets,
     config_choice,
+    detector_records,
     eval_data_sets,
     evaluate_data_sets,
     evaluate_split,
@@ -102,6 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_data_sets(extra_sets)
 
     detector = build_detector(cfg.detector, name).to(ctx.device)
+    # a clip detector reads clips of one face track (input_kind dispatch, no per-detector case)
+    train_records, _ = detector_records(detector, train_records, cfg, ctx, "train")
+    val_records, val_skipped = detector_records(detector, val_records, cfg, ctx, "val")
     if ctx.channels_last:
         detector = detector.to(memory_format=torch.channels_last)
     optimizer, scheduler = detector.configure_optimizers()
@@ -266,8 +270,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     results: dict[str, dict[str, Any]] = {}
     for split in cfg.eval_splits:
-        records = val_records if split == "val" else split_records(data, split)
-        metrics, result = evaluate_split(detector, records, cfg, ctx, split)
+        if split == "val":
+            records, skipped = val_records, val_skipped
+        else:
+            records, skipped = detector_records(
+                detector, split_records(data, split), cfg, ctx, split
+            )
+        metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         results[split] = metrics
     results.update(evaluate_data_sets(detector, cfg, ctx, info, logger, extra_sets))

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 REAL, FAKE = 0, 1
 
+#: ``Record.extra`` key of a clip record (:mod:`datasets.clips`): the paths of its T face
+#: crops, which :class:`RecordDataset` reads into ``sample["frames"]``
+CLIP_FRAMES = "clip_frames"
+
 
 @dataclass(frozen=True)
 class Record:
@@ -81,16 +85,36 @@ class RecordDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            image = reencode(load_rgb(record.path), record.extra.get("reencode"))
-            if self.perturb is not None:
-                image = self.perturb(image, record.path)
-            sample = {"image": image, "label": record.label, "record": record, "index": index}
+            if CLIP_FRAMES in record.extra:
+                sample = {"frames": self._clip(record), "label": record.label, "record": record}
+            else:
+                sample = {"image": self._image(record.path, record), "label": record.label}
+                sample["record"] = record
+            sample["index"] = index
             out = self.transform(sample)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "path": record.path, "index": index}
         out["label"] = torch.tensor(float(record.label))
         out["index"] = torch.tensor(index)
         return out
+
+    def _image(self, path: str, record: Record) -> Image.Image:
+        image = reencode(load_rgb(path), record.extra.get("reencode"))
+        return self.perturb(image, path) if self.perturb is not None else image
+
+    def _clip(self, record: Record) -> list[Image.Image]:
+        """The T crops of a clip record; a missing or unreadable one skips the whole clip."""
+        frames = []
+        for path in record.extra[CLIP_FRAMES]:
+            try:
+                frames.append(self._image(path, record))
+            except (OSError, UnidentifiedImageError) as exc:
+                raise OSError(
+                    f"clip of video {record.video}: frame {path} is missing or unreadable "
+                    f"({type(exc).__name__}); re-run python -m datasets.preprocess for this "
+                    "video (overwrite=true) to rebuild its crops"
+                ) from exc
+        return frames
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deepsift.core.records import Record
+from deepsift.core.records import CLIP_FRAMES, Record
 from deepsift.engine.loops import InferenceResult
 from deepsift.engine.metrics import (
     compute_metrics,
@@ -39,6 +39,8 @@ def split_metrics(
         video_aggregation=video_aggregation,
         threshold=threshold,
     )
+    # what one scored sample is: a frame (image) or a clip of one face track (clip detectors)
+    metrics["unit"] = "clip" if any(CLIP_FRAMES in r.extra for r in records) else "frame"
     metrics["n_skipped"] = len(result.skipped)
     metrics["skipped"] = [{"path": p, "error": e} for p, e in result.skipped]
     return metrics

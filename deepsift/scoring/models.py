@@ -209,6 +209,12 @@ def build_member(
         payload, where = None, f"configs/detector/{detector}.yaml"
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
+    if getattr(model, "input_kind", "image") == "clip":
+        raise UserError(
+            f"{name} is a clip detector (input_kind: clip): score.py does not sample clips yet; "
+            "score it on a face-crop cache with python evaluate.py checkpoint=<best.pt> "
+            "data=<video benchmark> (per-clip and per-video metrics)"
+        )
     member = Member(label or name, model, _face_mode(model, faces), identity, float(weight))
     if member.faces:
         member.face_crop, member.face_crop_from = resolve_face_crop(

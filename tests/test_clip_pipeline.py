@@ -1,0 +1,266 @@
+"""Clip detectors through train.py and evaluate.py, on a face-crop cache written here.
+
+The cache is a Celeb-DF layout (``<crops_root>/<folder>/<video>/<frame>.png`` plus
+``index.jsonl`` with boxes, as ``datasets.preprocess`` writes it); the videos themselves
+are absent, as after preprocessing. One video is shorter than one clip (skipped and
+listed), one has a crop file deleted (that clip skipped and listed, never fatal).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets.celebdf import CelebDF
+from datasets.clips import clip_records, face_tracks
+from datasets.splits import bucket
+from deepsift.core.records import CLIP_FRAMES, Record, RecordDataset
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.slow
+
+CLIP = ["detector.clip_len=3", "detector.clip_stride=2"]  # one clip spans 5 cached frames
+TINY = [
+    "detector=clip_mean",
+    "detector.backbone=resnet10t",
+    "detector.size=32",
+    *CLIP,
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.batch_size=4",
+    "trainer.eval_batch_size=8",
+    "trainer.num_workers=0",
+    "logger=none",
+    "metrics.plots=false",
+    "metrics.clips_per_video=2",
+]
+FRAMES = 8
+VAL = 0.5
+
+
+def _ids(in_val: bool, n: int) -> list[int]:
+    return [k for k in range(100) if (bucket(f"id{k}") < VAL) == in_val][:n]
+
+
+def _write_video(crops: Path, rel: str, frames: int, label: int, rng, index: list) -> None:
+    folder = crops / rel
+    folder.mkdir(parents=True)
+    for f in range(frames):
+        tone = 170 if label else 80
+        pixels = np.clip(rng.normal(tone, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{f * 10:06d}.png")
+        box = [10.0 + f, 10.0, 60.0 + f, 60.0]
+        index.append(
+            {"video": f"{rel}.mp4", "run": "r1", "status": "ok", "frame": f * 10, "face": 0,
+             "crop": f"{rel}/{f * 10:06d}.png", "box": box}
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def celeb_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("celebdf")
+    crops = root / "deepsift_crops"
+    rng = np.random.default_rng(0)
+    index: list[dict] = []
+    tests = []
+    for k in _ids(False, 3) + _ids(True, 2):  # train, then val identities
+        _write_video(crops, f"Celeb-real/id{k}_0000", FRAMES, 0, rng, index)
+        _write_video(crops, f"Celeb-synthesis/id{k}_id{k + 1}_0000", FRAMES, 1, rng, index)
+    for k in range(200, 203):
+        for rel, label in ((f"Celeb-real/id{k}_0001", 0), (f"Celeb-synthesis/id{k}_id1_0001", 1)):
+            _write_video(crops, rel, FRAMES, label, rng, index)
+            tests.append(f"{1 - label} {rel}.mp4")
+    _write_video(crops, "Celeb-real/id203_0001", 2, 0, rng, index)  # shorter than one clip
+    tests.append("1 Celeb-real/id203_0001.mp4")
+    (crops / "Celeb-synthesis/id200_id1_0001/000000.png").unlink()  # a crop lost from the cache
+    (crops / "index.jsonl").write_text("".join(json.dumps(line) + "\n" for line in index))
+    (root / "YouTube-real").mkdir()  # a folder without videos (the others: only cached)
+    (root / "List_of_testing_videos.txt").write_text("\n".join(tests) + "\n")
+    return root
+
+
+def data_args(root: Path) -> list[str]:
+    return ["data=celebdf_v2", f"data.root={root}", f"data.val_fraction={VAL}"]
+
+
+def test_clip_records_follow_one_track_evenly_spaced(celeb_cache: Path) -> None:
+    data = CelebDF(str(celeb_cache), val_fraction=VAL)
+    frames = data.records("test")
+    clips, skipped = clip_records(frames, clip_len=3, clip_stride=2, clips_per_video=2)
+    assert [v for v, _ in skipped] == ["Celeb-real/id203_0001"]
+    assert "datasets.preprocess" in skipped[0][1] and "detector.clip_len" in skipped[0][1]
+    by_video: dict[str, list[Record]] = {}
+    for clip in clips:
+        by_video.setdefault(clip.video, []).append(clip)
+    assert len(by_video) == 6 and all(len(c) == 2 for c in by_video.values())
+    first, last = by_video["Celeb-real/id200_0001"]
+    # 8 cached frames (0, 10, ..., 70), 3 frames 2 apart: the first and the last window
+    assert first.extra["frames"] == ["000000", "000020", "000040"]
+    assert last.extra["frames"] == ["000030", "000050", "000070"]
+    assert first.label == 0 and len(first.extra[CLIP_FRAMES]) == 3
+
+
+def test_face_tracks_split_two_faces_by_box_not_by_file_order() -> None:
+    def crop(frame: int, face: int, x: float) -> Record:
+        extra = {"frame": f"{frame:06d}_{face}", "face": face, "box": [x, 0.0, x + 10, 10.0]}
+        return Record(f"{frame}_{face}.png", 0, video="v", extra=extra)
+
+    # the detector lists the faces in a different order in every other frame
+    records = [crop(f, (f + i) % 2, 100.0 * i + f) for f in range(4) for i in range(2)]
+    tracks = face_tracks(records)
+    assert len(tracks) == 2
+    for track in tracks:
+        xs = [r.extra["box"][0] for r in track]
+        assert xs == sorted(xs) and max(xs) - min(xs) < 10  # one face, moving slowly
+
+
+def test_missing_crop_skips_the_clip_with_the_fix(celeb_cache: Path) -> None:
+    data = CelebDF(str(celeb_cache), val_fraction=VAL)
+    clips, _ = clip_records(data.records("test"), 3, 2, 2)
+    broken = next(c for c in clips if c.video == "Celeb-synthesis/id200_id1_0001")
+    sample = RecordDataset([broken], lambda s: {"n": len(s["frames"])})[0]
+    assert "error" in sample
+    assert "Celeb-synthesis/id200_id1_0001" in sample["error"]
+    assert "datasets.preprocess" in sample["error"]
+
+
+def test_clip_detector_trains_and_evaluates(celeb_cache: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "train"
+    result = run_script(
+        "train.py",
+        [*TINY, *data_args(celeb_cache), "eval_splits=[test]", f"hydra.run.dir={run_dir}"],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "metrics_test.json").read_text())["metrics"]
+    assert report["unit"] == "clip"
+    # 6 long-enough videos x 2 clips, minus the clip with the deleted crop
+    assert report["frame"]["n"] == 11
+    assert report["video"]["n"] == 6
+    skipped = {s["path"]: s["error"] for s in report["skipped"]}
+    assert "Celeb-real/id203_0001" in skipped and "clip_len" in skipped["Celeb-real/id203_0001"]
+    assert any("id200_id1_0001" in e and "missing" in e for e in skipped.values())
+    listed = json.loads((run_dir / "clips_skipped_test.json").read_text())
+    assert [v["video"] for v in listed] == ["Celeb-real/id203_0001"]
+    assert "too short for one clip" in result.stderr + result.stdout
+
+    eval_dir = tmp_path / "eval"
+    result = run_script(
+        "evaluate.py",
+        [f"checkpoint={run_dir / 'best.pt'}", *data_args(celeb_cache), "logger=none",
+         "trainer=cpu", "trainer.num_workers=0", "metrics.plots=false",
+         "metrics.clips_per_video=2", f"hydra.run.dir={eval_dir}"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
+    assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
+    assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
+
+
+def test_score_refuses_a_clip_detector_with_the_alternative() -> None:
+    from deepsift.core.errors import UserError
+    from deepsift.scoring.models import build_member
+
+    overrides = {"backbone": "resnet10t", "size": 32, "clip_len": 2}
+    with pytest.raises(UserError, match=r"clip detector.*evaluate\.py"):
+        build_member(detector="clip_mean", overrides=overrides)
+
+
+def _hydra(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_hydra(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _flat(overrides: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys, so an override edits a config's mapping, not replaces it."""
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _other_clip_detectors() -> list[str]:
+    from benchmarks.clip_cost import clip_detectors
+
+    return [name for name in clip_detectors() if name != "clip_mean"]
+
+
+@pytest.mark.parametrize("name", _other_clip_detectors())
+def test_every_clip_detector_trains_through_the_pipeline(
+    name: str, celeb_cache: Path, tmp_path: Path
+) -> None:
+    from detectors import detector_config
+
+    try:
+        from tests.video_detectors import TINY as OVERRIDES
+    except ImportError:
+        OVERRIDES = {}
+    if name not in OVERRIDES:
+        pytest.skip(f"{name}: no CPU-small overrides in tests/video_detectors.py TINY")
+    overrides = OVERRIDES[name]
+    config = {**detector_config(name), **overrides}
+    if clip_span_of(config) > FRAMES:
+        pytest.skip(f"{name}: a clip spans more than the fixture's {FRAMES} cached frames")
+    args = [
+        f"detector={name}",
+        *(f"++detector.{k}={_hydra(v)}" for k, v in _flat(overrides).items()),
+        *[a for a in TINY if not a.startswith("detector")],
+        *data_args(celeb_cache),
+        "eval_splits=[test]",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    result = run_script("train.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
+    assert report["unit"] == "clip" and report["video"]["n"] == 6
+
+
+def clip_span_of(config: dict) -> int:
+    from datasets.clips import clip_span
+
+    return clip_span(int(config.get("clip_len", 1)), int(config.get("clip_stride", 1)))
+
+
+def test_a_mouth_clip_detector_is_refused_in_one_line(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from deepsift.app.pipeline import detector_records
+    from deepsift.core.errors import UserError
+
+    detector = SimpleNamespace(input_kind="clip", clip_len=2, clip_stride=1, needs_mouth=True)
+    cfg = OmegaConf.create({"metrics": {"clips_per_video": 2}})
+    ctx = SimpleNamespace(run_dir=tmp_path)
+    with pytest.raises(UserError, match="mouth crops"):
+        detector_records(detector, [Record("a.png", 0, video="v")], cfg, ctx, "test")
+
+
+def test_image_data_gives_a_clip_detector_one_clear_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from deepsift.app.pipeline import detector_records
+    from deepsift.core.errors import UserError
+
+    detector = SimpleNamespace(input_kind="clip", clip_len=2, clip_stride=1, needs_mouth=False)
+    cfg = OmegaConf.create({"metrics": {"clips_per_video": 2}})
+    ctx = SimpleNamespace(run_dir=tmp_path)
+    stills = [Record(f"{i}.png", i % 2) for i in range(4)]
+    with pytest.raises(UserError, match="face-crop cache"):
+        detector_records(detector, stills, cfg, ctx, "test")
+    assert (tmp_path / "clips_skipped_test.json").is_file()
