@@ -24,30 +24,21 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
 from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.forensynths import (
+    FORENSYNTHS_PREPROCESSING,
+    FORENSYNTHS_TRAIN_PREPROCESSING,
+)
 from detectors.layers.resnet import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Preprocessing,
     merge_preprocessing,
     train_variant,
 )
 
-#: the official test-time preprocessing (``test.py``, ForenSynths: ``no_resize=False``,
-#: ``no_crop=True``): ``Resize((256, 256))`` (bilinear), ``ToTensor``, ImageNet ``Normalize``
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 256,
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "hflip": 0.5,
-}
-
-#: training crops 224 px at random from the 256 x 256 image (``RandomCrop(cropSize)``)
-DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = {"crop": "center"}
+#: the official test-time and training preprocessing: ForenSynths' (see
+#: :mod:`detectors.layers.forensynths`)
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_PREPROCESSING)
+DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_TRAIN_PREPROCESSING)
 
 #: the band the reference zeroes: ``scale=4`` keeps all but the central half of each axis
 SCALE = 4

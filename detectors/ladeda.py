@@ -20,35 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
 from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.forensynths import (
+    FORENSYNTHS_PREPROCESSING,
+    FORENSYNTHS_TRAIN_PREPROCESSING,
+    npr_residual,
+)
 from detectors.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Preprocessing,
     merge_preprocessing,
     train_variant,
 )
 
-#: the official test-time preprocessing (``test.py``: ``no_resize=False``, ``no_crop=True``):
-#: ``Resize((256, 256))`` (PIL bilinear), ``ToTensor``, ImageNet ``Normalize``
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 256,
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "hflip": 0.5,
-}
-
-#: training crops 224 px at random from the 256 x 256 image (``RandomCrop(cropSize)``)
-DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = {"crop": "center"}
+#: the official test-time and training preprocessing: ForenSynths' (see
+#: :mod:`detectors.layers.forensynths`)
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_PREPROCESSING)
+DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_TRAIN_PREPROCESSING)
 
 #: ``LaDeDa9``: ResNet-50's blocks per stage, strides, and how many leading blocks of each
 #: stage have a 3 x 3 ``conv2`` (``kernel3``); the rest are 1 x 1
@@ -57,17 +48,6 @@ STRIDES = (2, 2, 2, 1)
 KERNEL3 = (1, 1, 0, 0)
 #: the smallest side with one output: a 9 x 9 patch, after odd sides are trimmed to even
 MIN_SIDE = 10
-
-
-def npr_input(x: torch.Tensor) -> torch.Tensor:
-    """``x - up(down(x))``, nearest x0.5 then x2 (the reference's ``preprocess(x, "NPR")``).
-
-    Odd heights and widths are first trimmed to even (the reference would fail on them).
-    """
-    height, width = x.shape[-2:]
-    x = x[..., : height - height % 2, : width - width % 2]
-    down = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
-    return x - F.interpolate(down, scale_factor=2.0, mode="nearest", recompute_scale_factor=True)
 
 
 class PatchBottleneck(nn.Module):
@@ -143,7 +123,7 @@ class LaDeDa(Detector):
     reference's ``AvgPool2d(H)`` for square inputs (all the reference feeds it) and
     also defined for non-square ones (``preprocessing.resize=none``; the reference's
     ``fc`` would fail on them); odd sizes are trimmed to even before the residual (as NPR does,
-    :func:`npr_input`); there is no early-stopping lr schedule (the
+    :func:`~detectors.layers.forensynths.npr_residual`); there is no early-stopping lr schedule (the
     trainer's epochs and a scheduler override stand for it); Tiny-LaDeDa (the
     distilled 4-layer student) and the gradient/raw input variants are not included.
 
@@ -213,7 +193,7 @@ class LaDeDa(Detector):
                 f"LaDeDa needs images of at least {MIN_SIDE} x {MIN_SIDE} pixels after "
                 f"preprocessing, not {tuple(image.shape[-2:])}: raise preprocessing.resize_to"
             )
-        x = self.relu(self.bn1(self.conv2(self.conv1(npr_input(image)))))
+        x = self.relu(self.bn1(self.conv2(self.conv1(npr_residual(image)))))
         for index in range(1, 5):
             x = getattr(self, f"layer{index}")(x)
         return x

@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
 from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.forensynths import (
+    FORENSYNTHS_PREPROCESSING,
+    FORENSYNTHS_TRAIN_PREPROCESSING,
+    npr_residual,
+)
 from detectors.layers.resnet import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Preprocessing,
     merge_preprocessing,
     train_variant,
@@ -36,44 +38,15 @@ from detectors.preprocessing import (
 
 log = logging.getLogger(__name__)
 
-#: the official test-time preprocessing (``test.py`` with ``no_resize=False``,
-#: ``no_crop=True``): ``Resize((256, 256))`` (bilinear), ``ToTensor``, ImageNet ``Normalize``
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 256,
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "hflip": 0.5,
-}
-
-#: training crops 224 px at random from the 256 x 256 image (``RandomCrop(cropSize)``)
-DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = {"crop": "center"}
+#: the official test-time and training preprocessing: ForenSynths' (see
+#: :mod:`detectors.layers.forensynths`)
+DEFAULT_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_PREPROCESSING)
+DEFAULT_TRAIN_PREPROCESSING: dict[str, Any] = dict(FORENSYNTHS_TRAIN_PREPROCESSING)
 
 #: the unused classifier head ``networks/trainer.py`` attached in early versions
 #: (``model.fc = nn.Linear(2048, 1)``, never called by ``forward``); training
 #: checkpoints of those versions carry it
 UNUSED_HEAD = {"fc.weight": (1, 2048), "fc.bias": (1,)}
-
-
-def trim_to_even(x: torch.Tensor) -> torch.Tensor:
-    """Drop the last row and/or column of images with an odd height and/or width."""
-    height, width = x.shape[-2:]
-    return x[..., : height - height % 2, : width - width % 2]
-
-
-def npr_residual(x: torch.Tensor) -> torch.Tensor:
-    """``x - up(down(x))`` with nearest-neighbour x0.5 then x2, as the reference computes it.
-
-    Odd sizes are first trimmed to even (the reference would fail on them). For
-    even sizes this is ``x`` minus the top-left pixel of its 2x2 block.
-    """
-    x = trim_to_even(x)
-    down = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
-    up = F.interpolate(down, scale_factor=2.0, mode="nearest", recompute_scale_factor=True)
-    return x - up
 
 
 class NPR(Detector):

@@ -19,7 +19,8 @@ from deepsift.core.images import load_rgb
 from detectors.cnnspot import CNNSpot
 from detectors.frank_dct import FrankDCT
 from detectors.layers.cnndetection import cnndetection_train_transform
-from detectors.npr import NPR, npr_residual, trim_to_even
+from detectors.layers.forensynths import npr_residual, trim_to_even
+from detectors.npr import NPR
 from detectors.preprocessing import Preprocessing
 
 MEAN = np.array([0.485, 0.456, 0.406])
