@@ -291,3 +291,28 @@ def test_training_reaches_every_parameter_and_overfits(detector: MultiAttention)
     warm.steps = 0
     assert warm.training_step(batch)["loss"].requires_grad
     assert {"bce", "ril"}.isdisjoint(warm.training_step(batch))
+
+
+def test_matches_deepfakebench_code_with_both_heads(tmp_path: Path) -> None:
+    """DeepfakeBench's MultiAttentionDetector on the reference pictures
+    (tests/official/make_multi_attention.py): the ensemble (``outputs``, also checked by
+    test_official_parity) and the warm-up ``last_layer`` path (``outputs_backbone``)."""
+    from PIL import Image
+
+    from tests.official.images import reference_images
+    from tests.official.weights import load_reference, write_official_file
+
+    reference = load_reference("deepfakebench_multi_attention")
+    path = write_official_file(reference, tmp_path / reference["filename"])
+    det = load_detector("multi_attention", weights=path).eval()
+    images = reference_images(reference["images_seed"])
+    x = torch.stack(
+        [det.eval_transform({"image": Image.fromarray(a), "record": None})["image"] for a in images]
+    )
+    for head, key in (("ensemble", "outputs"), ("backbone", "outputs_backbone")):
+        det.head = head
+        with torch.no_grad():
+            logits = det({"image": x})["logits"].double().numpy()
+        expected = np.array(reference[key]["logits"])
+        assert expected.std() > 0.05, key
+        np.testing.assert_allclose(logits, expected, atol=reference["tolerance"]["logit"], rtol=0)
