@@ -61,6 +61,14 @@ DeepfakeBench's ``multi_attention_best.pth`` (``backbone.efficientnet.*``,
 ``backbone.last_layer.*``, ``attention_generation.*``, ``texture_enhance.*``,
 ``projection_local.*``, ``projection_final.*``, ``ensemble_classifier_fc.*``)
 loads strictly and brings DeepfakeBench's test-time input.
+
+Verified against DeepfakeBench's code (``tests/official/make_multi_attention.py``,
+efficientnet-pytorch 0.7.1): ``MultiAttentionDetector`` on the reference pictures
+through its data pipeline gives the same logits to 1e-5, with both heads. In a scratch
+run (kornia 0.9.0, not a test: kornia is not a dependency), :func:`agda` with the same
+seeds, :func:`gaussian_blur` and :class:`RegionIndependenceLoss` over five steps with
+alpha decay equalled DeepfakeBench's ``AGDA``, kornia's ``GaussianBlur2d`` and
+``RegionIndependentLoss`` exactly.
 """
 
 from __future__ import annotations
