@@ -356,6 +356,19 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("model_epoch_best.pth",),
     ),
+    WeightFormat(
+        "DeepfakeBench Multi-Attention",
+        ("multi_attention",),
+        f"{_DFB}: training/detectors/multi_attention_detector.py",
+        _DFB_INPUT,
+        matches=_has(
+            "backbone.efficientnet._conv_stem.weight",
+            "attention_generation.conv_extract.weight",
+            "texture_enhance.conv0.weight",
+            "ensemble_classifier_fc.2.weight",
+        ),
+        released=("multi_attention_best.pth",),
+    ),
 )
 
 

@@ -87,7 +87,8 @@ def computed_tensor(recipe: list[Any]) -> torch.Tensor:
     ``["dct", n]``: the orthonormal DCT-II matrix (row ``i``, column ``j``:
     ``c_i cos((j + 0.5) pi i / n)``, ``c_0 = sqrt(1/n)``, else ``sqrt(2/n)``; float64,
     then float32); ``["dct_t", n]``: its transpose; ``["band", n, start, end]``: 1
-    where ``start <= i + j <= end`` on an n x n grid, else 0 (float32).
+    where ``start <= i + j <= end`` on an n x n grid, else 0 (float32); ``["border", n, w]``:
+    a (1, 1, n, n) float32 mask, 1 except on a ``w``-wide border (Multi-Attention's).
     """
     kind, n = recipe[0], int(recipe[1])
     index = np.arange(n, dtype=np.float64)
@@ -100,6 +101,11 @@ def computed_tensor(recipe: list[Any]) -> torch.Tensor:
         start, end = float(recipe[2]), float(recipe[3])
         diagonal = index[:, None] + index[None, :]
         return torch.tensor(((diagonal >= start) & (diagonal <= end)).astype(np.float32))
+    if kind == "border":  # ["border", n, width]: (1, 1, n, n), 1 inside a zero border
+        width = int(recipe[2])
+        mask = torch.zeros(1, 1, n, n)
+        mask[0, 0, width : n - width, width : n - width] = 1
+        return mask
     raise ValueError(f"unknown computed tensor {recipe!r}")
 
 
