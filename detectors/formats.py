@@ -369,6 +369,18 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("multi_attention_best.pth",),
     ),
+    WeightFormat(
+        "FTCN + Temporal Transformer (official)",
+        ("ftcn",),
+        "github.com/yinglinzheng/FTCN: model/classifier/i3d_temporal_var_fix_dropout_tt_cfg.py, "
+        "setting/ftcn_tt.yaml",
+        "clips of 32 consecutive landmark-aligned face frames, 224 x 224, ImageNet mean/std, "
+        "(B, C, T, H, W)",
+        matches=_any(
+            _has("resnet.head.time_T.cls_token"), _has("module.resnet.head.time_T.cls_token")
+        ),
+        released=("ftcn_tt.pth",),
+    ),
 )
 
 

@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.layers.slowfast import BasicStem, Bottleneck, Pathway, ResBlock
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -50,87 +51,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "mean": (0.5, 0.5, 0.5),
     "std": (0.5, 0.5, 0.5),
 }
-
-#: eps and momentum of every BatchNorm3d in SlowFast's helpers (``bn_mmt`` 0.1)
-BN_EPS = 1e-5
-
-
-def _bn(channels: int) -> nn.BatchNorm3d:
-    return nn.BatchNorm3d(channels, eps=BN_EPS, momentum=0.1)
-
-
-class BasicStem(nn.Module):
-    """``ResNetBasicStem``: conv (kt x 7 x 7, stride 1 x 2 x 2), BN, ReLU, max-pool 1 x 3 x 3 / 2."""
-
-    def __init__(self, dim_out: int, temporal_kernel: int = STEM_TEMPORAL_KERNEL) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(
-            3,
-            dim_out,
-            (temporal_kernel, 7, 7),
-            stride=(1, 2, 2),
-            padding=(temporal_kernel // 2, 3, 3),
-            bias=False,
-        )
-        self.bn = _bn(dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn(self.conv(x)))
-        return F.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-
-
-class Bottleneck(nn.Module):
-    """``BottleneckTransform`` (``a`` kt x 1 x 1, ``b`` 1 x 3 x 3 with the stride, ``c`` 1 x 1 x 1)."""
-
-    def __init__(
-        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int
-    ) -> None:
-        super().__init__()
-        self.a = nn.Conv3d(
-            dim_in,
-            dim_inner,
-            (temporal_kernel, 1, 1),
-            padding=(temporal_kernel // 2, 0, 0),
-            bias=False,
-        )
-        self.a_bn = _bn(dim_inner)
-        self.b = nn.Conv3d(
-            dim_inner,
-            dim_inner,
-            (1, 3, 3),
-            stride=(1, stride, stride),
-            padding=(0, 1, 1),
-            bias=False,
-        )
-        self.b_bn = _bn(dim_inner)
-        self.c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
-        self.c_bn = _bn(dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.a_bn(self.a(x)))
-        x = F.relu(self.b_bn(self.b(x)))
-        return self.c_bn(self.c(x))
-
-
-class ResBlock(nn.Module):
-    """``ResBlock``: ``branch2`` plus the identity or a 1 x 1 x 1 projection ``branch1``, ReLU."""
-
-    def __init__(
-        self, dim_in: int, dim_out: int, dim_inner: int, temporal_kernel: int, stride: int
-    ) -> None:
-        super().__init__()
-        if dim_in != dim_out or stride != 1:
-            self.branch1 = nn.Conv3d(dim_in, dim_out, 1, stride=(1, stride, stride), bias=False)
-            self.branch1_bn = _bn(dim_out)
-        self.branch2 = Bottleneck(dim_in, dim_out, dim_inner, temporal_kernel, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.branch1_bn(self.branch1(x)) if hasattr(self, "branch1") else x
-        return F.relu(shortcut + self.branch2(x))
-
-
-class Pathway(nn.Module):
-    """One pathway of a SlowFast stem or stage: a holder so keys read ``s2.pathway0_res0``."""
 
 
 class I3DResNet(nn.Module):

@@ -18,6 +18,17 @@ TINY: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "preprocessing": {"size": 32, "resize_to": 32},
     },
+    # one bottleneck per stage, 8-channel stem (dim 128), 4 frames of 32 x 32 (res4 map: 2 x 2 x 2)
+    "ftcn": {
+        "clip_len": 4,
+        "blocks": [1, 1, 1],
+        "width_per_group": 8,
+        "heads": 2,
+        "dim_head": 16,
+        "mlp_dim": 32,
+        "dropout": 0.0,
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
     "tall": {
         "frame_size": 28,
         "model_kwargs": {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]},
