@@ -381,6 +381,19 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("ftcn_tt.pth",),
     ),
+    WeightFormat(
+        "AltFreezing I3D8x8 (official)",
+        ("altfreezing",),
+        "github.com/ZhendongWang6/AltFreezing: model/classifier/i3d_ori.py, setting/i3d_ori.yaml "
+        "(model.pth, I3D8x8.state_dict(); the same keys as DeepfakeBench's i3d_best.pth)",
+        "clips of 32 consecutive aligned face frames, 224 x 224, ImageNet mean/std, "
+        "(B, C, T, H, W)",
+        matches=_all(
+            _has("resnet.s1.pathway0_stem.conv.weight"),
+            _shape("resnet.head.projection.weight", 0, 1),
+        ),
+        released=("model.pth",),
+    ),
 )
 
 

@@ -200,8 +200,10 @@ def test_deepfakebench_checkpoint_matches_independent_forward(tmp_path: Path) ->
     state = seeded_state_dict(spec, seed=3)
     path = tmp_path / "i3d_best.pth"
     torch.save({f"module.resnet.{k}": v for k, v in state.items()}, path)
+    # AltFreezing's model.pth has the same keys
     assert [f.name for f in formats_for({f"resnet.{k}": v for k, v in state.items()})] == [
-        "DeepfakeBench I3D"
+        "DeepfakeBench I3D",
+        "AltFreezing I3D8x8 (official)",
     ]
     det = load_detector("i3d", weights=path, **SMALL).eval()
     batch = clip_batch(det, 3, seed=7)

@@ -10,6 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 TINY: dict[str, dict[str, Any]] = {
+    # I3D's tiny network; alter_freq 2 so a short run sees both freezing phases
+    "altfreezing": {
+        "clip_len": 4,
+        "blocks": [1, 1, 1, 1],
+        "width_per_group": 8,
+        "dropout": 0.0,
+        "alter_freq": 2,
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
     # one bottleneck per stage, 8-channel stem, 4 frames of 32 x 32 (s5 map: 2 x 1 x 1)
     "i3d": {
         "clip_len": 4,

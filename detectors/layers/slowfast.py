@@ -12,13 +12,20 @@ FTCN (Zheng et al., ICCV 2021).
 each spatial stride 2 becomes stride 1 with a ``MaxPool3d((1, 2, 2))`` after the
 convolution's BN, the two wrapped in an ``nn.Sequential`` (keys ``bn.0.weight``,
 ``b_bn.0.weight``, ``branch1_bn.0.weight``).
+
+:class:`I3DResNet` is the whole single-pathway ``ResNet`` with ``ARCH: i3d`` (I3D of
+DeepfakeBench, AltFreezing's ``I3D8x8``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deepsift.core.errors import UserError
 
 #: eps and momentum of every BatchNorm3d in SlowFast's helpers (``bn_mmt`` 0.1)
 BN_EPS = 1e-5
@@ -135,3 +142,81 @@ class ResBlock(nn.Module):
 
 class Pathway(nn.Module):
     """One pathway of a SlowFast stem or stage: a holder so keys read ``s2.pathway0_res0``."""
+
+
+#: blocks per stage of SlowFast's ``_MODEL_STAGE_DEPTH`` for ``RESNET.DEPTH``
+STAGE_DEPTH: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+#: ``_TEMPORAL_KERNEL_BASIS["i3d"]``: stem, then per stage the kernel pattern its blocks cycle
+#: through (every block uses it: ``NUM_BLOCK_TEMP_KERNEL`` [[3], [4], [6], [3]])
+STEM_TEMPORAL_KERNEL = 5
+STAGE_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = ((3,), (3, 1), (3, 1), (1, 3))
+
+
+class I3DResNet(nn.Module):
+    """SlowFast's ``ResNet`` (one pathway) with ``ARCH: i3d``, keys as its ``state_dict``.
+
+    ``s1.pathway0_stem``, ``s2`` ... ``s5`` with ``pathway0_res<i>`` blocks (a temporal
+    max-pool 2 x 1 x 1 after ``s2``), ``head.projection`` on the average-pooled,
+    dropped-out 2048-d feature. Returns the logit(s) before the head's sigmoid.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[int] = STAGE_DEPTH[50],
+        width_per_group: int = 64,
+        num_classes: int = 1,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise UserError(f"detector.blocks must be 4 positive block counts, got {list(blocks)}")
+        self.s1 = Pathway()
+        self.s1.pathway0_stem = BasicStem(width_per_group)
+        dim_in = width_per_group
+        for stage, (n, kernels) in enumerate(zip(blocks, STAGE_TEMPORAL_KERNELS, strict=True)):
+            dim_out, dim_inner = width_per_group * 4 * 2**stage, width_per_group * 2**stage
+            holder = Pathway()
+            for i in range(n):
+                stride = 1 if stage == 0 or i > 0 else 2
+                block = ResBlock(dim_in, dim_out, dim_inner, kernels[i % len(kernels)], stride)
+                holder.add_module(f"pathway0_res{i}", block)
+                dim_in = dim_out
+            self.add_module(f"s{stage + 2}", holder)
+        self.feature_dim = dim_in
+        self.head = Pathway()
+        self.head.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head.projection = nn.Linear(dim_in, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``init_weights`` (weight_init_helper.py): MSRA fill, final BN of each block zero, fc N(0, 0.01)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm3d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, Bottleneck):  # ZERO_INIT_FINAL_BN: True
+                nn.init.zeros_(module.c_bn.weight)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.s2, self.s3, self.s4, self.s5]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the ``s5`` map (B, 2048, T/2, H/32, W/32)."""
+        x = self.s1.pathway0_stem(x)
+        for index, stage in enumerate(self.stages()):
+            for block in stage.children():
+                x = block(x)
+            if index == 0:  # pathway0_pool: _POOL1["i3d"] = [2, 1, 1]
+                x = F.max_pool3d(x, (2, 1, 1), stride=(2, 1, 1))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3, 4))
+        return self.head.projection(self.head.dropout(pooled))
