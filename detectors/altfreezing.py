@@ -88,8 +88,9 @@ class AltFreezing(Detector):
 
     * model: SlowFast ``ResNet``, ``ARCH: i3d``, ``DEPTH: 50``, ``WIDTH_PER_GROUP`` 64,
       temporal kernels stem 5, res2 [3], res3 [3, 1], res4 [3, 1], res5 [1, 3], a temporal
-      max-pool 2 after res2, ``DROPOUT_RATE`` 0.5, ``NUM_CLASSES`` 1 with
-      ``HEAD_ACT: sigmoid`` -- the same network as DeepfakeBench's I3D;
+      max-pool 2 after res2, ``DROPOUT_RATE`` 0.5, ``NUM_CLASSES`` 1 (``HEAD_ACT: sigmoid``
+      is configured but commented out in their ``head_helper.py``: the model returns the
+      logit; ``demo.py`` applies ``sigmoid``) -- the same network as DeepfakeBench's I3D;
     * input: clips of ``clip_size`` 32 consecutive frames (``NUM_FRAMES`` set from it),
       faces aligned and cropped to 224 x 224, ImageNet mean/std on 0-255 values,
       (B, C, T, H, W); ``demo.py`` thresholds the sigmoid at 0.04;
@@ -108,8 +109,8 @@ class AltFreezing(Detector):
     ``alter_freq`` training steps (starting with ``alter_start``); ``alter_freq`` 0 trains
     everything at once. Groups are :func:`spatial_temporal_groups`.
 
-    Where this differs: ``forward`` returns the logit before the sigmoid (loss
-    ``binary_cross_entropy_with_logits``); the head averages the ``s5`` map over all
+    Where this differs: the loss is ``binary_cross_entropy_with_logits`` on the logit
+    (the released trainer is not public; BCE is the paper's); the head averages the ``s5`` map over all
     positions (SlowFast's fixed ``AvgPool3d`` equals it at 32 frames and 224 px); one
     optimiser with frozen groups replaces the two alternating optimisers (the parameters a
     phase updates are the same; momentum buffers are shared); the augmentation is
@@ -120,6 +121,9 @@ class AltFreezing(Detector):
     :meth:`load_weights` reads the released ``model.pth`` (``I3D8x8.state_dict()``:
     ``resnet.s1.pathway0_stem.conv.weight`` ..., optionally under ``state_dict``, with
     ``module.``/``network.`` prefixes as the authors' ``load`` strips) strictly.
+    The outputs match the authors' SlowFast ``ResNet`` (commit f76b061) within 2.4e-6 in
+    logit at full size (32 x 224 x 224, float32, seeded weights;
+    ``tests/official/make_altfreezing.py``, ``tests/official/video/altfreezing.json``).
 
     Args:
         clip_len: frames per clip (``clip_size`` 32).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,32 @@ def test_official_checkpoint_loads_strictly_and_matches_independent_forward(
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(UserError, match="not an AltFreezing file"):
         load_detector("altfreezing", weights=path, **SMALL)
+
+
+REFERENCE = Path(__file__).parent / "official" / "video" / "altfreezing.json"
+
+
+def test_matches_the_authors_code(tmp_path: Path) -> None:
+    """The authors' ``I3D8x8`` backbone (SlowFast ``ResNet`` of their repo) on seeded weights,
+    run outside the project by ``tests/official/make_altfreezing.py``."""
+    ref = json.loads(REFERENCE.read_text())
+    tiny = ref["tiny"]
+    spec = tiny["key_spec"]
+    assert spec == official_spec(tiny["blocks"], tiny["width"], 1)
+    assert ref["full"]["parameters"] == REFERENCE_PARAMETERS
+    path = tmp_path / "model.pth"
+    torch.save(
+        {f"resnet.{k}": v for k, v in seeded_state_dict(spec, seed=ref["seed"]).items()}, path
+    )
+    det = load_detector(
+        "altfreezing",
+        weights=path,
+        **{**SMALL, "blocks": tiny["blocks"], "width_per_group": tiny["width"]},
+    ).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, tiny["frames"], 3, tiny["size"], tiny["size"])
+    with torch.no_grad():
+        got = det({"clip": x})["logits"]
+    want = torch.tensor(tiny["logit"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (want[0] - want[1]).abs() > 1e-3
