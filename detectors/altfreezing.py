@@ -55,17 +55,20 @@ def spatial_temporal_groups(model: nn.Module) -> tuple[list[str], list[str]]:
     """Names of the (spatial, temporal) parameters, as the authors' ``temporal_spatial_sep``.
 
     A ``Conv3d`` with kernel 1 x k x k (k > 1) is spatial, k x 1 x 1 (k > 1) temporal, any
-    other (1 x 1 x 1, the 5 x 7 x 7 stem) both; every ``BatchNorm3d``/``Linear`` outside the
-    head is in both groups; the head (``head.projection``) is in neither, so it always learns
-    (the authors' optimisers leave it out; here it stays trainable in both phases).
+    other (1 x 1 x 1, the 5 x 7 x 7 stem) both; every ``BatchNorm3d``/``Linear`` and the
+    head (``head.projection``, which the authors add to both optimisers by name) are in both
+    groups, so they learn in both phases.
     """
     spatial: list[str] = []
     temporal: list[str] = []
     for name, module in model.named_modules():
         own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
-        if not own or "head" in name:
+        if not own:
             continue
-        if isinstance(module, nn.Conv3d):
+        if "head" in name:
+            spatial += own
+            temporal += own
+        elif isinstance(module, nn.Conv3d):
             kt, kh, _ = module.kernel_size
             if kt == 1 and kh > 1:
                 spatial += own
@@ -113,7 +116,8 @@ class AltFreezing(Detector):
     (the released trainer is not public; BCE is the paper's); the head averages the ``s5`` map over all
     positions (SlowFast's fixed ``AvgPool3d`` equals it at 32 frames and 224 px); one
     optimiser with frozen groups replaces the two alternating optimisers (the parameters a
-    phase updates are the same; momentum buffers are shared); the augmentation is
+    phase updates are the same; momentum buffers are shared), with one weight decay (the
+    authors' is 0 for BN); the augmentation is
     torchvision's flip, colour jitter, blur and JPEG applied identically to all T frames,
     without the paper's erasing/cut-out/mask-distortion augmentations; the alternation unit
     (steps vs. epochs) of ``ALTER_FREQ`` is unconfirmed (the training loop is unreleased).
