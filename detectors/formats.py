@@ -344,6 +344,20 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_all(_shape("fc1.weight", 0, 2), _prefix("layer2."), _none(_prefix("layer3."))),
         released=("checkpoint-best.pth",),
     ),
+    WeightFormat(
+        "DRCT (ConvNeXt-B)",
+        ("drct",),
+        "github.com/beibuwandeluori/DRCT: network/models.py (ContrastiveModels), "
+        "scripts/train.py, data/transform.py",
+        "PadIfNeeded(224) zeros, CenterCrop(224) (floor offsets), no resize, ImageNet "
+        "normalisation",
+        matches=_all(
+            _has("model.stem.0.weight"),
+            _has("model.head.fc.weight"),
+            _shape("fc.weight", 0, 2),
+        ),
+        released=("14_acc0.9996.pth", "16_acc0.9993.pth", "last_acc0.9991.pth"),
+    ),
 )
 
 
