@@ -381,6 +381,19 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("ftcn_tt.pth",),
     ),
+        "DRCT (ConvNeXt-B)",
+        ("drct",),
+        "github.com/beibuwandeluori/DRCT: network/models.py (ContrastiveModels), "
+        "scripts/train.py, data/transform.py",
+        "PadIfNeeded(224) zeros, CenterCrop(224) (floor offsets), no resize, ImageNet "
+        "normalisation",
+        matches=_all(
+            _has("model.stem.0.weight"),
+            _has("model.head.fc.weight"),
+            _shape("fc.weight", 0, 2),
+        ),
+        released=("14_acc0.9996.pth", "16_acc0.9993.pth", "last_acc0.9991.pth"),
+    ),
 )
 
 
