@@ -381,6 +381,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("ftcn_tt.pth",),
     ),
+    WeightFormat(
         "DRCT (ConvNeXt-B)",
         ("drct",),
         "github.com/beibuwandeluori/DRCT: network/models.py (ContrastiveModels), "
