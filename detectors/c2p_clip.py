@@ -10,7 +10,10 @@ into the image encoder), loaded there with ``strict=True``; its keys are
 ``model.vision_model.*`` (HF CLIP vision names: ``embeddings.class_embedding``,
 ``embeddings.patch_embedding.weight``, ``pre_layrnorm.*``, ``encoder.layers.N.*``,
 ``post_layernorm.*``), ``model.visual_projection.weight`` (768 x 1024) and
-``model.fc.weight`` / ``model.fc.bias`` (1 x 768, 1).
+``model.fc.weight`` / ``model.fc.bias`` (1 x 768, 1). That layout is read from the code
+(the release is not reachable offline); the authors' ``C2P_CLIP`` and ``data.py`` transform,
+run on a tiny tower with seeded weights in that layout, give deepsift's logits to 1e-6
+(``tests/official/make_c2p_clip.py``, ``c2p_clip_tiny.json``).
 """
 
 from __future__ import annotations
