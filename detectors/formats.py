@@ -395,6 +395,21 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("14_acc0.9996.pth", "16_acc0.9993.pth", "last_acc0.9991.pth"),
     ),
+    WeightFormat(
+        "C2P-CLIP (Tan et al.) Hugging Face CLIP ViT-L/14 image encoder + fc",
+        ("c2p_clip",),
+        "github.com/chuangchuangtan/C2P-CLIP-DeepfakeDetection: inference.py (C2P_CLIP), data.py",
+        "Resize(224) shorter side (PIL bilinear), CenterCrop(224), CLIP normalisation",
+        matches=_all(
+            _has(
+                "model.vision_model.embeddings.class_embedding",
+                "model.visual_projection.weight",
+                "model.fc.weight",
+            ),
+            _shape("model.fc.weight", 0, 1),
+        ),
+        released=("C2P_CLIP_release_20240901.zip",),
+    ),
 )
 
 
