@@ -30,7 +30,10 @@ not from code: unconfirmed here).
 Where deepsift differs: ``transform`` reads ``sample["mouth_frames"]`` (the pipeline's
 mouth crops, any size: resized to ``resize`` (96) first), one random crop box and one flip
 per clip in training (:meth:`ClipPreprocessing.draw`), centre crop at evaluation; the LRW
-lipreading start is not wired (random init unless ``weights=``). ``freeze_features``
+lipreading start is a local ``pretrained_file`` (github.com/mpc001/
+Lipreading_using_Temporal_Convolutional_Networks ``lrw_resnet18_mstcn*.pth.tar``,
+``{"model_state_dict": ...}``, non-commercial licence; every key but the 500-way
+``tcn.tcn_output`` must load), nothing is downloaded. ``freeze_features``
 freezes ``frontend3D`` + ``trunk`` (the paper's fine-tuning regime; off by default).
 ``width`` / ``trunk_layers`` / ``hidden_dim`` / ``tcn_layers`` shrink the network for
 tests (defaults: the authors' sizes).
@@ -47,6 +50,7 @@ loaded with ``strict=True`` into ``Lipreading``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,8 +68,10 @@ from detectors.layers.clips import ClipPreprocessing
 MEAN, STD = 0.421, 0.165
 
 
-def _adam_2e4(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=2e-4)
+#: the paper's optimiser (Adam, lr 2e-4; the training code is not released)
+LIPFORENSICS_ADAM: Callable[..., torch.optim.Optimizer] = functools.partial(
+    torch.optim.Adam, lr=2e-4
+)
 
 
 class BasicBlock(nn.Module):
@@ -200,6 +206,8 @@ class LipForensics(Detector):
             ResNet stage (2, 2, 2, 2).
         hidden_dim / tcn_layers / kernel_sizes / dropout: MS-TCN channels per branch
             (256), levels (4), branch kernels (3, 5, 7) and dropout (0.2).
+        pretrained_file: local LRW lipreading weights (mpc001's ``Lipreading`` layout,
+            ``model_state_dict``); ``None``: random init.
         freeze_features: train only the MS-TCN (``frontend3D`` and ``trunk`` frozen).
         hflip: probability of one horizontal flip per clip in training.
     """
@@ -219,12 +227,13 @@ class LipForensics(Detector):
         tcn_layers: int = 4,
         kernel_sizes: Sequence[int] = (3, 5, 7),
         dropout: float = 0.2,
+        pretrained_file: str | None = None,
         freeze_features: bool = False,
         hflip: float = 0.5,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(None, optimizer or _adam_2e4, scheduler)
+        super().__init__(None, optimizer or LIPFORENSICS_ADAM, scheduler)
         self.clip_len = int(clip_len)
         self.clip_stride = int(clip_stride)
         if any(int(k) % 2 == 0 for k in kernel_sizes):
@@ -247,6 +256,8 @@ class LipForensics(Detector):
         self.clip_preprocessing = ClipPreprocessing(
             int(size), resize=int(resize), crop="random", hflip=hflip
         )
+        if pretrained_file:
+            self._load_lipreading(pretrained_file)
         if freeze_features:
             for p in [*self.frontend3D.parameters(), *self.trunk.parameters()]:
                 p.requires_grad_(False)
@@ -270,6 +281,31 @@ class LipForensics(Detector):
                 "tcn_output (a lipreading classifier?); expected the 1-logit forgery head"
             )
         load_state_dict_strict(self, state, source)
+
+    def _load_lipreading(self, path: str) -> None:
+        """LRW lipreading weights: every key but ``tcn.tcn_output.*`` must match by name and
+        shape; the forgery head stays random."""
+        source = f"detector.pretrained_file={path}"
+        if not Path(path).is_file():
+            raise UserError(f"LipForensics: {source} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for container in ("model_state_dict", "model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(container), dict):
+                state = state[container]
+                break
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("tcn.tcn_output.")}
+        state = {k: v for k, v in state.items() if not k.startswith("tcn.tcn_output.")}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+        if missing or unexpected or wrong:
+            raise UserError(
+                f"LipForensics: {source} is not Lipreading (ResNet-18 + MS-TCN) weights for "
+                f"this network: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"other shapes {wrong[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """``sample["mouth_frames"]`` (T PIL mouth crops) -> ``{"clip": (T, 1, 88, 88)}``."""

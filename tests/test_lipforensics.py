@@ -157,3 +157,22 @@ def test_official_layout_loads_strictly_and_matches_the_authors_forward(tmp_path
         load_detector("lipforensics", weights=str(path), **ref["overrides"])
     with pytest.raises(UserError, match="does not exist"):
         load_detector("lipforensics", weights=str(tmp_path / "missing.pth"))
+
+
+def test_pretrained_file_takes_the_lrw_lipreading_layout(tmp_path) -> None:
+    det = tiny()
+    own = det.state_dict()
+    lrw = {k: v + 1 for k, v in own.items() if not k.startswith("tcn.tcn_output.")}
+    lrw["tcn.tcn_output.weight"] = torch.zeros(500, own["tcn.tcn_output.weight"].shape[1])
+    lrw["tcn.tcn_output.bias"] = torch.zeros(500)
+    path = tmp_path / "lrw_resnet18_mstcn.pth.tar"
+    torch.save({"model_state_dict": lrw}, path)
+    loaded = tiny(pretrained_file=str(path))
+    torch.testing.assert_close(loaded.frontend3D[0].weight, own["frontend3D.0.weight"] + 1)
+    torch.testing.assert_close(loaded.tcn.tcn_output.weight, own["tcn.tcn_output.weight"])
+    del lrw["trunk.layer2.0.downsample.0.weight"]
+    torch.save({"model_state_dict": lrw}, path)
+    with pytest.raises(UserError, match=r"missing \['trunk\.layer2\.0\.downsample\.0\.weight'\]"):
+        tiny(pretrained_file=str(path))
+    with pytest.raises(UserError, match="pretrained_file"):
+        tiny(pretrained_file=str(tmp_path / "missing.pth"))
