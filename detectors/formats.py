@@ -410,6 +410,21 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("C2P_CLIP_release_20240901.zip",),
     ),
+    # -- video detectors, temporal (issue #15): LipForensics ------------------------------
+    WeightFormat(
+        "LipForensics (Lipreading ResNet-18 + MS-TCN, FF++)",
+        ("lipforensics",),
+        "github.com/ahaliassos/LipForensics: models/spatiotemporal_net.py Lipreading, "
+        'saved as {"model": state_dict}',
+        "25 consecutive grayscale mouth crops (96 x 96 around the mouth of a mean-face-"
+        "aligned frame, PIL convert('L')), CenterCrop(88), /255, Normalize(0.421, 0.165), "
+        "(B, 1, T, 88, 88)",
+        matches=_all(
+            _shape("frontend3D.0.weight", 1, 1),
+            _shape("tcn.tcn_output.weight", 0, 1),
+        ),
+        released=("lipforensics_ff.pth",),
+    ),
 )
 
 
