@@ -150,3 +150,36 @@ def test_resume_keeps_committed_shards_and_scores_the_rest(cluster: Any, tmp_pat
     assert sorted(map(_key, remote)) == sorted(map(_key, local))  # each item exactly once
     kept = next(r for r in remote if _key(r) == _key(marked))
     assert kept["score"] == 0.123456
+
+
+def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One model actor os._exit()s mid-run, after committing a shard but before returning
+    it: Ray restarts the actor and retries the block, which rewrites the same shard."""
+    from deepsift.scoring.ray_engine import KILL_ENV, score_ray
+
+    root = make_zoo(tmp_path / "in")["root"]
+    options = RunOptions(
+        inputs=[str(root)],
+        workers=0,
+        batch_size=4,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+    )
+    sink = OutputFile(tmp_path / "local.jsonl", overwrite=True)
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
+    sink.close()
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, str(marker))
+    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    run = score_ray(
+        stub_ensemble, DEFAULT_BANDS, options, sink, shard_dir=tmp_path / "s", items_per_shard=8
+    )
+    sink.close()
+    assert marker.exists()  # the actor did die
+    remote = read_jsonl(tmp_path / "r.jsonl")
+    local = read_jsonl(tmp_path / "local.jsonl")
+    assert run["shards"] > 1
+    assert len(remote) == len({_key(r) for r in remote})  # no duplicate
+    assert sorted(map(_key, remote)) == sorted(map(_key, local))  # no loss
