@@ -183,3 +183,64 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     assert run["shards"] > 1
     assert len(remote) == len({_key(r) for r in remote})  # no duplicate
     assert sorted(map(_key, remote)) == sorted(map(_key, local))  # no loss
+
+
+def _escaped(value: Any) -> Any:
+    return value.encode("utf-8", "backslashreplace").decode() if value else value
+
+
+class _Tee:
+    """Both sinks get every record the Ray engine writes."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for sink in self.sinks:
+            sink.write(records)
+
+    def sync(self) -> None:
+        for sink in self.sinks:
+            sink.sync()
+
+
+def test_parquet_output_holds_the_jsonl_rows_for_both_engines(cluster: Any, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from deepsift.scoring.output import FIELDS, ParquetOutput, parquet_schema, read_parquet_records
+    from deepsift.scoring.ray_engine import score_ray
+
+    root = make_zoo(tmp_path / "in")["root"]
+    options = RunOptions(
+        inputs=[str(root)],
+        workers=0,
+        batch_size=4,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+    )
+    for engine in ("local", "ray"):
+        jsonl = OutputFile(tmp_path / f"{engine}.jsonl", overwrite=True)
+        parquet = ParquetOutput(tmp_path / f"{engine}.parquet")
+        if engine == "local":
+            Scorer(stub_ensemble(), DEFAULT_BANDS, options, jsonl).run()
+            Scorer(stub_ensemble(), DEFAULT_BANDS, options, parquet).run()
+        else:
+            sink = _Tee(jsonl, parquet)
+            score_ray(stub_ensemble, DEFAULT_BANDS, options, sink, shard_dir=tmp_path / "s")
+        jsonl.close()
+        parquet.finish()
+        assert not parquet.staging.exists()
+        table = pq.read_table(tmp_path / f"{engine}.parquet")
+        assert table.schema.equals(parquet_schema()) and table.column_names == list(FIELDS)
+        rows = list(read_parquet_records(tmp_path / f"{engine}.parquet"))
+        # Parquet strings are UTF-8: a name's undecodable bytes are \\udcXX text, as in CSV
+        expected = [
+            {k: _escaped(v) if k in ("path", "member") else v for k, v in r.items()}
+            for r in read_jsonl(tmp_path / f"{engine}.jsonl")
+        ]
+        assert len(rows) == len(expected) > 20
+        by_key = {_key(r): r for r in expected}
+        assert len({_key(r) for r in rows}) == len(rows) and by_key.keys() == set(map(_key, rows))
+        for row in rows:
+            assert _same(row, by_key[_key(row)]), (engine, row, by_key[_key(row)])
+        assert any(r["duplicate_of"] for r in rows) and any(r["error"] for r in rows)
