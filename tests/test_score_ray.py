@@ -59,14 +59,14 @@ def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Pat
     Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
     sink.close()
     sink = OutputFile(tmp_path / "ray.jsonl", overwrite=True)
-    # blocks of 8 items: several shards, so duplicates are resolved across shards too
+    # blocks of 12 items: several shards, so duplicates are resolved across shards too
     run = score_ray(
         stub_ensemble,
         DEFAULT_BANDS,
         options,
         sink,
         shard_dir=tmp_path / "shards",
-        items_per_shard=8,
+        items_per_shard=12,
     )
     sink.close()
     local = {_key(r): r for r in read_jsonl(tmp_path / "local.jsonl")}
@@ -157,6 +157,7 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
 ) -> None:
     """One model actor os._exit()s mid-run, after committing a shard but before returning
     it: Ray restarts the actor and retries the block, which rewrites the same shard."""
+    from deepsift.scoring.output import ParquetOutput
     from deepsift.scoring.ray_engine import KILL_ENV, score_ray
 
     root = make_zoo(tmp_path / "in")["root"]
@@ -172,11 +173,19 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     sink.close()
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_ENV, str(marker))
-    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    jsonl = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    parquet = ParquetOutput(tmp_path / "r.parquet")  # --format parquet of the same run
     run = score_ray(
-        stub_ensemble, DEFAULT_BANDS, options, sink, shard_dir=tmp_path / "s", items_per_shard=8
+        stub_ensemble,
+        DEFAULT_BANDS,
+        options,
+        _Tee(jsonl, parquet),
+        shard_dir=tmp_path / "s",
+        items_per_shard=16,
     )
-    sink.close()
+    jsonl.close()
+    parquet.finish()
+    _check_parquet(tmp_path / "r.parquet", tmp_path / "r.jsonl")
     assert marker.exists()  # the actor did die
     remote = read_jsonl(tmp_path / "r.jsonl")
     local = read_jsonl(tmp_path / "local.jsonl")
@@ -204,11 +213,31 @@ class _Tee:
             sink.sync()
 
 
-def test_parquet_output_holds_the_jsonl_rows_for_both_engines(cluster: Any, tmp_path: Path) -> None:
+def _check_parquet(parquet_path: Path, jsonl_path: Path) -> None:
+    """The Parquet file has the schema of output.FIELDS and the JSONL file's rows."""
     import pyarrow.parquet as pq
 
-    from deepsift.scoring.output import FIELDS, ParquetOutput, parquet_schema, read_parquet_records
-    from deepsift.scoring.ray_engine import score_ray
+    from deepsift.scoring.output import FIELDS, parquet_schema, read_parquet_records
+
+    table = pq.read_table(parquet_path)
+    assert table.schema.equals(parquet_schema()) and table.column_names == list(FIELDS)
+    rows = list(read_parquet_records(parquet_path))
+    # Parquet strings are UTF-8: a name's undecodable bytes are \\udcXX text, as in CSV
+    expected = [
+        {k: _escaped(v) if k in ("path", "member") else v for k, v in r.items()}
+        for r in read_jsonl(jsonl_path)
+    ]
+    assert len(rows) == len(expected) > 20
+    by_key = {_key(r): r for r in expected}
+    assert len({_key(r) for r in rows}) == len(rows) and by_key.keys() == set(map(_key, rows))
+    for row in rows:
+        assert _same(row, by_key[_key(row)]), (row, by_key[_key(row)])
+    assert any(r["duplicate_of"] for r in rows) and any(r["error"] for r in rows)
+
+
+def test_local_engine_parquet_output_holds_its_jsonl_rows(tmp_path: Path) -> None:
+    """(The Ray engine's Parquet output is checked in the killed-actor test.)"""
+    from deepsift.scoring.output import ParquetOutput
 
     root = make_zoo(tmp_path / "in")["root"]
     options = RunOptions(
@@ -218,29 +247,12 @@ def test_parquet_output_holds_the_jsonl_rows_for_both_engines(cluster: Any, tmp_
         progress=False,
         input_options=InputOptions(max_member_bytes=1_000_000),
     )
-    for engine in ("local", "ray"):
-        jsonl = OutputFile(tmp_path / f"{engine}.jsonl", overwrite=True)
-        parquet = ParquetOutput(tmp_path / f"{engine}.parquet")
-        if engine == "local":
-            Scorer(stub_ensemble(), DEFAULT_BANDS, options, jsonl).run()
-            Scorer(stub_ensemble(), DEFAULT_BANDS, options, parquet).run()
-        else:
-            sink = _Tee(jsonl, parquet)
-            score_ray(stub_ensemble, DEFAULT_BANDS, options, sink, shard_dir=tmp_path / "s")
-        jsonl.close()
-        parquet.finish()
-        assert not parquet.staging.exists()
-        table = pq.read_table(tmp_path / f"{engine}.parquet")
-        assert table.schema.equals(parquet_schema()) and table.column_names == list(FIELDS)
-        rows = list(read_parquet_records(tmp_path / f"{engine}.parquet"))
-        # Parquet strings are UTF-8: a name's undecodable bytes are \\udcXX text, as in CSV
-        expected = [
-            {k: _escaped(v) if k in ("path", "member") else v for k, v in r.items()}
-            for r in read_jsonl(tmp_path / f"{engine}.jsonl")
-        ]
-        assert len(rows) == len(expected) > 20
-        by_key = {_key(r): r for r in expected}
-        assert len({_key(r) for r in rows}) == len(rows) and by_key.keys() == set(map(_key, rows))
-        for row in rows:
-            assert _same(row, by_key[_key(row)]), (engine, row, by_key[_key(row)])
-        assert any(r["duplicate_of"] for r in rows) and any(r["error"] for r in rows)
+    jsonl = OutputFile(tmp_path / "local.jsonl", overwrite=True)
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, jsonl).run()
+    jsonl.close()
+    parquet = ParquetOutput(tmp_path / "local.parquet")
+    Scorer(stub_ensemble(), DEFAULT_BANDS, options, parquet).run()
+    assert not (tmp_path / "local.parquet").exists()  # written only when the run is complete
+    parquet.finish()
+    assert not parquet.staging.exists()
+    _check_parquet(tmp_path / "local.parquet", tmp_path / "local.jsonl")
