@@ -256,3 +256,34 @@ def test_local_engine_parquet_output_holds_its_jsonl_rows(tmp_path: Path) -> Non
     parquet.finish()
     assert not parquet.staging.exists()
     _check_parquet(tmp_path / "local.parquet", tmp_path / "local.jsonl")
+
+
+def test_score_cli_writes_parquet_from_the_out_suffix(tmp_path: Path) -> None:
+    """``--out r.parquet`` (local engine, a real tiny detector): the same rows as JSONL, the
+    summary says parquet, and the staging file is gone."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from deepsift.scoring.output import read_parquet_records
+    from tests.scoring_fixtures import TINY
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40 + i, 32), (i, 9, 99)).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    quick = ["--workers", "0", "--quiet", "--no-provenance", "--no-pdq"]
+    torch.manual_seed(0)  # the same random weights in both runs
+    main([str(folder), "--out", str(tmp_path / "a.jsonl"), *TINY, *quick])
+    torch.manual_seed(0)
+    main([str(folder), "--out", str(tmp_path / "b.parquet"), *TINY, *quick])
+    summary = json.loads((tmp_path / "b.summary.json").read_text())
+    assert summary["format"] == "parquet"
+    assert not (tmp_path / "b.parquet.part.jsonl").exists()
+    rows = {_key(r): r for r in read_parquet_records(tmp_path / "b.parquet")}
+    expected = {_key(r): r for r in read_jsonl(tmp_path / "a.jsonl")}
+    assert rows.keys() == expected.keys() and len(rows) == 4
+    for key, row in rows.items():
+        assert _same(row, expected[key]), (row, expected[key])
