@@ -14,9 +14,18 @@ records of :class:`datasets.crop_cache.VideoCropSource` into one record per clip
   ``Record.video`` is unchanged and ``metrics.video_aggregation`` aggregates the clips
   of a video like it aggregates frames.
 
-"Consecutive" means consecutive in the cache: ``datasets.preprocess`` keeps ``frames``
-frames evenly spaced over the video, so ``clip_stride`` counts cached frames (after
-``data.max_frames``, when set, has thinned them: leave it null for clip detectors).
+"Consecutive" means consecutive in the cache, and ``clip_stride`` counts cached frames
+(after ``data.max_frames``, when set, has thinned them: leave it null for clip detectors).
+By default ``datasets.preprocess`` keeps ``frames`` frames evenly spaced over the video,
+so cached neighbours are far apart in time. For clip detectors, preprocess with windows
+(``clip_len=... clips_per_video=... stride=...``): the cache then holds windows of
+consecutive video frames ``stride`` apart, each crop's record carries its ``window``
+(and ``window_stride``), and a clip is cut inside ONE window, from crops that are
+exactly ``window_stride`` video frames apart (a frame without a face splits the window).
+A clip's frames are thus ``stride x clip_stride`` video frames apart: preprocess with
+``stride`` = the detector's wanted frame step and ``clip_len`` >= ``detector.clip_len``,
+and keep ``detector.clip_stride=1`` (or ``stride=1`` and the detector's own
+``clip_stride``, with a window ``clip_len`` of at least ``clip_span``).
 Mouth crops (``Detector.needs_mouth``) are not in the cache yet.
 
 A video with no track as long as one clip (``(clip_len - 1) * clip_stride + 1`` cached
@@ -43,6 +52,26 @@ def clip_span(clip_len: int, clip_stride: int) -> int:
 def _frame_number(record: Record, position: int) -> int:
     parsed = parse_frame_stem(str(record.extra.get("frame", "")))
     return parsed[0] if parsed else position
+
+
+def window_segments(track: Sequence[Record]) -> list[list[Record]]:
+    """``track`` split into runs of consecutive cached frames of one preprocessing window.
+
+    A track from a cache without windows is one run. Within a window, a run breaks where
+    the next crop is not ``window_stride`` video frames on (a frame without a face).
+    """
+    if not track or any(r.extra.get("window") is None for r in track):
+        return [list(track)] if track else []
+    runs: list[list[Record]] = []
+    previous: tuple[Any, int] | None = None
+    for position, record in enumerate(track):
+        window, frame = record.extra["window"], _frame_number(record, position)
+        step = int(record.extra.get("window_stride") or 1)
+        if previous is None or previous != (window, frame - step):
+            runs.append([])
+        runs[-1].append(record)
+        previous = (window, frame)
+    return runs
 
 
 def face_tracks(records: Sequence[Record]) -> list[list[Record]]:
@@ -82,18 +111,22 @@ def clip_records(
     for video, crops in videos.items():
         windows: list[tuple[int, list[Record]]] = []
         tracks = face_tracks(crops)
-        for t, track in enumerate(tracks):
-            k = clips_per_video or max(1, len(track) // span)
-            for positions in track_clips(len(track), clip_len, int(k), clip_stride):
-                windows.append((t, [track[p] for p in positions]))
+        runs = [(t, run) for t, track in enumerate(tracks) for run in window_segments(track)]
+        for t, run in runs:
+            k = clips_per_video or max(1, len(run) // span)
+            for positions in track_clips(len(run), clip_len, int(k), clip_stride):
+                windows.append((t, [run[p] for p in positions]))
         if not windows:
-            longest = max((len(t) for t in tracks), default=0)
+            longest = max((len(run) for _, run in runs), default=0)
+            windowed = any(r.extra.get("window") is not None for r in crops)
+            where = "window of consecutive frames" if windowed else "face track"
             skipped.append(
                 (
                     video,
-                    f"its longest face track has {longest} cached frames, fewer than one clip "
+                    f"its longest {where} has {longest} cached frames, fewer than one clip "
                     f"(clip_len={clip_len} x clip_stride={clip_stride} needs {span}); re-run "
-                    "python -m datasets.preprocess with more frames (frames=...), or lower "
+                    "python -m datasets.preprocess with longer windows (clip_len=..., or frames=... "
+                    "without windows), or lower "
                     "detector.clip_len / detector.clip_stride",
                 )
             )

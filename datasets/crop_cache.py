@@ -312,7 +312,7 @@ class VideoCropSource:
             for key in ("landmarks", "mask"):
                 if line.get(key):
                     extra[key] = str(root / line[key])
-            for key in ("box", "score"):
+            for key in ("box", "score", "window", "window_stride"):
                 if line.get(key) is not None:
                     extra[key] = line[key]
             crops.append(

@@ -11,6 +11,14 @@ Every video of every split (``splits``) is processed once, in parallel
 
 1. ``frames`` frames evenly spaced over the whole video are decoded
    (:func:`datasets.video.sample_frames`: the centres of ``frames`` equal segments);
+   or, for clip detectors, with ``clip_len`` set: ``clips_per_video`` windows of
+   ``clip_len`` frames ``stride`` apart, evenly spaced over the video
+   (:func:`datasets.video.window_indices`; ``frames`` is then unused). Each frame's index
+   line gets its ``window`` number and ``window_stride``, and the video's lines the
+   ``clip`` options; :func:`datasets.clips.clip_records` cuts clips inside one window. A
+   video shorter than one window (``(clip_len - 1) * stride + 1`` frames) gets one
+   ``status: too_short`` line (so a re-run skips it), one warning line, and is counted
+   in the summary's ``too_short`` (listed in ``short``); the run goes on;
 2. faces are detected with 68 landmarks (:mod:`datasets.faces`, dlib HOG by default);
    the largest face is kept, or every face with ``faces=all``;
 3. each face is cropped (aligned on five landmarks with ``align=true``, else the box's
@@ -76,7 +84,7 @@ from datasets.faces import (
     face_detector,
     transform_points,
 )
-from datasets.video import VideoError, read_frames, sample_frames
+from datasets.video import VideoError, read_frames, sample_frames, window_indices
 from deepsift.core.configs import CONFIG_DIR, config_names
 from deepsift.core.errors import UserError, user_errors
 from deepsift.core.runtime import fork_safe_opencv
@@ -113,8 +121,18 @@ class Options:
     size: int | None = 256
     faces: str = "largest"
     detector: dict[str, Any] = field(default_factory=lambda: dict(VIDEO_FACE_DETECTOR))
+    # windows of consecutive frames for clip detectors (None: ``frames`` single frames)
+    clip_len: int | None = None
+    clips_per_video: int = 4
+    stride: int = 1
 
     def __post_init__(self) -> None:
+        if self.clip_len is not None and int(self.clip_len) < 1:
+            raise UserError(f"clip_len={self.clip_len}: pass frames per window (or null)")
+        if int(self.clips_per_video) < 1:
+            raise UserError(f"clips_per_video={self.clips_per_video}: pass a positive number")
+        if int(self.stride) < 1:
+            raise UserError(f"stride={self.stride}: pass a positive frame step (1: consecutive)")
         if self.frames is not None and int(self.frames) < 1:
             raise UserError(f"frames={self.frames}: pass a positive number (or null for all)")
         if float(self.margin) < 1:
@@ -125,7 +143,11 @@ class Options:
             raise UserError(f"faces={self.faces!r}: use largest or all")
 
     def fingerprint(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        fields = asdict(self)
+        if self.clip_len is None:  # caches made before windows existed keep their hash
+            for key in ("clip_len", "clips_per_video", "stride"):
+                fields.pop(key)
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def face_crop(self) -> dict[str, Any]:
@@ -135,6 +157,20 @@ class Options:
             detector["name"] = DEFAULT_DETECTOR
         return CropSettings(self.align, self.margin, self.size, detector).to_dict()
 
+    def span(self) -> int:
+        """Video frames one window covers (0 without windows)."""
+        return (int(self.clip_len) - 1) * int(self.stride) + 1 if self.clip_len else 0
+
+    def windows(self, total: int) -> list[list[int]]:
+        """The frame windows of a video of ``total`` frames (empty without windows)."""
+        if not self.clip_len:
+            return []
+        return window_indices(total, int(self.clip_len), int(self.clips_per_video), self.stride)
+
+    def wanted(self, total: int) -> list[int]:
+        """The frames to decode of a video of ``total`` frames, sorted."""
+        return sorted({i for window in self.windows(total) for i in window})
+
 
 @dataclass
 class VideoResult:
@@ -143,6 +179,7 @@ class VideoResult:
     lines: list[dict[str, Any]]
     error: str | None = None
     truncated: str | None = None
+    short: str | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,12 +302,29 @@ def process_video(
         "video_size": size_bytes,
         "face_crop": options.face_crop(),
     }
+    pick = options.wanted if options.clip_len else None
     try:
-        sampled = sample_frames(job.path, options.frames)
+        sampled = sample_frames(job.path, options.frames, pick)
     except (VideoError, OSError) as exc:
         line = {**video, "frame": None, "status": "error", "error": str(exc)}
         return VideoResult(job.rel, job.path, [line], error=str(exc))
     video.update(frames=len(sampled.wanted), total=sampled.total, announced=sampled.announced)
+    window_of: dict[int, int] = {}
+    if options.clip_len:
+        video["clip"] = {
+            "clip_len": int(options.clip_len),
+            "clips_per_video": int(options.clips_per_video),
+            "stride": int(options.stride),
+        }
+        for w, window in reversed(list(enumerate(options.windows(sampled.total)))):
+            window_of.update(dict.fromkeys(window, w))
+        if not sampled.wanted:  # shorter than one window: recorded, so a re-run skips it
+            reason = (
+                f"{sampled.total} frames, shorter than one window (clip_len={options.clip_len} "
+                f"x stride={options.stride} needs {options.span()}); lower clip_len or stride"
+            )
+            line = {**video, "frame": None, "status": "too_short", "error": reason}
+            return VideoResult(job.rel, job.path, [line], short=reason)
     if sampled.truncated:
         video["truncated"] = True
     masks = _read_masks(job, sampled.indices)
@@ -282,6 +336,9 @@ def process_video(
             found = frame_lines(index, decoded[index], masks.get(index), detector, options, writer)
         else:
             found = [{"frame": index, "face": None, "status": "error", "error": "did not decode"}]
+        if index in window_of:
+            for line in found:
+                line.update(window=window_of[index], window_stride=int(options.stride))
         lines.extend({**video, **line} for line in found)
     truncated = None
     if sampled.truncated:
@@ -367,6 +424,8 @@ def is_complete(
     first = lines[0]
     if first.get("settings") != settings or first.get("video_size") != video_size:
         return False
+    if len(lines) == 1 and first.get("status") == "too_short":
+        return True
     wanted = first.get("frames")
     seen = {line.get("frame") for line in lines if line.get("frame") is not None}
     return isinstance(wanted, int) and wanted > 0 and len(seen) == wanted
@@ -490,7 +549,9 @@ def preprocess(
         "frames_with_face": 0,
         "frames_without_face": 0,
         "frame_errors": 0,
+        "too_short": 0,
         "errors": [],
+        "short": [],
     }
     try:
         settings = options.fingerprint()
@@ -538,6 +599,11 @@ def _count(summary: dict[str, Any], result: VideoResult) -> None:
         summary["failed"] += 1
         summary["errors"].append({"video": result.path, "error": result.error})
         log.error("%s: %s; skipped, the run goes on", result.path, result.error)
+        return
+    if result.short:
+        summary["too_short"] += 1
+        summary["short"].append({"video": result.path, "reason": result.short})
+        log.warning("%s: %s; skipped, the run goes on", result.path, result.short)
         return
     summary["done"] += 1
     if result.truncated:
@@ -588,6 +654,9 @@ def options_from(cfg: Any) -> Options:
         size=int(cfg.size) if cfg.size else None,
         faces=str(cfg.faces),
         detector=dict(detector),
+        clip_len=int(cfg.clip_len) if cfg.get("clip_len") else None,
+        clips_per_video=int(cfg.get("clips_per_video") or 4),
+        stride=int(cfg.get("stride") or 1),
     )
 
 
@@ -648,6 +717,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['frames_without_face']} without a face, {summary['frame_errors']} unreadable",
         f"index: {summary['index']}",
     ]
+    if summary.get("too_short"):
+        lines.insert(1, f"videos shorter than one window: {summary['too_short']} (skipped)")
+        lines.extend(f"  too short: {e['video']}: {e['reason']}" for e in summary["short"][:20])
     for entry in summary["errors"][:20]:
         lines.append(f"  error: {entry['video']}: {entry['error']}")
     if len(summary["errors"]) > 20:

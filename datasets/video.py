@@ -12,7 +12,7 @@ fewer frames than it announces (a truncated or corrupt file) is reported as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,22 @@ def frame_indices(total: int, n: int | None) -> list[int]:
     if not n or total <= n:
         return list(range(total))
     return [(2 * i + 1) * total // (2 * n) for i in range(n)]
+
+
+def window_indices(total: int, clip_len: int, windows: int, stride: int = 1) -> list[list[int]]:
+    """Up to ``windows`` windows of ``clip_len`` frames ``stride`` apart, evenly spaced over
+    ``range(total)`` (window ``i`` centred in the ``i``-th of ``windows`` equal segments,
+    clamped to the video); empty when the video is shorter than one window.
+
+    Windows may overlap in a short video; identical windows are kept once.
+    """
+    span = (int(clip_len) - 1) * int(stride) + 1
+    if total < span or clip_len < 1 or windows < 1:
+        return []
+    free = total - span
+    starts = sorted({min(free, max(0, (2 * i + 1) * total // (2 * windows) - span // 2))
+                     for i in range(windows)})  # fmt: skip
+    return [[s + k * int(stride) for k in range(int(clip_len))] for s in starts]
 
 
 @dataclass
@@ -110,22 +126,28 @@ def _read(
     return out, index, announced
 
 
-def sample_frames(path: str, n: int | None) -> Frames:
-    """``n`` evenly spaced frames of the whole video at ``path`` (all frames when ``n`` is falsy).
+def sample_frames(
+    path: str, n: int | None, pick: Callable[[int], list[int]] | None = None
+) -> Frames:
+    """``n`` evenly spaced frames of the whole video at ``path`` (all frames when ``n`` is falsy),
+    or the frames ``pick(frame count)`` chooses (sorted indices, e.g. windows of consecutive
+    frames: :func:`window_indices`).
 
     Raises :class:`VideoError` when the video cannot be opened or no frame decodes.
     """
     cap = _capture(path)
     announced = _announced(cap)
     cap.release()
-    wanted = frame_indices(announced, n) if announced else []
+    if pick is None:
+        pick = lambda total: frame_indices(total, n)  # noqa: E731
+    wanted = pick(announced) if announced else []
     got, total, _ = _read(path, wanted, to_end=True)
     if total == 0:
         raise VideoError("no frame decodes")
     passes, notes = 1, []
     if total != announced:
         notes.append(f"{total} frames decode, the container announces {announced}")
-        again = frame_indices(total, n)
+        again = pick(total)
         if again != wanted:
             got, _, _ = _read(path, again, to_end=False)
             passes, wanted = 2, again

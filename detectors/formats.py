@@ -394,6 +394,50 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("model.pth",),
     ),
+    WeightFormat(
+        "DRCT (ConvNeXt-B)",
+        ("drct",),
+        "github.com/beibuwandeluori/DRCT: network/models.py (ContrastiveModels), "
+        "scripts/train.py, data/transform.py",
+        "PadIfNeeded(224) zeros, CenterCrop(224) (floor offsets), no resize, ImageNet "
+        "normalisation",
+        matches=_all(
+            _has("model.stem.0.weight"),
+            _has("model.head.fc.weight"),
+            _shape("fc.weight", 0, 2),
+        ),
+        released=("14_acc0.9996.pth", "16_acc0.9993.pth", "last_acc0.9991.pth"),
+    ),
+    WeightFormat(
+        "C2P-CLIP (Tan et al.) Hugging Face CLIP ViT-L/14 image encoder + fc",
+        ("c2p_clip",),
+        "github.com/chuangchuangtan/C2P-CLIP-DeepfakeDetection: inference.py (C2P_CLIP), data.py",
+        "Resize(224) shorter side (PIL bilinear), CenterCrop(224), CLIP normalisation",
+        matches=_all(
+            _has(
+                "model.vision_model.embeddings.class_embedding",
+                "model.visual_projection.weight",
+                "model.fc.weight",
+            ),
+            _shape("model.fc.weight", 0, 1),
+        ),
+        released=("C2P_CLIP_release_20240901.zip",),
+    ),
+    # -- video detectors, temporal (issue #15): LipForensics ------------------------------
+    WeightFormat(
+        "LipForensics (Lipreading ResNet-18 + MS-TCN, FF++)",
+        ("lipforensics",),
+        "github.com/ahaliassos/LipForensics: models/spatiotemporal_net.py Lipreading, "
+        'saved as {"model": state_dict}',
+        "25 consecutive grayscale mouth crops (96 x 96 around the mouth of a mean-face-"
+        "aligned frame, PIL convert('L')), CenterCrop(88), /255, Normalize(0.421, 0.165), "
+        "(B, 1, T, 88, 88)",
+        matches=_all(
+            _shape("frontend3D.0.weight", 1, 1),
+            _shape("tcn.tcn_output.weight", 0, 1),
+        ),
+        released=("lipforensics_ff.pth",),
+    ),
 )
 
 

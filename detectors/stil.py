@@ -32,7 +32,7 @@ colour jitter; the ImageNet start is a local ``pretrained_file`` (SCNet layout, 
 DeepfakeBench's checkpoint (``stil_best.pth``: ``model.base_model.*``, ``module.``-
 prefixed from DDP) loads strictly through :meth:`STIL.load_weights`; its forward was
 checked against DeepfakeBench's ``STIL_Model`` on seeded weights: one block per stage,
-T = 4, 64 px (tests/official/deepfakebench_stil.json), max |dlogit| 1.3e-7; once, outside
+T = 4, 64 px (tests/official/video/deepfakebench_stil.json), max |dlogit| 1.3e-7; once, outside
 the tests, at full size (``scnet50_v1d``, T = 8, 224 px), 1.2e-7.
 """
 

@@ -109,10 +109,10 @@ def test_default_optimiser_is_deepfakebench_adam() -> None:
 
 def test_deepfakebench_layout_loads_strictly_and_matches_the_authors_forward(tmp_path) -> None:
     """Seeded weights in ``stil_best.pth`` layout; logits of DeepfakeBench's own STIL_Model
-    on them (tests/official/make_stil.py) against deepsift's forward. Measured: max
+    on them (tests/official/make_stil.py, tests/official/video/) against deepsift's forward. Measured: max
     |dlogit| 1.3e-7; dropping TIM / ISM / the shift moves the logits by 7e-4 / 0.037 /
     0.12, so 1e-5 tells a missing module apart."""
-    ref = json.loads((HERE / "deepfakebench_stil.json").read_text())
+    ref = json.loads((HERE / "video" / "deepfakebench_stil.json").read_text())
     state = seeded_state_dict(ref["keys"], ref["seed"])
     assert [f.name for f in formats_for(state)] == ["DeepfakeBench STIL"]
     path = tmp_path / ref["filename"]

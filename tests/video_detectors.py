@@ -42,5 +42,16 @@ TINY: dict[str, dict[str, Any]] = {
         "frame_size": 28,
         "model_kwargs": {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]},
     },
+    # full-width ResNet-18 trunk is cheap at 32 x 32; a 2-level, 8-per-branch MS-TCN
+    "lipforensics": {
+        "clip_len": 5,
+        "size": 32,
+        "resize": 36,
+        "width": 16,
+        "trunk_layers": [1, 1, 1, 1],
+        "hidden_dim": 8,
+        "tcn_layers": 2,
+        "dropout": 0.0,
+    },
     "stil": {"clip_len": 4, "size": 64, "layers": [1, 1, 1, 1], "width": 32, "stem_width": 8},
 }

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("output")
     g.add_argument(
-        "--format", choices=("jsonl", "csv"), help="default: from --out's suffix (.csv, else jsonl)"
+        "--format",
+        choices=("jsonl", "csv", "parquet"),
+        help="default: from --out's suffix (.csv, .parquet, else jsonl)",
     )
     g.add_argument(
         "--resume",
@@ -413,7 +415,7 @@ def extras_status(args: argparse.Namespace) -> dict[str, str]:
 def score(args: argparse.Namespace) -> dict[str, Any]:
     from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
     from deepsift.scoring.inputs import check_manifest
-    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.output import open_output
     from deepsift.scoring.runner import Scorer, Stats
 
     inputs = [*args.inputs, *(f"@{path}" for path in args.from_file)]
@@ -432,14 +434,19 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     )
     options = run_options(args, inputs, device, amp)
     out = Path(args.out)
-    options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
+    staging = out.with_name(out.name + ".part.jsonl")  # --format parquet
+    options.input_options.exclude = frozenset(
+        os.path.realpath(p) for p in (out, summary_path(out), staging)
+    )
     factory = face_factory(ensemble, args.face_detector)
     stats = Stats()
-    sink = OutputFile(
+    sink = open_output(
         out, args.format, resume=args.resume, overwrite=args.overwrite, on_record=stats.add
     )
     try:
         summary = Scorer(ensemble, bands, options, sink, factory, stats).run()
+        if not summary["this_run"]["interrupted"] and hasattr(sink, "finish"):
+            sink.finish()  # parquet: staged JSONL -> --out, atomically
     finally:
         sink.close()
     summary = {"output": str(out), "format": sink.format, **summary, **extras_status(args)}
@@ -466,7 +473,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
 
     from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
     from deepsift.scoring.models import load_ensemble
-    from deepsift.scoring.output import OutputFile
+    from deepsift.scoring.output import open_output
     from deepsift.scoring.ray_engine import score_ray, start_ray
     from deepsift.scoring.runner import Stats
 
@@ -503,7 +510,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
     stats = Stats()
     # --resume: --out is rewritten whole from the committed shards
-    sink = OutputFile(out, args.format, overwrite=args.overwrite or args.resume)
+    sink = open_output(out, args.format, overwrite=args.overwrite or args.resume)
     try:
         run = score_ray(
             load,
@@ -516,6 +523,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             gpus_per_worker=args.gpus_per_worker,
             on_record=stats.add,
         )
+        if hasattr(sink, "finish"):
+            sink.finish()  # parquet: merged records -> --out, atomically
     finally:
         sink.close()
     summary = {

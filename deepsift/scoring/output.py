@@ -298,10 +298,145 @@ class ResumeState:
 
 def format_for(path: str | Path, fmt: str | None) -> str:
     if fmt:
-        if fmt not in ("jsonl", "csv"):
-            raise UserError(f"--format {fmt!r}: use jsonl or csv")
+        if fmt not in ("jsonl", "csv", "parquet"):
+            raise UserError(f"--format {fmt!r}: use jsonl, csv or parquet")
         return fmt
-    return "csv" if str(path).lower().endswith(".csv") else "jsonl"
+    name = str(path).lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "csv" if name.endswith(".csv") else "jsonl"
+
+
+def parquet_schema() -> Any:
+    """The Parquet schema of a record: :data:`FIELDS` in order, integers int64, ``score``
+    float64, the flags bool, the nested fields JSON text (as in CSV), the rest strings."""
+    import pyarrow as pa
+
+    def kind(name: str) -> Any:
+        if name in _INT:
+            return pa.int64()
+        if name in _FLOAT:
+            return pa.float64()
+        if name in _BOOL:
+            return pa.bool_()
+        return pa.string()
+
+    return pa.schema([pa.field(name, kind(name), nullable=True) for name in FIELDS])
+
+
+def _parquet_cell(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _JSON:  # ASCII JSON: an undecodable name in it reads back exactly
+        return json.dumps(_finite(value), ensure_ascii=True, allow_nan=False)
+    if name in _FLOAT:
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):  # Parquet strings are UTF-8: undecodable name bytes are
+        # written as \\udcXX text, as CSV writes them
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def write_parquet(records: Iterator[dict[str, Any]], path: str | Path, rows: int = 4096) -> int:
+    """Write ``records`` to one Parquet file at ``path`` atomically (tmp + os.replace), in
+    row groups of ``rows``, never holding more than one group; the number written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema()
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    count = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            columns = {n: [_parquet_cell(n, r.get(n)) for r in batch] for n in FIELDS}
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            batch.clear()
+
+        for record in records:
+            batch.append(record)
+            count += 1
+            if len(batch) >= rows:
+                flush()
+        if batch or count == 0:
+            flush()
+    os.replace(tmp, path)
+    return count
+
+
+def read_parquet_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a Parquet file (or dataset folder) :func:`write_parquet` wrote, as the
+    JSONL writer's dicts (nested fields parsed back), one row group at a time."""
+    import pyarrow.dataset as pads
+
+    for batch in pads.dataset(str(path), format="parquet").to_batches():
+        for row in batch.to_pylist():
+            yield {
+                n: (json.loads(row[n]) if n in _JSON and row[n] is not None else row[n])
+                for n in FIELDS
+            }
+
+
+class ParquetOutput:
+    """``--format parquet``: records are staged in an :class:`OutputFile` JSONL
+    (``<out>.part.jsonl``, which ``--resume`` continues exactly once, and which duplicates
+    read their originals back from); :meth:`finish` converts it to --out atomically at the
+    end of a complete run. An interrupted run leaves --out untouched."""
+
+    format = "parquet"
+
+    def __init__(
+        self,
+        path: str | Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        on_record: Any = None,
+    ) -> None:
+        self.path = Path(path)
+        self.staging = self.path.with_name(self.path.name + ".part.jsonl")
+        if self.path.exists() and not overwrite and not (resume and self.staging.exists()):
+            raise UserError(
+                f"{self.path} already exists"
+                + (" and is complete" if resume else "; pass --overwrite to replace it")
+            )
+        self.file = OutputFile(
+            self.staging, "jsonl", resume=resume, overwrite=overwrite, on_record=on_record
+        )
+        self.state = self.file.state
+
+    def write(self, records: list[dict[str, Any]]) -> list[int]:
+        return self.file.write(records)
+
+    def read_at(self, offset: int) -> dict[str, Any]:
+        return self.file.read_at(offset)
+
+    def sync(self) -> None:
+        self.file.sync()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def finish(self) -> None:
+        """Write --out from the staged records and remove the staging file."""
+        self.file.close()
+        with open(self.staging, "rb") as handle:
+            write_parquet((r for _, _, r in iter_jsonl_records(handle) if r is not None), self.path)
+        self.staging.unlink()
+
+
+def open_output(
+    path: str | Path,
+    fmt: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_record: Any = None,
+) -> OutputFile | ParquetOutput:
+    """The sink for --out in --format (from the suffix when not given)."""
+    if format_for(path, fmt) == "parquet":
+        return ParquetOutput(path, resume=resume, overwrite=overwrite, on_record=on_record)
+    return OutputFile(path, fmt, resume=resume, overwrite=overwrite, on_record=on_record)
 
 
 class OutputFile:

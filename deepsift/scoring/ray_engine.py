@@ -47,6 +47,10 @@ from deepsift.scoring.runner import RunOptions
 
 #: items per shard file (one map_batches block)
 DEFAULT_ITEMS_PER_SHARD = 256
+#: test hook: a marker file path; one model actor exits (os._exit) once mid-run
+KILL_ENV = "DEEPSIFT_RAY_TEST_KILL_ACTOR"
+#: a model actor that dies is restarted and its block retried, this many times
+MAX_RESTARTS = 4
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -163,6 +167,7 @@ class _ScoreShard:
         options: RunOptions,
         shard_dir: str,
         use_gpu: bool,
+        kill_marker: str | None = None,
     ) -> None:
         import torch
 
@@ -171,6 +176,19 @@ class _ScoreShard:
         self.bands = bands
         self.options = replace(options, device=device, progress=False, workers=0)
         self.shard_dir = shard_dir
+        self.kill_marker = kill_marker
+
+    def _maybe_die(self, first: int) -> None:
+        """Test hook (:data:`KILL_ENV`): the first actor to score a block other than the
+        first one creates the marker file and exits, once per marker, after committing the
+        shard but before returning it, so Ray's retry scores and commits the block again."""
+        if not self.kill_marker or first == 0:
+            return
+        try:
+            os.close(os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os._exit(1)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from deepsift.scoring.runner import MemorySink, Scorer
@@ -191,6 +209,7 @@ class _ScoreShard:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)  # committed: a retried block rewrites the same name
+        self._maybe_die(min(indices))
         return {"shard": [name], "records": [len(sink.records)]}
 
 
@@ -311,12 +330,15 @@ def score_ray(
                 "options": options,
                 "shard_dir": str(shard_dir),
                 "use_gpu": gpus_per_worker > 0,
+                "kill_marker": os.environ.get(KILL_ENV) or None,
             },
             batch_size=items_per_shard,
             batch_format="numpy",
             concurrency=model_workers,
             num_gpus=gpus_per_worker,
             num_cpus=0 if gpus_per_worker > 0 else 1,
+            max_restarts=MAX_RESTARTS,  # a dead actor comes back (weights reloaded) ...
+            max_task_retries=MAX_RESTARTS,  # ... and its block is scored again
         )
         for out in ds.iter_rows():
             names.append(str(out["shard"]))

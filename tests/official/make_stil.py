@@ -1,4 +1,4 @@
-"""Make the reference of DeepfakeBench's STIL (``tests/official/deepfakebench_stil.json``).
+"""Make the reference of DeepfakeBench's STIL (``tests/official/video/deepfakebench_stil.json``).
 
 Runs the authors' own code (github.com/SCLBD/DeepfakeBench, commit
 8a4a7bf5e966c5c5618bc27d1719c3683eae9a04, ``training/detectors/stil_detector.py``) from
@@ -84,7 +84,7 @@ def main() -> None:
         "keys": spec,
         "outputs": {"two_class_logits": out.tolist()},
     }
-    (HERE / "deepfakebench_stil.json").write_text(json.dumps(reference) + "\n")
+    (HERE / "video" / "deepfakebench_stil.json").write_text(json.dumps(reference) + "\n")
     print(out)
 
 
