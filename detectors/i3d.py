@@ -16,15 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.layers.clips import cv2_normalised_clip
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -140,30 +138,17 @@ class I3D(Detector):
     # -- data ------------------------------------------------------------------
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """``sample["frames"]`` (T PIL RGB face crops) -> ``{"clip": (T, 3, size, size)}``."""
-        frames = sample.get("frames")
-        if not frames:
-            raise UserError(
-                "I3D reads face clips: the sample has no 'frames' (use a clip data config)"
-            )
-        # uint8 until normalised (JPEG needs it); frames may differ in size before the resize
-        video = torch.stack([self._resize(frame) for frame in frames])
-        if train and self.train_augment:
-            # a Video: one draw of every random parameter for all T frames
-            video = self._augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
-        clip = video.float().div(255.0)
-        mean = torch.tensor(self.preprocessing.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocessing.std).view(1, 3, 1, 1)
-        return {"clip": (clip - mean) / std}
-
-    def _resize(self, frame: Image.Image) -> torch.Tensor:
-        """DeepfakeBench's ``load_rgb``: ``cv2.resize`` to size x size, ``INTER_CUBIC``; uint8 (3, H, W)."""
-        import cv2
-
-        size = self.preprocessing.size
-        array = cv2.resize(
-            np.asarray(frame.convert("RGB")), (size, size), interpolation=cv2.INTER_CUBIC
+        augment = self._augment if train and self.train_augment else None
+        clip = cv2_normalised_clip(
+            sample.get("frames"),
+            self.preprocessing.size,
+            "bicubic",
+            self.preprocessing.mean,
+            self.preprocessing.std,
+            augment,
+            "I3D",
         )
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        return {"clip": clip}
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

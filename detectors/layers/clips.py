@@ -15,7 +15,7 @@ functional ops (``resize``, ``crop``, ``center_crop``, ``horizontal_flip``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -119,3 +119,47 @@ class ClipPreprocessing:
         self, frames: Sequence[Image.Image], train: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         return self.apply(frames, self.draw(train, generator))
+
+
+#: OpenCV's resize flags by name (the 3D-convolution references resize with cv2)
+CV2_INTERPOLATION = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC"}
+
+
+def cv2_normalised_clip(
+    frames: Sequence[Image.Image] | None,
+    size: int,
+    interpolation: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    name: str = "this detector",
+) -> torch.Tensor:
+    """T face crops -> a (T, 3, size, size) float clip, as I3D, FTCN and AltFreezing read them.
+
+    Each crop is resized with ``cv2.resize`` (``interpolation``: ``bilinear`` or ``bicubic``)
+    on its uint8 array; ``augment`` (a torchvision v2 transform) sees the uint8 clip as one
+    ``tv_tensors.Video``, so every random parameter is drawn once for all T frames; then
+    ``/255`` and per-channel ``(x - mean) / std``.
+    """
+    import cv2
+    import numpy as np
+    from torchvision import tv_tensors
+
+    from deepsift.core.errors import UserError
+
+    if not frames:
+        raise UserError(
+            f"{name} reads face clips: the sample has no 'frames' (use a clip data config)"
+        )
+    flag = getattr(cv2, CV2_INTERPOLATION[interpolation])
+    arrays = [
+        cv2.resize(np.asarray(frame.convert("RGB")), (size, size), interpolation=flag)
+        for frame in frames
+    ]
+    video = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).permute(0, 3, 1, 2)
+    if augment is not None:
+        video = augment(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+    clip = video.float().div(255.0)
+    mean_t = torch.tensor(mean, dtype=clip.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=clip.dtype).view(1, 3, 1, 1)
+    return (clip - mean_t) / std_t
