@@ -10,6 +10,7 @@ then its spatial kernels (so only temporal ones learn), makes it learn both.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,9 +45,8 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 }
 
 
-def _sgd(params: Any, **kw: Any) -> torch.optim.Optimizer:
-    """``i3d_ori.yaml`` ``SOLVER``: SGD lr 0.05, momentum 0.9, weight decay 1e-4."""
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4, **kw)
+#: ``i3d_ori.yaml`` ``SOLVER``: SGD lr 0.05, momentum 0.9, weight decay 1e-4
+_sgd = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
 def spatial_temporal_groups(model: nn.Module) -> tuple[list[str], list[str]]:

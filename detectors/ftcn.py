@@ -11,6 +11,7 @@ transformer over the 16 time steps of its res4 features then classifies the clip
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,9 +50,8 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
 }
 
 
-def _adam(params: Any, **kw: Any) -> torch.optim.Optimizer:
-    """``root_setting.yaml`` trainer ``optim: adam``, ``init_lr`` 3e-4."""
-    return torch.optim.Adam(params, lr=3e-4, **kw)
+#: ``root_setting.yaml`` trainer ``optim: adam``, ``init_lr`` 3e-4
+_adam = functools.partial(torch.optim.Adam, lr=3e-4)
 
 
 class _Residual(nn.Module):

@@ -73,6 +73,7 @@ alpha decay equalled DeepfakeBench's ``AGDA``, kornia's ``GaussianBlur2d`` and
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -305,6 +306,10 @@ class MultiAttention(Detector):
                 )
         if head not in HEADS:
             raise UserError(f"detector.head must be one of {', '.join(HEADS)}, not {head!r}")
+        if optimizer is None:  # multi_attention.yaml: Adam lr 2e-4, eps 1e-8, weight decay 1e-6
+            optimizer = functools.partial(
+                torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-6
+            )
         super().__init__(
             merge_preprocessing(DEFAULT_PREPROCESSING, preprocessing), optimizer, scheduler
         )
