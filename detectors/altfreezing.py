@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.clips import cv2_normalised_clip
+from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -202,12 +202,8 @@ class AltFreezing(Detector):
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clip = batch["clip"]
-        if clip.ndim != 5 or clip.shape[2] != 3:
-            raise UserError(
-                f"AltFreezing expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
-            )
-        return {"logits": self.resnet(clip.permute(0, 2, 1, 3, 4))[:, 0]}
+        clip = channels_first_clip(batch["clip"], "AltFreezing")
+        return {"logits": self.resnet(clip)[:, 0]}
 
     # -- AltFreezing ---------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[str]]:

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.layers.clips import cv2_normalised_clip
+from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -152,13 +152,8 @@ class I3D(Detector):
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clip = batch["clip"]
-        if clip.ndim != 5 or clip.shape[2] != 3:
-            raise UserError(
-                f"I3D expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
-            )
-        logits = self.resnet(clip.permute(0, 2, 1, 3, 4))
-        return {"logits": logits[:, 0]}
+        clip = channels_first_clip(batch["clip"], "I3D")
+        return {"logits": self.resnet(clip)[:, 0]}
 
     # -- weights -----------------------------------------------------------------
     def load_pretrained(self, path: str | Path) -> None:

@@ -163,3 +163,14 @@ def cv2_normalised_clip(
     mean_t = torch.tensor(mean, dtype=clip.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=clip.dtype).view(1, 3, 1, 1)
     return (clip - mean_t) / std_t
+
+
+def channels_first_clip(clip: torch.Tensor, name: str = "this detector") -> torch.Tensor:
+    """``batch["clip"]`` (B, T, 3, H, W) -> (B, 3, T, H, W) for 3D convolutions, or one UserError."""
+    from deepsift.core.errors import UserError
+
+    if clip.ndim != 5 or clip.shape[2] != 3:
+        raise UserError(
+            f"{name} expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
+        )
+    return clip.permute(0, 2, 1, 3, 4)
