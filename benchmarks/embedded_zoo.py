@@ -32,6 +32,8 @@ from detectors.base import count_parameters
 
 FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
 CLIP_DETECTORS = {"univfd", "clipbased", "clip_face", "rine"}
+#: detectors with a head per manipulation method (UCF): the training family is the one method
+METHOD_HEADS = {"ucf"}
 #: fixed input size (dense layers): keep their own preprocessing (resize to native size)
 NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
 
@@ -80,6 +82,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"trainer.limit_train_batches={args.limit_train_batches}")
     if name in CLIP_DETECTORS:
         overrides.append(f"detector.backbone_file={args.clip_file}")
+    if name in METHOD_HEADS:
+        overrides.append(f"detector.methods=[{args.train_family}]")
     run_dir = Path(args.out) / name
     start = time.perf_counter()
     results = train(compose("train", overrides, run_dir=run_dir))

@@ -438,6 +438,20 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("lipforensics_ff.pth",),
     ),
+    # -- #16, face forgery (face-a): UCF, LSDA ---------------------------------------------
+    WeightFormat(
+        "DeepfakeBench UCF",
+        ("ucf",),
+        f"{_DFB}: training/detectors/ucf_detector.py, config/detector/ucf.yaml",
+        _DFB_INPUT + "; score softmax(head_sha)[:, 1]",
+        matches=_has(
+            "encoder_f.conv1.weight",
+            "encoder_c.conv1.weight",
+            "con_gan.dconv_up3.0.weight",
+            "head_sha.mlp.2.weight",
+        ),
+        released=("ucf_best.pth",),
+    ),
 )
 
 
