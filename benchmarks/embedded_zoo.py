@@ -32,8 +32,9 @@ from detectors.base import count_parameters
 
 FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
 CLIP_DETECTORS = {"univfd", "clipbased", "clip_face", "rine"}
-#: detectors with a head per manipulation method (UCF): the training family is the one method
-METHOD_HEADS = {"ucf"}
+#: detectors with a head or teacher per manipulation method (UCF, LSDA): the training family
+#: is the one method
+METHOD_HEADS = {"lsda", "ucf"}
 #: fixed input size (dense layers): keep their own preprocessing (resize to native size)
 NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
 

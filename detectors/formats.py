@@ -452,6 +452,18 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("ucf_best.pth",),
     ),
+    WeightFormat(
+        "DeepfakeBench LSDA",
+        ("lsda",),
+        f"{_DFB}: training/detectors/lsda_detector.py, config/detector/lsda.yaml",
+        _DFB_INPUT + "; score softmax(binary_classifier(student_encoder))[:, 1]",
+        matches=_has(
+            "model.student_encoder.model._conv_stem.weight",
+            "model.encoders_f.0.model._conv_stem.weight",
+            "model.binary_classifier.2.weight",
+        ),
+        released=("lsda_best.pth",),
+    ),
 )
 
 

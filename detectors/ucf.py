@@ -89,6 +89,7 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
+from detectors.layers.methods import FFPP_METHODS, method_label
 from detectors.layers.xception import XCEPTION_FEATURES, xception_backbone
 from detectors.preprocessing import (
     DEEPFAKEBENCH_FACE_PREPROCESSING,
@@ -105,9 +106,6 @@ DEFAULT_PREPROCESSING: dict[str, Any] = {
     "jpeg_prob": 0.5,
     "jpeg_quality": (40, 100),
 }
-#: DeepfakeBench ``ucf.yaml`` ``train_dataset`` order (``label_dict``: FF-DF 1, FF-F2F 2,
-#: FF-FS 3, FF-NT 4; reals 0), under deepsift's FF++ generator names
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 #: the encoders' unused 2-class classifier in a DeepfakeBench file
 ENCODER_HEAD_KEYS = ("last_linear.weight", "last_linear.bias")
 
@@ -323,16 +321,7 @@ class UCF(Detector):
     # -- data --------------------------------------------------------------------------
     def specific_label(self, record: Any) -> int:
         """0 for a real record, 1 + the index of its ``generator`` in ``methods`` for a fake."""
-        if int(record.label) == 0:
-            return 0
-        generator = getattr(record, "generator", None)
-        if generator not in self.methods:
-            raise UserError(
-                f"UCF: training record {record.path} has generator {generator!r}, not one of "
-                f"detector.methods={list(self.methods)}; set detector.methods to the training "
-                f"set's manipulation methods"
-            )
-        return 1 + self.methods.index(generator)
+        return method_label(record, self.methods, "UCF")
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         out = super().transform(sample, train)
