@@ -160,13 +160,13 @@ def test_clip_detector_trains_and_evaluates(celeb_cache: Path, tmp_path: Path) -
     assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
 
 
-def test_score_refuses_a_clip_detector_with_the_alternative() -> None:
-    from deepsift.core.errors import UserError
+def test_score_takes_a_clip_detector_on_tracked_faces() -> None:
     from deepsift.scoring.models import build_member
 
     overrides = {"backbone": "resnet10t", "size": 32, "clip_len": 2}
-    with pytest.raises(UserError, match=r"clip detector.*evaluate\.py"):
-        build_member(detector="clip_mean", overrides=overrides)
+    member = build_member(detector="clip_mean", overrides=overrides)
+    assert member.faces and member.face_crop is not None  # --faces auto: tracked face crops
+    assert build_member(detector="clip_mean", overrides=overrides, faces="off").faces is False
 
 
 def _hydra(value: object) -> str:

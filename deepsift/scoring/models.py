@@ -131,6 +131,8 @@ def _face_mode(detector: Detector, faces: str) -> bool:
     if faces not in ("auto", "on", "off"):
         raise UserError(f"--faces {faces!r}: use auto, on or off")
     if faces == "auto":
+        if getattr(detector, "input_kind", "image") == "clip":
+            return True  # clip detectors read tracked face crops
         return str(detector.config.get("input", "image")).lower() == "face"
     return faces == "on"
 
@@ -209,9 +211,9 @@ def build_member(
         payload, where = None, f"configs/detector/{detector}.yaml"
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
-    if getattr(model, "input_kind", "image") == "clip":
+    if getattr(model, "needs_mouth", False):
         raise UserError(
-            f"{name} is a clip detector (input_kind: clip): score.py does not sample clips yet; "
+            f"{name} reads mouth crops (needs_mouth): score.py does not cut them yet; "
             "score it on a face-crop cache with python evaluate.py checkpoint=<best.pt> "
             "data=<video benchmark> (per-clip and per-video metrics)"
         )
@@ -315,6 +317,12 @@ def load_ensemble(
             )
         ]
         combine = combine or "mean"
+    clips = [m.label for m in members if getattr(m.detector, "input_kind", "image") == "clip"]
+    if clips and len(members) > 1:
+        raise UserError(
+            f"{clips[0]} is a clip detector: it scores videos clip by clip, alone; score it "
+            "in its own run (no --ensemble)"
+        )
     if combine not in COMBINE:
         raise UserError(f"--combine {combine!r}: use one of {', '.join(COMBINE)}")
     seen: dict[str, int] = {}
