@@ -104,7 +104,7 @@ written as ``\\udcXX`` escapes (JSON reads them back as the same name).
     a video scored by a clip detector: one entry per clip (``clip``, ``window``,
     ``track``, ``frames``, ``score``); null otherwise.
 
-``clip`` and ``clips`` came after the other fields and are the last columns; a JSONL
+The two clip fields came after the others and are the last columns; a JSONL
 output written before them is continued by ``--resume`` (they read back null); a CSV one
 is not (its header differs).
 
