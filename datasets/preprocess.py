@@ -27,7 +27,11 @@ Every video of every split (``splits``) is processed once, in parallel
    ``<crops_root>/<video rel without suffix>/<frame:06d>.png`` (``<frame>_<k>.png`` for
    the ``k``-th further face), with its landmarks in crop pixels in ``<frame>.npy``
    (float32, 68 x 2: the full-frame landmarks mapped by the crop's transform, where
-   DeepfakeBench detects them again on the crop). FF++ and DFD fakes also get their
+   DeepfakeBench detects them again on the crop). With ``mouths=true`` (lip-motion
+   detectors: LipForensics; needs windows), each face also gets a 96 x 96 grayscale mouth
+   crop, ``<crop folder>/_mouth/<frame>.png`` (index field ``mouth``), cut as the
+   LipForensics authors cut theirs (:mod:`datasets.mouths`: landmarks smoothed over 12
+   frames of the face's track in its window, aligned to LRW's mean face). FF++ and DFD fakes also get their
    mask crop, cut with the same transform from the same frame of the mask video, under
    the mask video's own folder with the same name (single-channel PNG, values as
    decoded; DeepfakeBench binarises at 1, which a detector can do on reading);

@@ -238,8 +238,8 @@ def test_clip_detector_refusals_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([str(video), *CLIP_MEAN, "--stability", "--out", out, *QUICK])
     assert exit_.value.code != 0
-    with pytest.raises(UserError, match="needs_mouth"):
-        load_ensemble(detector="lipforensics")
+    with pytest.raises(UserError, match=r"mouth crops.*drop --faces off"):
+        load_ensemble(detector="lipforensics", faces="off")
 
 
 def test_a_jsonl_output_from_before_clips_resumes(tmp_path: Path) -> None:
@@ -250,3 +250,44 @@ def test_a_jsonl_output_from_before_clips_resumes(tmp_path: Path) -> None:
     with open(path, "rb") as handle:
         (_, _, record), *_ = list(iter_jsonl_records(handle))
     assert record is not None and record["clip"] is None and record["score"] == 0.3
+
+
+def test_lipforensics_scores_mouth_crops_of_the_tracked_face(tmp_path: Path) -> None:
+    """The mouth crops score.py cuts (from the tracked face's landmarks, datasets.mouths) are
+    those the preprocessing writes: the clip's score is LipForensics' forward on them."""
+    from PIL import Image
+
+    from datasets.mouths import mouth_crops
+    from detectors import load_detector
+    from tests.official.make_lipforensics_mouths import mouth_inputs
+    from tests.test_mouths import KnownFaces, _lossless_video
+    from tests.video_detectors import TINY
+
+    frames, landmarks = mouth_inputs()
+    video = _lossless_video(tmp_path / "talk.avi", frames)
+    torch.manual_seed(0)
+    model = load_detector("lipforensics", **TINY["lipforensics"]).eval()
+    member = Member("lipforensics", model, True, {"detector": "lipforensics"})
+    options = RunOptions(
+        inputs=[str(video)],
+        workers=0,
+        progress=False,
+        prepare_options=PrepareOptions(clips=2, min_face=8, provenance=False, pdq=False),
+    )
+    sink = MemorySink()
+    factory = Fixed(KnownFaces(frames, landmarks))
+    Scorer(Ensemble([member]), DEFAULT_BANDS, options, sink, factory).run()
+    *clips, record = sink.records
+    assert len(clips) == 2 and record["score"] is not None
+    for clip in clips:
+        idx = clip["clip"]["frames"]
+        mouths = mouth_crops([frames[i] for i in idx], [landmarks[i] for i in idx])
+        sample = {
+            "frames": [Image.fromarray(frames[i]) for i in idx],
+            "mouth_frames": [Image.fromarray(m) for m in mouths],
+            "record": None,
+        }
+        batch = {"clip": model.eval_transform(sample)["clip"][None]}
+        with torch.no_grad():
+            expected = torch.sigmoid(model(batch)["logits"]).item()
+        assert clip["score"] == pytest.approx(expected, abs=1e-5)

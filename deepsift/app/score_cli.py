@@ -20,11 +20,19 @@ examples:
   score.py suspect/ --out results.jsonl --checkpoint best.pt --resume          # after a crash
   score.py --calibrate val_set/ --out calib.json --checkpoint best.pt          # fit the bands
   score.py suspect/ --out r.jsonl --checkpoint best.pt --calibration calib.json
+  score.py videos/ --out r.jsonl --checkpoint runs/train/ftcn/best.pt --clips 8   # clip detector
 
 Each input item gets one record, appended and flushed as soon as it is scored;
 a summary is printed at the end and written next to the output as
 <out stem>.summary.json. Bands without --calibration use default thresholds
 (0.2 / 0.5 / 0.9) and every record says calibrated: false.
+
+A clip detector (input_kind: clip) scores videos only: --clips windows of its
+clip_len frames clip_stride apart, evenly spaced; in each, every face is tracked by
+box overlap and each track that spans the window is one clip (kind: clip record),
+so no clip mixes two people; the video's score is the mean (--video-aggregation)
+over windows of the most suspect track. It scores alone (no --ensemble), on the
+local engine, without --stability.
 """
 
 

@@ -11,6 +11,10 @@ A video's (or animation's) score aggregates its frames' scores (``mean`` by
 default, ``--video-aggregation median|max``), per member and combined. The band
 comes from the combined score; ``unstable`` compares the bands of the original
 and the laundered copies.
+
+A video scored by a clip detector (:func:`.prepare._prepare_clips`) gives one
+``kind: clip`` record per clip (a face track through one window), then the video's
+record: a window scores the maximum over its tracks, the video aggregates its windows.
 """
 
 from __future__ import annotations

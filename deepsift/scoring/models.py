@@ -211,13 +211,11 @@ def build_member(
         payload, where = None, f"configs/detector/{detector}.yaml"
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
-    if getattr(model, "needs_mouth", False):
-        raise UserError(
-            f"{name} reads mouth crops (needs_mouth): score.py does not cut them yet; "
-            "score it on a face-crop cache with python evaluate.py checkpoint=<best.pt> "
-            "data=<video benchmark> (per-clip and per-video metrics)"
-        )
     member = Member(label or name, model, _face_mode(model, faces), identity, float(weight))
+    if getattr(model, "needs_mouth", False) and not member.faces:
+        raise UserError(
+            f"{name} reads mouth crops, cut from the landmarks of tracked faces: drop --faces off"
+        )
     if member.faces:
         member.face_crop, member.face_crop_from = resolve_face_crop(
             model, payload, where, face_overrides

@@ -3,6 +3,8 @@
 read the bytes -> sha256 -> image or video (by content) -> decode -> provenance and
 PDQ -> face crops (for face detectors) -> laundered copies (``--stability``) ->
 each ensemble member's own test-time transform -> tensors stacked per member.
+A clip detector's video is read as ``--clips`` windows of one clip span instead, its
+faces tracked through each window (:func:`_prepare_clips`).
 
 The result, :class:`Prepared`, holds a partial record plus small tensors only
 (never the decoded image), so the queues between workers and the model stay
@@ -22,6 +24,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from datasets.faces import CropSettings
+from datasets.mouths import mouth_crops
 from datasets.tracks import link_tracks
 from datasets.video import frame_indices
 from deepsift.scoring import stability
@@ -53,6 +56,8 @@ class MemberSpec:
     face_crop: CropSettings | None = None
     #: a clip detector's ``(clip_len, clip_stride)``; None for image detectors
     clip: tuple[int, int] | None = None
+    #: a lip-motion clip detector (``needs_mouth``): mouth crops too, from the landmarks
+    mouth: bool = False
 
 
 @dataclass
@@ -364,13 +369,14 @@ def _prepare_clips(path: str, ctx: PrepareContext, out: Prepared) -> None:
         if reason:
             reasons.append(reason)
         for k, (frames, info) in enumerate(clips):
+            more = info.pop("_more")  # mouth crops: model input, not record fields
             group = Group(window[0][0], video.width, video.height)
             group.clip = {"window": w, "track": k, "frames": [i for i, _ in window], **info}
             out.groups.append(group)
             unit_index = len(out.units)
             out.units.append(Unit(len(out.groups) - 1, None, stability.ORIGINAL))
             try:
-                sample = member.transform({"frames": frames, "record": None})
+                sample = member.transform({"frames": frames, "record": None, **more})
             except (ValueError, RuntimeError, OSError) as exc:
                 raise ItemError(
                     f"{member.label} preprocessing failed ({str(exc).strip()[:120]})"
@@ -391,7 +397,7 @@ def _window_clips(
 ) -> tuple[list[tuple[list[Image.Image], dict[str, Any]]], str | None]:
     """The clips of one window: ``(frames, info)`` per face track spanning it, and why none."""
     if not member.faces:
-        return [([image for _, image in window], {"boxes": None, "crops": None})], None
+        return [([image for _, image in window], {"boxes": None, "crops": None, "_more": {}})], None
     options = ctx.options
     found = [
         find_faces(image, ctx.face_detector(), options.min_face, options.max_faces)
@@ -402,21 +408,47 @@ def _window_clips(
     tracks = link_tracks([[face.box for face in faces] for faces, _ in found])
     settings = ctx.crops[ctx.crop_of[member.label]]
     clips = []
+    no_landmarks = False
     for track in tracks:
         if len(track) < len(window):
             continue
         cut = [cut_faces(window[f][1], [found[f][0][b]], settings)[0] for f, b in track]
-        info = {
+        info: dict[str, Any] = {
             "boxes": [[round(v, 1) for v in c.box] for c in cut],
             "crops": [list(c.crop_box) for c in cut],
+            "_more": {},
         }
+        if member.mouth:
+            mouths = _mouths(window, found, track)
+            if mouths is None:
+                no_landmarks = True
+                continue
+            info["_more"]["mouth_frames"] = mouths
         clips.append(([c.image for c in cut], info))
+    if not clips and no_landmarks:
+        return [], "no mouth crop (faces without 68 landmarks, or a mouth that cannot be cut)"
     if not clips:
         return (
             [],
             "no face track spans a whole clip (a frame without a usable face, or faces crossing)",
         )
     return clips, None
+
+
+def _mouths(
+    window: list[tuple[int, Image.Image]], found: list[tuple[list[Any], Any]], track: list
+) -> list[Image.Image] | None:
+    """The grayscale mouth crops of one face track through a window (:mod:`datasets.mouths`,
+    LipForensics' recipe, landmarks smoothed over the clip's frames); None when a face has no
+    68 landmarks."""
+    points = [found[f][0][b].landmarks for f, b in track]
+    if any(p is None or np.asarray(p).shape != (68, 2) for p in points):
+        return None
+    frames = [np.asarray(window[f][1].convert("RGB")) for f, _ in track]
+    crops = mouth_crops(frames, [np.asarray(p, np.float32) for p in points])
+    if any(c is None for c in crops):
+        return None
+    return [Image.fromarray(c) for c in crops]  # type: ignore[arg-type]
 
 
 def _face_entry(index: int, cut: list[list[Any]], crop_of: dict[str, int]) -> dict[str, Any]:

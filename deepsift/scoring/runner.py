@@ -197,6 +197,7 @@ class Scorer:
                     m.faces,
                     m.face_crop,
                     _clip_spec(m.detector),
+                    bool(getattr(m.detector, "needs_mouth", False)),
                 )
                 for m in ensemble.members
             ],
