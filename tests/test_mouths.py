@@ -148,3 +148,39 @@ def test_preprocess_writes_mouth_crops_resumably(tmp_path: Path, monkeypatch) ->
     source = Toy(str(root), crops_root=str(root / "crops"))  # reads the index afresh
     clips, skipped = clip_records(source.records("test"), 5, 1, 2, mouths=True)
     assert clips == [] and "mouths=true" in skipped[0][1]
+
+
+def test_real_faces_get_mouth_crops_through_to_lipforensics(tmp_path: Path) -> None:
+    """dlib's faces and 68 landmarks on the FF++ example videos: preprocess mouths=true writes
+    a mouth crop per face, clip records serve them, and LipForensics scores them."""
+    import torch
+
+    from datasets.faceforensics import FaceForensics
+    from detectors import load_detector
+    from tests.test_faces import EXAMPLES, have_dlib
+    from tests.test_preprocess import run
+    from tests.test_preprocess_windows import _tree
+    from tests.video_detectors import TINY
+
+    if not have_dlib() or not (EXAMPLES / "ex_original.png").is_file():
+        pytest.skip("needs dlib and the FF++ example frames")
+    root = _tree(tmp_path / "ffpp")
+    summary = run(root, "clip_len=4", "clips_per_video=2", "stride=1", "mouths=true")
+    assert (summary["done"], summary["failed"]) == (3, 0)  # 20, 4 (one window) and 20 frames
+    index = read_crop_index(root / "deepsift_crops")
+    ok = [x for lines in index.values() for x in lines if x["status"] == "ok"]
+    assert len(ok) == 20 and all(x["mouth"] for x in ok)
+    for line in ok:
+        mouth = Image.open(root / "deepsift_crops" / line["mouth"])
+        assert mouth.mode == "L" and mouth.size == (96, 96)
+    records = FaceForensics(str(root), methods=["Deepfakes"]).records("test")
+    clips, skipped = clip_records(
+        records, clip_len=4, clip_stride=1, clips_per_video=2, mouths=True
+    )
+    assert skipped == [] and len(clips) == 5
+    model = load_detector("lipforensics", **{**TINY["lipforensics"], "clip_len": 4}).eval()
+    dataset = RecordDataset(clips, model.eval_transform)
+    batch = torch.stack([dataset[i]["clip"] for i in range(len(clips))])
+    assert batch.shape == (5, 4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.isfinite(model({"clip": batch})["logits"]).all()

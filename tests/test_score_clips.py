@@ -291,3 +291,24 @@ def test_lipforensics_scores_mouth_crops_of_the_tracked_face(tmp_path: Path) -> 
         with torch.no_grad():
             expected = torch.sigmoid(model(batch)["logits"]).item()
         assert clip["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_score_py_tracks_real_faces_with_dlib(tmp_path: Path) -> None:
+    """The real face detector (dlib, --faces auto) on an FF++ example face sliding across a
+    video: every clip is cut from the tracked face, aligned as the config's face_crop says."""
+    from tests.test_faces import EXAMPLES, have_dlib
+    from tests.test_preprocess import example_frames
+    from tests.test_preprocess import write_video as write_mp4
+
+    if not have_dlib() or not (EXAMPLES / "ex_original.png").is_file():
+        pytest.skip("needs dlib and the FF++ example frames")
+    video = write_mp4(tmp_path / "face.mp4", example_frames("ex_original", 16))
+    out = tmp_path / "r.jsonl"
+    main([str(video), *CLIP_MEAN, "--set", "clip_len=3", "--clips", "2", "--out", str(out), *QUICK])
+    *clips, record = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["kind"] for c in clips] == ["clip", "clip"] and record["kind"] == "video"
+    for clip in clips:
+        boxes = np.array(clip["clip"]["boxes"])
+        assert boxes.shape == (3, 4) and np.ptp(boxes[:, 1]) < 8  # one face, moving sideways
+        assert clip["score"] is not None
+    assert record["score"] == pytest.approx(np.mean([c["score"] for c in clips]), abs=1e-5)
