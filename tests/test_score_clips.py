@@ -312,3 +312,22 @@ def test_score_py_tracks_real_faces_with_dlib(tmp_path: Path) -> None:
         assert boxes.shape == (3, 4) and np.ptp(boxes[:, 1]) < 8  # one face, moving sideways
         assert clip["score"] is not None
     assert record["score"] == pytest.approx(np.mean([c["score"] for c in clips]), abs=1e-5)
+
+
+def test_resume_after_a_kill_between_clip_records_and_the_video_record(tmp_path: Path) -> None:
+    """Clip records whose video record was never written (a kill in between) are dropped by
+    --resume and the video is scored again: each record exactly once."""
+    (tmp_path / "in").mkdir()
+    videos = [write_video(tmp_path / "in" / f"{k}.avi", 12 + k) for k in range(2)]
+    out = tmp_path / "r.jsonl"
+    args = [str(tmp_path / "in"), *CLIP_MEAN, "--set", "clip_len=3", "--faces", "off"]
+    args += ["--clips", "2", "--out", str(out), *QUICK]
+    main(args)
+    lines = out.read_text().splitlines()
+    assert [json.loads(x)["kind"] for x in lines] == ["clip", "clip", "video"] * 2
+    out.write_text("\n".join(lines[:5]) + "\n")  # killed before the second video's record
+    summary = main([*args, "--resume"])
+    again = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["kind"] for r in again] == ["clip", "clip", "video"] * 2
+    assert [r["path"] for r in again if r["kind"] == "video"] == [str(v) for v in videos]
+    assert summary["items"] == 2 and summary["resumed"]["items_already_done"] == 1
