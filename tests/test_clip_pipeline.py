@@ -61,7 +61,7 @@ def _write_video(crops: Path, rel: str, frames: int, label: int, rng, index: lis
         box = [10.0 + f, 10.0, 60.0 + f, 60.0]
         index.append(
             {"video": f"{rel}.mp4", "run": "r1", "status": "ok", "frame": f * 10, "face": 0,
-             "crop": f"{rel}/{f * 10:06d}.png", "box": box,
+             "crop": f"{rel}/{f * 10:06d}.png", "box": box, "window": 0, "window_stride": 10,
              "mouth": f"{rel}/{MOUTH_DIR}/{f * 10:06d}.png"}
         )  # fmt: skip
 
@@ -165,6 +165,22 @@ def test_clip_detector_trains_and_evaluates(celeb_cache: Path, tmp_path: Path) -
     evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
     assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
     assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
+
+    # score.py with the checkpoint on a video: clips spaced as training saw them (the cache's
+    # windows are 10 video frames a step, clip_stride 2: 20 video frames between clip frames)
+    import torch
+
+    from deepsift.app.score_cli import main as score_main
+    from tests.test_score_clips import write_video
+
+    assert torch.load(run_dir / "best.pt", weights_only=True)["window_stride"] == 10
+    video = write_video(tmp_path / "v.avi", 60)
+    out = tmp_path / "scores.jsonl"
+    score_main([str(video), "--checkpoint", str(run_dir / "best.pt"), "--faces", "off",
+                "--clips", "2", "--out", str(out), "--workers", "0", "--quiet"])  # fmt: skip
+    *clips, record = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["clip"]["frames"] for c in clips] == [[0, 20, 40], [19, 39, 59]]
+    assert record["kind"] == "video" and record["score"] is not None
 
 
 def test_score_takes_a_clip_detector_on_tracked_faces() -> None:

@@ -420,9 +420,22 @@ def face_factory(ensemble: Any, name: str | None) -> Any:
 
 
 def check_clip_options(ensemble: Any, args: argparse.Namespace) -> None:
-    """A clip detector takes --clips; the options that only make sense per frame are refused."""
-    if not any(getattr(m.detector, "input_kind", "image") == "clip" for m in ensemble.members):
+    """A clip detector takes --clips; the options that only make sense per frame are refused.
+    Prints one line per clip member: how its clips are sampled."""
+    clips = [m for m in ensemble.members if getattr(m.detector, "input_kind", "image") == "clip"]
+    if not clips:
         return
+    for member in clips:
+        stride = int(member.detector.clip_stride)
+        print(
+            f"clips for {member.label}: {getattr(args, 'clips', 4)} per video, "
+            f"{member.detector.clip_len} frames {stride * member.frame_step} video frame(s) "
+            f"apart (clip_stride {stride} x the training cache's window stride "
+            f"{member.frame_step}), each from one tracked face"
+            + ("" if member.faces else " (--faces off: whole frames)"),
+            file=sys.stderr,
+            flush=True,
+        )
     if getattr(args, "stability", False):
         raise UserError(
             "--stability re-scores laundered copies of images and frames; clip detectors have "

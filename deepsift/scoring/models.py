@@ -65,6 +65,9 @@ class Member:
     weight: float = 1.0
     face_crop: CropSettings | None = None  # how its faces are cut (face members)
     face_crop_from: str | None = None  # where those settings came from, in words
+    #: clip detectors: video frames per cached frame of the training cache (its windows'
+    #: ``stride``, from the checkpoint); a clip's frames are ``clip_stride x`` this apart
+    frame_step: int = 1
 
 
 @dataclass
@@ -212,6 +215,8 @@ def build_member(
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
     member = Member(label or name, model, _face_mode(model, faces), identity, float(weight))
+    if payload is not None and payload.get("window_stride"):
+        member.frame_step = int(payload["window_stride"])
     if getattr(model, "needs_mouth", False) and not member.faces:
         raise UserError(
             f"{name} reads mouth crops, cut from the landmarks of tracked faces: drop --faces off"

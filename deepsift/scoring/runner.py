@@ -152,11 +152,12 @@ class _ByteQueue:
             self.cond.notify_all()
 
 
-def _clip_spec(detector: Any) -> tuple[int, int] | None:
-    """A clip detector's ``(clip_len, clip_stride)``; None for an image detector."""
+def _clip_spec(detector: Any, frame_step: int = 1) -> tuple[int, int] | None:
+    """A clip detector's ``(clip_len, video frames between its frames)``: its ``clip_stride``
+    times ``frame_step`` (the training cache's window stride); None for an image detector."""
     if getattr(detector, "input_kind", "image") != "clip":
         return None
-    return int(detector.clip_len), int(detector.clip_stride)
+    return int(detector.clip_len), int(detector.clip_stride) * int(frame_step)
 
 
 class _Pending:
@@ -196,7 +197,7 @@ class Scorer:
                     m.detector.eval_transform,
                     m.faces,
                     m.face_crop,
-                    _clip_spec(m.detector),
+                    _clip_spec(m.detector, m.frame_step),
                     bool(getattr(m.detector, "needs_mouth", False)),
                 )
                 for m in ensemble.members
