@@ -26,7 +26,11 @@ A clip's frames are thus ``stride x clip_stride`` video frames apart: preprocess
 ``stride`` = the detector's wanted frame step and ``clip_len`` >= ``detector.clip_len``,
 and keep ``detector.clip_stride=1`` (or ``stride=1`` and the detector's own
 ``clip_stride``, with a window ``clip_len`` of at least ``clip_span``).
-Mouth crops (``Detector.needs_mouth``) are not in the cache yet.
+Mouth crops (``Detector.needs_mouth``: LipForensics) are in the cache when it was built with
+``mouths=true`` (each crop's record then has ``extra["mouth"]``); with ``mouths=True``,
+:func:`clip_records` keeps only crops that have one (a face without a mouth crop splits its
+window like a frame without a face) and gives each clip ``extra["clip_mouths"]``, read into
+``sample["mouth_frames"]``.
 
 A video with no track as long as one clip (``(clip_len - 1) * clip_stride + 1`` cached
 frames) is skipped and returned in ``skipped`` with the reason and the fix; it is never
@@ -41,7 +45,7 @@ from typing import Any
 
 from datasets.crop_cache import parse_frame_stem, spread
 from datasets.tracks import link_tracks, track_clips
-from deepsift.core.records import CLIP_FRAMES, Record
+from deepsift.core.records import CLIP_FRAMES, CLIP_MOUTHS, Record
 
 
 def clip_span(clip_len: int, clip_stride: int) -> int:
@@ -95,8 +99,11 @@ def clip_records(
     clip_len: int,
     clip_stride: int = 1,
     clips_per_video: int | None = 4,
+    mouths: bool = False,
 ) -> tuple[list[Record], list[tuple[str, str]]]:
     """``(clip records, skipped)`` from per-crop ``records``; ``skipped`` is ``(video, reason)``.
+
+    ``mouths``: clips of crops that have a mouth crop only (lip-motion detectors).
 
     ``clips_per_video`` falsy keeps every window :func:`track_clips` cuts at one clip per
     ``span`` frames (non-overlapping). A record without ``video`` is its own video.
@@ -109,6 +116,18 @@ def clip_records(
     out: list[Record] = []
     skipped: list[tuple[str, str]] = []
     for video, crops in videos.items():
+        if mouths:
+            crops = [r for r in crops if r.extra.get("mouth")]
+            if not crops:
+                skipped.append(
+                    (
+                        video,
+                        "no mouth crops in the face-crop cache (this detector reads mouths); "
+                        "re-run python -m datasets.preprocess with mouths=true and windows "
+                        "(clip_len=... stride=1)",
+                    )
+                )
+                continue
         windows: list[tuple[int, list[Record]]] = []
         tracks = face_tracks(crops)
         runs = [(t, run) for t, track in enumerate(tracks) for run in window_segments(track)]
@@ -132,19 +151,20 @@ def clip_records(
             )
             continue
         for c, (t, frames) in enumerate(spread(windows, clips_per_video)):
-            out.append(_clip_record(frames, t, c))
+            out.append(_clip_record(frames, t, c, mouths))
     return out, skipped
 
 
-def _clip_record(frames: Sequence[Record], track: int, clip: int) -> Record:
+def _clip_record(frames: Sequence[Record], track: int, clip: int, mouths: bool = False) -> Record:
     first = frames[0]
     extra: dict[str, Any] = {
         **first.extra,
         CLIP_FRAMES: [r.path for r in frames],
+        **({CLIP_MOUTHS: [r.extra["mouth"] for r in frames]} if mouths else {}),
         "frames": [str(r.extra.get("frame", "")) for r in frames],
         "track": track,
         "clip": clip,
     }
-    for key in ("landmarks", "mask"):  # per-frame side files belong to one frame, not a clip
+    for key in ("landmarks", "mask", "mouth"):  # per-frame side files: one frame's, not a clip's
         extra.pop(key, None)
     return replace(first, extra=extra)

@@ -111,6 +111,11 @@ class CachedCrop:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+#: the sub-folder of a video's crop folder that holds its mouth crops (``datasets.preprocess``
+#: with ``mouths=true``), named like the face crops
+MOUTH_DIR = "_mouth"
+
+
 def list_frames(folder: Path) -> list[Path]:
     """Crop images in ``folder`` (not recursive), in frame order; ``[]`` if it does not exist."""
     try:
@@ -309,7 +314,7 @@ class VideoCropSource:
             if line.get("status") != "ok" or not line.get("crop"):
                 continue
             extra: dict[str, Any] = {}
-            for key in ("landmarks", "mask"):
+            for key in ("landmarks", "mask", "mouth"):
                 if line.get(key):
                     extra[key] = str(root / line[key])
             for key in ("box", "score", "window", "window_stride"):
@@ -328,6 +333,7 @@ class VideoCropSource:
         if not frames:
             return []
         npys = {p.stem for p in folder.glob("*.npy")}
+        mouth_names = {p.name for p in list_frames(folder / MOUTH_DIR)}
         mask_names: set[str] = set()
         mask_dir: Path | None = None
         if "mask_rel" in item.extra and self.crops_root is not None:
@@ -341,6 +347,8 @@ class VideoCropSource:
                 extra["landmarks"] = str(folder / f"{path.stem}.npy")
             if mask_dir is not None and path.name in mask_names:
                 extra["mask"] = str(mask_dir / path.name)
+            if path.name in mouth_names:
+                extra["mouth"] = str(folder / MOUTH_DIR / path.name)
             crops.append(CachedCrop(path, frame, face, extra))
         return crops
 

@@ -27,7 +27,11 @@ Every video of every split (``splits``) is processed once, in parallel
    ``<crops_root>/<video rel without suffix>/<frame:06d>.png`` (``<frame>_<k>.png`` for
    the ``k``-th further face), with its landmarks in crop pixels in ``<frame>.npy``
    (float32, 68 x 2: the full-frame landmarks mapped by the crop's transform, where
-   DeepfakeBench detects them again on the crop). FF++ and DFD fakes also get their
+   DeepfakeBench detects them again on the crop). With ``mouths=true`` (lip-motion
+   detectors: LipForensics; needs windows), each face also gets a 96 x 96 grayscale mouth
+   crop, ``<crop folder>/_mouth/<frame>.png`` (index field ``mouth``), cut as the
+   LipForensics authors cut theirs (:mod:`datasets.mouths`: landmarks smoothed over 12
+   frames of the face's track in its window, aligned to LRW's mean face). FF++ and DFD fakes also get their
    mask crop, cut with the same transform from the same frame of the mask video, under
    the mask video's own folder with the same name (single-channel PNG, values as
    decoded; DeepfakeBench binarises at 1, which a detector can do on reading);
@@ -74,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.crop_cache import read_crop_index, strip_suffix
+from datasets.crop_cache import MOUTH_DIR, read_crop_index, strip_suffix
 from datasets.faces import (
     DEFAULT_DETECTOR,
     CropSettings,
@@ -84,6 +88,8 @@ from datasets.faces import (
     face_detector,
     transform_points,
 )
+from datasets.mouths import mouth_crops
+from datasets.tracks import link_tracks
 from datasets.video import VideoError, read_frames, sample_frames, window_indices
 from deepsift.core.configs import CONFIG_DIR, config_names
 from deepsift.core.errors import UserError, user_errors
@@ -125,8 +131,15 @@ class Options:
     clip_len: int | None = None
     clips_per_video: int = 4
     stride: int = 1
+    # grayscale mouth crops beside the face crops (lip-motion detectors: LipForensics)
+    mouths: bool = False
 
     def __post_init__(self) -> None:
+        if self.mouths and not self.clip_len:
+            raise UserError(
+                "mouths=true smooths landmarks over consecutive frames: pass windows too "
+                "(clip_len=<frames per window>, e.g. clip_len=25 stride=1 for LipForensics)"
+            )
         if self.clip_len is not None and int(self.clip_len) < 1:
             raise UserError(f"clip_len={self.clip_len}: pass frames per window (or null)")
         if int(self.clips_per_video) < 1:
@@ -147,6 +160,8 @@ class Options:
         if self.clip_len is None:  # caches made before windows existed keep their hash
             for key in ("clip_len", "clips_per_video", "stride"):
                 fields.pop(key)
+        if not self.mouths:  # nor those made before mouth crops existed
+            fields.pop("mouths")
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -188,9 +203,11 @@ class VideoResult:
 
 
 def _clear(folder: Path) -> None:
-    """Remove the crops, landmarks and masks an earlier run left in ``folder``."""
+    """Remove the crops, landmarks, masks and mouth crops an earlier run left in ``folder``."""
     if not folder.is_dir():
         return
+    if (folder / MOUTH_DIR).is_dir():
+        _clear(folder / MOUTH_DIR)
     for entry in os.scandir(folder):
         name, suffix = os.path.splitext(entry.name)
         if entry.is_file() and suffix in (".png", ".npy") and name.split("_")[0].isdigit():
@@ -237,6 +254,13 @@ class CropWriter:
             out["mask"] = f"{self.mask_rel}/{name}.png"
         return out
 
+    def write_mouth(self, name: str, mouth: np.ndarray) -> str:
+        """Write one mouth crop (grayscale); its path relative to the cache root."""
+        folder = self.root / self.rel / MOUTH_DIR
+        folder.mkdir(exist_ok=True)
+        _write_png(folder / f"{name}.png", mouth)
+        return f"{self.rel}/{MOUTH_DIR}/{name}.png"
+
 
 def frame_lines(
     index: int,
@@ -245,8 +269,10 @@ def frame_lines(
     detector: FaceDetector,
     options: Options,
     writer: CropWriter,
+    points: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Detect, crop and write the faces of one frame; its index lines (without video fields)."""
+    """Detect, crop and write the faces of one frame; its index lines (without video fields).
+    ``points`` (when given) gets each face's 68 landmarks in frame pixels, by (frame, face)."""
     faces = detector.detect(frame)
     if not faces:
         return [{"frame": index, "face": None, "status": "no_face"}]
@@ -254,6 +280,8 @@ def frame_lines(
     for k, face in enumerate(faces if options.faces == "all" else faces[:1]):
         matrix, side = crop_transform(face, options.margin, options.size, options.align)
         landmarks = transform_points(face.landmarks, matrix) if face.landmarks is not None else None
+        if points is not None and face.landmarks is not None and len(face.landmarks) == 68:
+            points[(index, k)] = np.asarray(face.landmarks, np.float32)  # as the .npy holds them
         files = writer.write(
             f"{index:06d}" if k == 0 else f"{index:06d}_{k}",
             apply_crop(frame, matrix, side),
@@ -331,15 +359,20 @@ def process_video(
     writer = CropWriter(crops_root, job)
     decoded = dict(zip(sampled.indices, sampled.frames, strict=True))
     lines: list[dict[str, Any]] = []
+    points: dict[tuple[int, int], np.ndarray] | None = {} if options.mouths else None
     for index in sampled.wanted:
         if index in decoded:
-            found = frame_lines(index, decoded[index], masks.get(index), detector, options, writer)
+            found = frame_lines(
+                index, decoded[index], masks.get(index), detector, options, writer, points
+            )
         else:
             found = [{"frame": index, "face": None, "status": "error", "error": "did not decode"}]
         if index in window_of:
             for line in found:
                 line.update(window=window_of[index], window_stride=int(options.stride))
         lines.extend({**video, **line} for line in found)
+    if points is not None:
+        write_mouths(lines, decoded, points, writer)
     truncated = None
     if sampled.truncated:
         truncated = (
@@ -347,6 +380,41 @@ def process_video(
             "(truncated or corrupt); frames sampled from the part that decodes"
         )
     return VideoResult(job.rel, job.path, lines, truncated=truncated)
+
+
+def write_mouths(
+    lines: Sequence[dict[str, Any]],
+    decoded: dict[int, np.ndarray],
+    points: dict[tuple[int, int], np.ndarray],
+    writer: CropWriter,
+) -> None:
+    """Cut and write the mouth crops of one video's faces (:mod:`datasets.mouths`): per window,
+    the faces are linked into tracks by box overlap (:func:`datasets.tracks.link_tracks`), and
+    each track's run of frames is smoothed and aligned as LipForensics does. A face whose
+    landmarks are missing, or whose mouth cannot be cut, gets ``mouth: null``."""
+    by_window: dict[Any, dict[int, list[dict[str, Any]]]] = {}
+    for line in lines:
+        if line.get("frame") is None:
+            continue
+        frames = by_window.setdefault(line.get("window"), {})
+        faces = frames.setdefault(int(line["frame"]), [])
+        if line.get("status") == "ok" and (line["frame"], line["face"]) in points:
+            faces.append(line)
+    for frames in by_window.values():
+        order = sorted(frames)
+        boxes = [[tuple(line["box"]) for line in frames[f]] for f in order]
+        for track in link_tracks(boxes):
+            run = [frames[order[f]][b] for f, b in track]
+            crops = mouth_crops(
+                [decoded[line["frame"]] for line in run],
+                [points[(line["frame"], line["face"])] for line in run],
+            )
+            for line, crop in zip(run, crops, strict=True):
+                if crop is not None:
+                    line["mouth"] = writer.write_mouth(Path(line["crop"]).stem, crop)
+    for line in lines:
+        if line.get("status") == "ok":
+            line.setdefault("mouth", None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -657,6 +725,7 @@ def options_from(cfg: Any) -> Options:
         clip_len=int(cfg.clip_len) if cfg.get("clip_len") else None,
         clips_per_video=int(cfg.get("clips_per_video") or 4),
         stride=int(cfg.get("stride") or 1),
+        mouths=bool(cfg.get("mouths") or False),
     )
 
 

@@ -28,7 +28,9 @@ flips of the whole clip, binary cross-entropy, Adam lr 2e-4, batch 32 (from the 
 not from code: unconfirmed here).
 
 Where deepsift differs: ``transform`` reads ``sample["mouth_frames"]`` (the pipeline's
-mouth crops, any size: resized to ``resize`` (96) first), one random crop box and one flip
+mouth crops: ``python -m datasets.preprocess ... clip_len=25 stride=1 mouths=true`` writes
+them with the authors' recipe, pixel for pixel (:mod:`datasets.mouths`), and ``score.py``
+cuts them alike from the tracked face's landmarks; any size: resized to ``resize`` (96) first), one random crop box and one flip
 per clip in training (:meth:`ClipPreprocessing.draw`), centre crop at evaluation; the LRW
 lipreading start is a local ``pretrained_file`` (github.com/mpc001/
 Lipreading_using_Temporal_Convolutional_Networks ``lrw_resnet18_mstcn*.pth.tar``,

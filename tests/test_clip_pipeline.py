@@ -17,6 +17,7 @@ from PIL import Image
 
 from datasets.celebdf import CelebDF
 from datasets.clips import clip_records, face_tracks
+from datasets.crop_cache import MOUTH_DIR
 from datasets.splits import bucket
 from deepsift.core.records import CLIP_FRAMES, Record, RecordDataset
 from tests.conftest import run_script
@@ -53,10 +54,15 @@ def _write_video(crops: Path, rel: str, frames: int, label: int, rng, index: lis
         tone = 170 if label else 80
         pixels = np.clip(rng.normal(tone, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"{f * 10:06d}.png")
+        # the mouth crop (datasets.preprocess mouths=true): 96 x 96 grayscale, in _mouth/
+        (folder / MOUTH_DIR).mkdir(exist_ok=True)
+        mouth = np.clip(rng.normal(tone, 30, (96, 96)), 0, 255).astype(np.uint8)
+        Image.fromarray(mouth).save(folder / MOUTH_DIR / f"{f * 10:06d}.png")
         box = [10.0 + f, 10.0, 60.0 + f, 60.0]
         index.append(
             {"video": f"{rel}.mp4", "run": "r1", "status": "ok", "frame": f * 10, "face": 0,
-             "crop": f"{rel}/{f * 10:06d}.png", "box": box}
+             "crop": f"{rel}/{f * 10:06d}.png", "box": box, "window": 0, "window_stride": 10,
+             "mouth": f"{rel}/{MOUTH_DIR}/{f * 10:06d}.png"}
         )  # fmt: skip
 
 
@@ -77,6 +83,7 @@ def celeb_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_video(crops, "Celeb-real/id203_0001", 2, 0, rng, index)  # shorter than one clip
     tests.append("1 Celeb-real/id203_0001.mp4")
     (crops / "Celeb-synthesis/id200_id1_0001/000000.png").unlink()  # a crop lost from the cache
+    (crops / f"Celeb-synthesis/id201_id1_0001/{MOUTH_DIR}/000070.png").unlink()  # and a mouth
     (crops / "index.jsonl").write_text("".join(json.dumps(line) + "\n" for line in index))
     (root / "YouTube-real").mkdir()  # a folder without videos (the others: only cached)
     (root / "List_of_testing_videos.txt").write_text("\n".join(tests) + "\n")
@@ -159,14 +166,30 @@ def test_clip_detector_trains_and_evaluates(celeb_cache: Path, tmp_path: Path) -
     assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
     assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
 
+    # score.py with the checkpoint on a video: clips spaced as training saw them (the cache's
+    # windows are 10 video frames a step, clip_stride 2: 20 video frames between clip frames)
+    import torch
 
-def test_score_refuses_a_clip_detector_with_the_alternative() -> None:
-    from deepsift.core.errors import UserError
+    from deepsift.app.score_cli import main as score_main
+    from tests.test_score_clips import write_video
+
+    assert torch.load(run_dir / "best.pt", weights_only=True)["window_stride"] == 10
+    video = write_video(tmp_path / "v.avi", 60)
+    out = tmp_path / "scores.jsonl"
+    score_main([str(video), "--checkpoint", str(run_dir / "best.pt"), "--faces", "off",
+                "--clips", "2", "--out", str(out), "--workers", "0", "--quiet"])  # fmt: skip
+    *clips, record = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["clip"]["frames"] for c in clips] == [[0, 20, 40], [19, 39, 59]]
+    assert record["kind"] == "video" and record["score"] is not None
+
+
+def test_score_takes_a_clip_detector_on_tracked_faces() -> None:
     from deepsift.scoring.models import build_member
 
     overrides = {"backbone": "resnet10t", "size": 32, "clip_len": 2}
-    with pytest.raises(UserError, match=r"clip detector.*evaluate\.py"):
-        build_member(detector="clip_mean", overrides=overrides)
+    member = build_member(detector="clip_mean", overrides=overrides)
+    assert member.faces and member.face_crop is not None  # --faces auto: tracked face crops
+    assert build_member(detector="clip_mean", overrides=overrides, faces="off").faces is False
 
 
 def _hydra(value: object) -> str:
@@ -220,13 +243,24 @@ def test_every_clip_detector_trains_through_the_pipeline(
         f"hydra.run.dir={tmp_path}",
     ]
     result = run_script("train.py", args)
-    if load_detector(name, **overrides).needs_mouth:  # the cache holds no mouth crops yet
-        assert result.returncode != 0 and "Traceback" not in result.stderr
-        assert "needs mouth crops" in result.stderr, result.stderr[-2000:]
-        return
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
     assert report["unit"] == "clip" and report["video"]["n"] == 6
+    if load_detector(name, **overrides).needs_mouth:  # LipForensics read the mouth crops
+        # it read them: the clip whose mouth crop was deleted is the one more skipped
+        assert report["frame"]["n"] == 10
+        skipped = [s["error"] for s in report["skipped"]]
+        assert any(f"id201_id1_0001/{MOUTH_DIR}/000070.png" in e for e in skipped), skipped
+        eval_dir = tmp_path / "eval"
+        result = run_script(
+            "evaluate.py",
+            [f"checkpoint={tmp_path / 'best.pt'}", *data_args(celeb_cache), "logger=none",
+             "trainer=cpu", "trainer.num_workers=0", "metrics.plots=false",
+             "metrics.clips_per_video=2", f"hydra.run.dir={eval_dir}"],
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
+        assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
 
 
 def clip_span_of(config: dict) -> int:
@@ -235,7 +269,9 @@ def clip_span_of(config: dict) -> int:
     return clip_span(int(config.get("clip_len", 1)), int(config.get("clip_stride", 1)))
 
 
-def test_a_mouth_clip_detector_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_a_mouth_clip_detector_on_a_cache_without_mouths_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -246,7 +282,7 @@ def test_a_mouth_clip_detector_is_refused_in_one_line(tmp_path: Path) -> None:
     detector = SimpleNamespace(input_kind="clip", clip_len=2, clip_stride=1, needs_mouth=True)
     cfg = OmegaConf.create({"metrics": {"clips_per_video": 2}})
     ctx = SimpleNamespace(run_dir=tmp_path)
-    with pytest.raises(UserError, match="mouth crops"):
+    with pytest.raises(UserError, match=r"no mouth crops.*mouths=true"):
         detector_records(detector, [Record("a.png", 0, video="v")], cfg, ctx, "test")
 
 

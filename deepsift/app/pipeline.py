@@ -178,13 +178,11 @@ def detector_records(
     """
     if getattr(detector, "input_kind", "image") != "clip":
         return list(records), []
-    if getattr(detector, "needs_mouth", False):
-        raise UserError(
-            f"{name}: this clip detector needs mouth crops (needs_mouth), which the face-crop "
-            "cache does not hold yet; only full-face clip detectors train and evaluate here"
-        )
     per_video = cfg.metrics.get("clips_per_video", 4)
-    clips, skipped = clip_records(records, detector.clip_len, detector.clip_stride, per_video)
+    mouths = bool(getattr(detector, "needs_mouth", False))  # LipForensics: mouth crops too
+    clips, skipped = clip_records(
+        records, detector.clip_len, detector.clip_stride, per_video, mouths=mouths
+    )
     n_videos = len({r.video for r in clips})
     if dist.is_main():
         log.info(
@@ -198,7 +196,8 @@ def detector_records(
                 json.dumps([{"video": v, "reason": r} for v, r in skipped], indent=1)
             )
             log.warning(
-                "%s: %d videos skipped, too short for one clip (listed in %s); first: %s: %s",
+                "%s: %d videos skipped, too short for one clip or without mouth crops "
+                "(listed in %s); first: %s: %s",
                 name, len(skipped), listing.name, skipped[0][0], skipped[0][1],
             )  # fmt: skip
     if not clips:

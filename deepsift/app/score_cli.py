@@ -20,11 +20,19 @@ examples:
   score.py suspect/ --out results.jsonl --checkpoint best.pt --resume          # after a crash
   score.py --calibrate val_set/ --out calib.json --checkpoint best.pt          # fit the bands
   score.py suspect/ --out r.jsonl --checkpoint best.pt --calibration calib.json
+  score.py videos/ --out r.jsonl --checkpoint runs/train/ftcn/best.pt --clips 8   # clip detector
 
 Each input item gets one record, appended and flushed as soon as it is scored;
 a summary is printed at the end and written next to the output as
 <out stem>.summary.json. Bands without --calibration use default thresholds
 (0.2 / 0.5 / 0.9) and every record says calibrated: false.
+
+A clip detector (input_kind: clip) scores videos only: --clips windows of its
+clip_len frames clip_stride apart, evenly spaced; in each, every face is tracked by
+box overlap and each track that spans the window is one clip (kind: clip record),
+so no clip mixes two people; the video's score is the mean (--video-aggregation)
+over windows of the most suspect track. It scores alone (no --ensemble), on the
+local engine, without --stability.
 """
 
 
@@ -187,7 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--video-aggregation",
         choices=("mean", "median", "max"),
         default="mean",
-        help="video score from frame scores (default mean)",
+        help="video score from frame scores, or from clip scores for a clip detector (default mean)",
+    )
+    g.add_argument(
+        "--clips",
+        type=int,
+        default=4,
+        help="clip detectors: clips evenly spaced per video, of the detector's clip_len frames "
+        "clip_stride apart, each from one tracked face (default 4)",
     )
     g.add_argument(
         "--frame-records", action="store_true", help="also write one record per sampled video frame"
@@ -320,7 +335,14 @@ def run_options(args: argparse.Namespace, inputs: list[str], device: Any, amp: A
     from deepsift.scoring.prepare import PrepareOptions
     from deepsift.scoring.runner import RunOptions
 
-    for name in ("batch_size", "video_frames", "max_pixels", "max_file_bytes", "max_member_bytes"):
+    for name in (
+        "batch_size",
+        "video_frames",
+        "clips",
+        "max_pixels",
+        "max_file_bytes",
+        "max_member_bytes",
+    ):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     return RunOptions(
@@ -349,6 +371,7 @@ def run_options(args: argparse.Namespace, inputs: list[str], device: Any, amp: A
             pdq=not args.no_pdq,
             min_face=args.min_face,
             max_faces=args.max_faces,
+            clips=args.clips,
         ),
     )
 
@@ -396,6 +419,30 @@ def face_factory(ensemble: Any, name: str | None) -> Any:
     return Fixed(detector)
 
 
+def check_clip_options(ensemble: Any, args: argparse.Namespace) -> None:
+    """A clip detector takes --clips; the options that only make sense per frame are refused.
+    Prints one line per clip member: how its clips are sampled."""
+    clips = [m for m in ensemble.members if getattr(m.detector, "input_kind", "image") == "clip"]
+    if not clips:
+        return
+    for member in clips:
+        stride = int(member.detector.clip_stride)
+        print(
+            f"clips for {member.label}: {getattr(args, 'clips', 4)} per video, "
+            f"{member.detector.clip_len} frames {stride * member.frame_step} video frame(s) "
+            f"apart (clip_stride {stride} x the training cache's window stride "
+            f"{member.frame_step}), each from one tracked face"
+            + ("" if member.faces else " (--faces off: whole frames)"),
+            file=sys.stderr,
+            flush=True,
+        )
+    if getattr(args, "stability", False):
+        raise UserError(
+            "--stability re-scores laundered copies of images and frames; clip detectors have "
+            "none yet: drop --stability"
+        )
+
+
 def extras_status(args: argparse.Namespace) -> dict[str, str]:
     from deepsift.scoring.extras import load_optional
 
@@ -427,6 +474,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         return score_on_ray(args, inputs)
     device, amp = resolve(args)
     ensemble = ensemble_from_args(args, device)
+    check_clip_options(ensemble, args)
     bands = (
         load_calibration(args.calibration, ensemble.identity())
         if args.calibration
@@ -464,6 +512,29 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _named_clip_detector(args: argparse.Namespace) -> str | None:
+    """The first clip detector that --detector or --ensemble names by config name (no model
+    is built: the class is read from the config); None when there is none or only checkpoints."""
+    import importlib
+
+    from detectors.factory import detector_config, list_detectors
+
+    names = [args.detector] if args.detector else []
+    if args.ensemble and not args.ensemble.lower().endswith((".yaml", ".yml")):
+        names += [entry.strip().partition(":")[0] for entry in args.ensemble.split(",")]
+    for name in names:
+        if name not in list_detectors():
+            continue
+        module, _, cls = str(detector_config(name)["_target_"]).rpartition(".")
+        try:
+            kind = getattr(getattr(importlib.import_module(module), cls), "input_kind", "image")
+        except (ImportError, AttributeError):
+            continue
+        if kind == "clip":
+            return name
+    return None
+
+
 def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     """``--engine ray``: every engine check first (nothing is written on a bad setting),
     then :func:`deepsift.scoring.ray_engine.score_ray` into --out."""
@@ -484,6 +555,12 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             f"--engine ray --resume continues from {shard_dir}, which does not exist "
             "(the run finished, or never started); pass --overwrite to score again"
         )
+    named = _named_clip_detector(args)
+    if named:
+        raise UserError(
+            f"--engine ray does not score clips ({named} is a clip detector) yet; "
+            "use --engine local"
+        )
     start_ray(args.ray_address, args.gpus_per_worker, args.model_workers)
     load = functools.partial(
         load_ensemble,
@@ -497,6 +574,10 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         face_overrides=face_overrides(args),
     )
     ensemble = load()  # a bad detector or weights file fails here, in one line
+    if any(getattr(m.detector, "input_kind", "image") == "clip" for m in ensemble.members):
+        raise UserError(
+            "--engine ray does not score clips (clip detectors) yet; use --engine local"
+        )
     if any(m.faces for m in ensemble.members):
         raise UserError("--engine ray does not score face crops yet; use --engine local")
     bands = (
@@ -573,6 +654,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         labelled_paths,
         write_calibration,
     )
+    from deepsift.scoring.output import PART_KINDS
     from deepsift.scoring.runner import MemorySink, Scorer
 
     device, amp = resolve(args)
@@ -584,8 +666,8 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     options = run_options(args, [path for path, _ in pairs], device, amp)
     sink = MemorySink()
     Scorer(ensemble, DEFAULT_BANDS, options, sink, face_factory(ensemble, args.face_detector)).run()
-    scored = [r for r in sink.records if r["kind"] != "frame" and r["score"] is not None]
-    unscored = [r for r in sink.records if r["kind"] != "frame" and r["score"] is None]
+    scored = [r for r in sink.records if r["kind"] not in PART_KINDS and r["score"] is not None]
+    unscored = [r for r in sink.records if r["kind"] not in PART_KINDS and r["score"] is None]
     fit = fit_thresholds(
         np.array([labels[r["path"]] for r in scored]),
         np.array([r["score"] for r in scored]),

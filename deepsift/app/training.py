@@ -66,6 +66,17 @@ def data_face_crop(data: Any, split: str = "train") -> dict[str, Any] | None:
     return reader(split) if callable(reader) else None
 
 
+def window_stride(records: Any) -> int | None:
+    """The video-frame step of the crop cache's windows (``datasets.preprocess stride=``,
+    each crop's ``window_stride``), the most common over ``records``; None without windows."""
+    counts: dict[int, int] = {}
+    for record in records:
+        step = getattr(record, "extra", {}).get("window_stride")
+        if step:
+            counts[int(step)] = counts.get(int(step), 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
 def _checkpoint(
     detector: Any,
     name: str | None,
@@ -73,6 +84,7 @@ def _checkpoint(
     epoch: int,
     val: dict[str, Any],
     face_crop: dict[str, Any] | None = None,
+    stride: int | None = None,
 ) -> dict[str, Any]:
     return {
         "detector": {"name": name, "config": detector.config},
@@ -80,6 +92,8 @@ def _checkpoint(
         "preprocessing": detector.preprocessing.to_dict(),
         # how the training faces were cut: score.py cuts faces the same way
         "face_crop": face_crop,
+        # video frames between cached neighbours of a clip: score.py spaces clips alike
+        "window_stride": stride,
         "git": git_hash(),
         "epoch": epoch,
         "seed": int(cfg.seed),
@@ -97,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_records = split_records(data, "train")
     val_records = split_records(data, "val")
     face_crop = data_face_crop(data)
+    stride = window_stride(train_records)
     if face_crop is not None and dist.is_main():
         log.info("training face crops (recorded in the checkpoint): %s", face_crop)
     extra_sets = eval_data_sets(cfg)
@@ -230,7 +245,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 },
                 step=epoch + 1,
             )
-            payload = _checkpoint(detector, name, cfg, epoch + 1, val_metrics["frame"], face_crop)
+            payload = _checkpoint(
+                detector, name, cfg, epoch + 1, val_metrics["frame"], face_crop, stride
+            )
             if improved:
                 save_checkpoint(ctx.run_dir / "best.pt", payload)
             save_checkpoint(

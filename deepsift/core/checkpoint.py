@@ -12,6 +12,10 @@ nothing in it is unpickled as code. It carries
   "detector": {"name": "dlib_hog", "upsample": 0, "max_side": 960}}``
   (``datasets.faces.CropSettings``); ``score.py`` cuts faces with the same settings.
   ``None`` otherwise (``score.py`` then uses the detector config's ``face_crop``);
+* ``window_stride``: for a cache built with windows (``datasets.preprocess clip_len=...
+  stride=N``), the N video frames between cached neighbours, so that ``score.py`` takes a
+  clip detector's frames ``clip_stride x N`` video frames apart as training did; ``None``
+  otherwise;
 * ``git``: the code version that wrote it; ``epoch``, ``seed``, ``metrics``;
 * ``last`` checkpoints add ``optimizer``, ``scheduler``, ``scaler`` and
   ``trainer_state`` so an interrupted run resumes exactly (the engine reseeds

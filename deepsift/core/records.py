@@ -23,6 +23,9 @@ REAL, FAKE = 0, 1
 #: ``Record.extra`` key of a clip record (:mod:`datasets.clips`): the paths of its T face
 #: crops, which :class:`RecordDataset` reads into ``sample["frames"]``
 CLIP_FRAMES = "clip_frames"
+#: ... and of the T mouth crops of those frames (lip-motion detectors), read into
+#: ``sample["mouth_frames"]``
+CLIP_MOUTHS = "clip_mouths"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class RecordDataset(Dataset):
         try:
             if CLIP_FRAMES in record.extra:
                 sample = {"frames": self._clip(record), "label": record.label, "record": record}
+                if CLIP_MOUTHS in record.extra:
+                    sample["mouth_frames"] = self._clip(record, CLIP_MOUTHS)
             else:
                 sample = {"image": self._image(record.path, record), "label": record.label}
                 sample["record"] = record
@@ -102,10 +107,11 @@ class RecordDataset(Dataset):
         image = reencode(load_rgb(path), record.extra.get("reencode"))
         return self.perturb(image, path) if self.perturb is not None else image
 
-    def _clip(self, record: Record) -> list[Image.Image]:
-        """The T crops of a clip record; a missing or unreadable one skips the whole clip."""
+    def _clip(self, record: Record, key: str = CLIP_FRAMES) -> list[Image.Image]:
+        """The T crops of a clip record (face crops, or mouth crops with ``CLIP_MOUTHS``); a
+        missing or unreadable one skips the whole clip."""
         frames = []
-        for path in record.extra[CLIP_FRAMES]:
+        for path in record.extra[key]:
             try:
                 frames.append(self._image(path, record))
             except (OSError, UnidentifiedImageError) as exc:

@@ -11,6 +11,10 @@ A video's (or animation's) score aggregates its frames' scores (``mean`` by
 default, ``--video-aggregation median|max``), per member and combined. The band
 comes from the combined score; ``unstable`` compares the bands of the original
 and the laundered copies.
+
+A video scored by a clip detector (:func:`.prepare._prepare_clips`) gives one
+``kind: clip`` record per clip (a face track through one window), then the video's
+record: a window scores the maximum over its tracks, the video aggregates its windows.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class _Scores:
 
 
 def _not_applicable(prepared: Prepared) -> str:
+    if prepared.reason:
+        return prepared.reason
     reasons = {g.face_reason for g in prepared.groups if g.face_reason}
     if len(prepared.groups) <= 1:
         return next(iter(reasons), "nothing to score")
@@ -112,6 +118,10 @@ def assemble(
     record["calibrated"] = bands.calibrated
     if record.get("error"):
         return [record]
+    if prepared.record.get("kind") == "video" and (
+        prepared.reason or any(g.clip is not None for g in prepared.groups)
+    ):
+        return _assemble_clips(prepared, probs, ensemble, bands, aggregation, record)
     scores = _Scores(prepared, probs, ensemble)
     variants = [stability.ORIGINAL, *(stability.VARIANTS if with_stability else ())]
     n_groups = len(prepared.groups)
@@ -187,5 +197,85 @@ def assemble(
                     frame_band, {v: bands.band(s) for v, s in laundered.items()}
                 )
             out.append(frame)
+    out.append(record)
+    return out
+
+
+def _assemble_clips(
+    prepared: Prepared,
+    probs: dict[str, np.ndarray],
+    ensemble: Ensemble,
+    bands: Bands,
+    aggregation: str,
+    record: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A video scored by a clip detector: one ``kind: clip`` record per clip, then the
+    video's record. A window (one clip span) scores the maximum over its face tracks (as
+    an image scores its most suspect face); the video aggregates its windows
+    (``--video-aggregation``), per member and combined."""
+    index = {(u.group, u.face, u.variant, u.crop): i for i, u in enumerate(prepared.units)}
+    labels = [m.label for m in ensemble.members]
+    per_clip = []
+    for g in range(len(prepared.groups)):
+        unit = index.get((g, None, stability.ORIGINAL, 0))
+        member_scores = {label: _value(probs[label], unit) for label in labels}
+        per_clip.append((member_scores, ensemble.combine_scores(member_scores)))
+    windows: dict[int, list[int]] = {}
+    for g, group in enumerate(prepared.groups):
+        windows.setdefault(int(group.clip["window"]), []).append(g)  # type: ignore[index]
+
+    def window_max(values: list[float | None]) -> float | None:
+        kept = [v for v in values if v is not None]
+        return max(kept) if kept else None
+
+    maxima = [window_max([per_clip[g][1] for g in gs]) for gs in windows.values()]
+    overall = aggregate([v for v in maxima if v is not None], aggregation)
+    member_overall = {
+        label: aggregate(
+            [
+                v
+                for v in (
+                    window_max([per_clip[g][0][label] for g in gs]) for gs in windows.values()
+                )
+                if v is not None
+            ],
+            aggregation,
+        )
+        for label in labels
+    }
+    record.update(
+        score=_round(overall),
+        scores={k: _round(v) for k, v in member_overall.items()},
+        band=bands.band(overall),
+        not_applicable=None if overall is not None else _not_applicable(prepared),
+        clips=[],
+    )
+    out = []
+    for g, group in enumerate(prepared.groups):
+        member_scores, combined = per_clip[g]
+        clip = {"clip": g, **(group.clip or {})}
+        record["clips"].append(
+            {k: clip[k] for k in ("clip", "window", "track", "frames")}
+            | {"score": _round(combined)}
+        )
+        out.append(
+            new_record(
+                path=record["path"],
+                member=record["member"],
+                member_index=record["member_index"],
+                frame=group.frame,
+                kind="clip",
+                sha256=record["sha256"],
+                format=record["format"],
+                width=group.width,
+                height=group.height,
+                score=_round(combined),
+                band=bands.band(combined),
+                calibrated=bands.calibrated,
+                scores={k: _round(v) for k, v in member_scores.items()},
+                not_applicable=None if combined is not None else "nothing to score",
+                clip=clip,
+            )
+        )
     out.append(record)
     return out

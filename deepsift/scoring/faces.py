@@ -175,7 +175,7 @@ def detector_options(members: Sequence[Any], name: str | None = None) -> dict[st
     The detector that found the training faces, with its options (the first face
     member's ``face_crop.detector``), unless ``name`` (``--face-detector``) names another
     one; ``face_detector``'s defaults when nothing says; landmarks only when some member
-    aligns. One detector serves every member, so when
+    aligns or reads mouth crops. One detector serves every member, so when
     members name different ones the first wins (with a warning).
     """
     face_members = [m for m in members if m.faces]
@@ -195,7 +195,9 @@ def detector_options(members: Sequence[Any], name: str | None = None) -> dict[st
         options = {"name": name}
     options.setdefault("name", "default")
     options["landmarks"] = any(
-        (getattr(m, "face_crop", None) or DEFAULT_CROP).align for m in face_members
+        (getattr(m, "face_crop", None) or DEFAULT_CROP).align
+        or getattr(getattr(m, "detector", None), "needs_mouth", False)  # mouth crops
+        for m in face_members
     )
     return options
 

@@ -65,6 +65,9 @@ class Member:
     weight: float = 1.0
     face_crop: CropSettings | None = None  # how its faces are cut (face members)
     face_crop_from: str | None = None  # where those settings came from, in words
+    #: clip detectors: video frames per cached frame of the training cache (its windows'
+    #: ``stride``, from the checkpoint); a clip's frames are ``clip_stride x`` this apart
+    frame_step: int = 1
 
 
 @dataclass
@@ -131,6 +134,8 @@ def _face_mode(detector: Detector, faces: str) -> bool:
     if faces not in ("auto", "on", "off"):
         raise UserError(f"--faces {faces!r}: use auto, on or off")
     if faces == "auto":
+        if getattr(detector, "input_kind", "image") == "clip":
+            return True  # clip detectors read tracked face crops
         return str(detector.config.get("input", "image")).lower() == "face"
     return faces == "on"
 
@@ -209,13 +214,13 @@ def build_member(
         payload, where = None, f"configs/detector/{detector}.yaml"
     else:
         raise UserError("pass a detector: --checkpoint PATH, --detector NAME or --ensemble SPEC")
-    if getattr(model, "input_kind", "image") == "clip":
-        raise UserError(
-            f"{name} is a clip detector (input_kind: clip): score.py does not sample clips yet; "
-            "score it on a face-crop cache with python evaluate.py checkpoint=<best.pt> "
-            "data=<video benchmark> (per-clip and per-video metrics)"
-        )
     member = Member(label or name, model, _face_mode(model, faces), identity, float(weight))
+    if payload is not None and payload.get("window_stride"):
+        member.frame_step = int(payload["window_stride"])
+    if getattr(model, "needs_mouth", False) and not member.faces:
+        raise UserError(
+            f"{name} reads mouth crops, cut from the landmarks of tracked faces: drop --faces off"
+        )
     if member.faces:
         member.face_crop, member.face_crop_from = resolve_face_crop(
             model, payload, where, face_overrides
@@ -315,6 +320,12 @@ def load_ensemble(
             )
         ]
         combine = combine or "mean"
+    clips = [m.label for m in members if getattr(m.detector, "input_kind", "image") == "clip"]
+    if clips and len(members) > 1:
+        raise UserError(
+            f"{clips[0]} is a clip detector: it scores videos clip by clip, alone; score it "
+            "in its own run (no --ensemble)"
+        )
     if combine not in COMBINE:
         raise UserError(f"--combine {combine!r}: use one of {', '.join(COMBINE)}")
     seen: dict[str, int] = {}

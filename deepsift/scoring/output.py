@@ -19,10 +19,13 @@ written as ``\\udcXX`` escapes (JSON reads them back as the same name).
     the member's position in its archive (0-based; keeps two members with one
     name apart); null outside archives.
 ``frame``
-    the frame index of a per-frame record (``--frame-records``); null otherwise.
+    the frame index of a per-frame record (``--frame-records``), or the first frame of a
+    clip record; null otherwise.
 ``kind``
-    ``image``, ``animation`` (animated GIF/WebP/PNG), ``video``, or ``frame``
-    (one sampled frame of a video or animation, written before its item's record).
+    ``image``, ``animation`` (animated GIF/WebP/PNG), ``video``, ``frame``
+    (one sampled frame of a video or animation, written before its item's record), or
+    ``clip`` (one clip of a video scored by a clip detector, written before the video's
+    record).
 ``sha256``
     hex SHA-256 of the file's (or member's) bytes; null when they could not be read.
 ``bytes``
@@ -92,11 +95,23 @@ written as ``\\udcXX`` escapes (JSON reads them back as the same name).
     why the item could not be scored at all (empty file, not an image, truncated
     or corrupt, decompression bomb, permission denied, broken symlink, symlink
     loop, corrupt or oversized archive member, ...); null otherwise.
+``clip``
+    a ``kind: clip`` record's clip (clip detectors, ``--clips``): its ``clip`` number,
+    ``window`` (which of the evenly spaced windows), ``track`` (which face track in that
+    window), the video ``frames`` it holds, and per frame the face detector's ``boxes``
+    and the ``crops`` regions (null with ``--faces off``); null otherwise.
+``clips``
+    a video scored by a clip detector: one entry per clip (``clip``, ``window``,
+    ``track``, ``frames``, ``score``); null otherwise.
+
+The two clip fields came after the others and are the last columns; a JSONL
+output written before them is continued by ``--resume`` (they read back null); a CSV one
+is not (its header differs).
 
 Records are appended in whole lines and flushed after each batch, so a run
 killed at any moment (even with SIGKILL) leaves complete records plus, at
 worst, one torn last line. :class:`OutputFile` with ``resume=True`` drops that
-torn line (and the frame records of a video whose own record was not written)
+torn line (and the frame or clip records of a video whose own record was not written)
 and returns what is done, so the resumed run writes every item exactly once.
 """
 
@@ -141,11 +156,28 @@ FIELDS: tuple[str, ...] = (
     "pdq",
     "duplicate_of",
     "error",
+    "clip",
+    "clips",
 )
+#: fields added after the first release: a JSONL record without them (an older output,
+#: continued with ``--resume``) reads back with them null
+LATER_FIELDS: frozenset[str] = frozenset({"clip", "clips"})
+#: kinds of the records written before their item's own record (parts of a video)
+PART_KINDS: frozenset[str] = frozenset({"frame", "clip"})
 _INT = {"member_index", "frame", "bytes", "width", "height", "n_frames"}
 _FLOAT = {"score"}
 _BOOL = {"calibrated", "unstable"}
-_JSON = {"scores", "faces", "stability", "frames", "provenance", "pdq", "duplicate_of"}
+_JSON = {
+    "scores",
+    "faces",
+    "stability",
+    "frames",
+    "provenance",
+    "pdq",
+    "duplicate_of",
+    "clip",
+    "clips",
+}
 
 
 def new_record(**fields: Any) -> dict[str, Any]:
@@ -273,8 +305,8 @@ def iter_jsonl_records(
                 parsed = json.loads(line.decode("utf-8", "surrogateescape"))
             except ValueError:
                 parsed = None
-            if isinstance(parsed, dict) and set(FIELDS) <= set(parsed):
-                record = parsed
+            if isinstance(parsed, dict) and set(FIELDS) - LATER_FIELDS <= set(parsed):
+                record = {**dict.fromkeys(LATER_FIELDS), **parsed}
         yield offset, offset + len(line), record
 
 
@@ -498,7 +530,7 @@ class OutputFile:
                         )
                     break
                 self.state.done.add(record_key(record))
-                if record.get("kind") == "frame":
+                if record.get("kind") in PART_KINDS:
                     pending_frames += 1
                     continue
                 pending_frames = 0

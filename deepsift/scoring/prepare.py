@@ -3,6 +3,8 @@
 read the bytes -> sha256 -> image or video (by content) -> decode -> provenance and
 PDQ -> face crops (for face detectors) -> laundered copies (``--stability``) ->
 each ensemble member's own test-time transform -> tensors stacked per member.
+A clip detector's video is read as ``--clips`` windows of one clip span instead, its
+faces tracked through each window (:func:`_prepare_clips`).
 
 The result, :class:`Prepared`, holds a partial record plus small tensors only
 (never the decoded image), so the queues between workers and the model stay
@@ -22,6 +24,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from datasets.faces import CropSettings
+from datasets.mouths import mouth_crops
+from datasets.tracks import link_tracks
 from datasets.video import frame_indices
 from deepsift.scoring import stability
 from deepsift.scoring.decode import (
@@ -36,7 +40,7 @@ from deepsift.scoring.extras import load_optional, safe_pdq, safe_provenance
 from deepsift.scoring.faces import FaceDetectorLike, crop_slots, cut_faces, find_faces
 from deepsift.scoring.inputs import HEAD_BYTES, WorkItem, is_video_head
 from deepsift.scoring.output import new_record
-from deepsift.scoring.video import read_video
+from deepsift.scoring.video import read_clip_windows, read_video
 
 NOT_AN_IMAGE = "not an image (format not recognised)"
 
@@ -50,6 +54,10 @@ class MemberSpec:
     transform: Callable[[dict[str, Any]], dict[str, Any]]
     faces: bool = False
     face_crop: CropSettings | None = None
+    #: a clip detector's ``(clip_len, clip_stride)``; None for image detectors
+    clip: tuple[int, int] | None = None
+    #: a lip-motion clip detector (``needs_mouth``): mouth crops too, from the landmarks
+    mouth: bool = False
 
 
 @dataclass
@@ -63,6 +71,7 @@ class PrepareOptions:
     pdq: bool = True
     min_face: int = 64
     max_faces: int = 8
+    clips: int = 4  # clips per video for a clip detector (``--clips``)
 
 
 @dataclass
@@ -86,6 +95,8 @@ class Group:
     height: int
     faces: list[dict[str, Any]] | None = None  # box, crop(s), confidence of each scored face
     face_reason: str | None = None
+    #: a clip (clip detectors): ``window``, ``track``, ``frames``, ``boxes``, ``crops``
+    clip: dict[str, Any] | None = None
 
 
 @dataclass
@@ -105,6 +116,7 @@ class Prepared:
     units: list[Unit] = field(default_factory=list)
     stacks: list[Stack] = field(default_factory=list)
     not_image: bool = False
+    reason: str | None = None  # why nothing was scored although the file was read
 
 
 class PrepareContext:
@@ -120,6 +132,10 @@ class PrepareContext:
         self.options = options
         self.face_factory = face_factory
         self.crops, self.crop_of = crop_slots(members)
+        clips = [m for m in members if m.clip is not None]
+        if clips and len(members) > 1:
+            raise ValueError("a clip detector is scored alone (no ensemble)")
+        self.clip_member: MemberSpec | None = clips[0] if clips else None
         self._face_detector: FaceDetectorLike | None = None
         self._provenance: Callable | None = None
         self._pdq: Callable | None = None
@@ -210,7 +226,10 @@ def prepare(item: WorkItem, ctx: PrepareContext) -> Prepared:
         return out
     try:
         if item.data is None and is_video_head(file_head(item.path)):
-            _prepare_video(item.path, ctx, out)
+            if ctx.clip_member is not None:
+                _prepare_clips(item.path, ctx, out)
+            else:
+                _prepare_video(item.path, ctx, out)
         else:
             raw = (
                 item.data
@@ -273,6 +292,9 @@ def _add_pictures(
 ) -> None:
     """Units (whole images, face crops, laundered copies) and their transformed tensors."""
     options = ctx.options
+    if ctx.clip_member is not None:
+        out.reason = f"{ctx.clip_member.label} is a clip detector: it scores videos only"
+        return
     variants = [stability.ORIGINAL, *(stability.VARIANTS if options.stability else ())]
     per_member: dict[str, list[tuple[int, dict[str, Any]]]] = {m.label: [] for m in ctx.members}
     whole = [m for m in ctx.members if not m.faces]
@@ -309,6 +331,124 @@ def _add_pictures(
                         ) from None
                     per_member[member.label].append((unit_index, sample))
     out.stacks = [stack for label, rows in per_member.items() for stack in _stack(label, rows)]
+
+
+def _prepare_clips(path: str, ctx: PrepareContext, out: Prepared) -> None:
+    """A video for a clip detector: ``--clips`` windows of one clip span, evenly spaced
+    (:func:`datasets.video.window_indices`, as ``datasets.preprocess`` cuts its windows);
+    in each window the faces of every frame are linked into tracks by box overlap
+    (:func:`datasets.tracks.link_tracks`) and each track that spans the whole window is
+    one clip (so a clip never mixes two people); whole frames with ``--faces off``."""
+    member = ctx.clip_member
+    assert member is not None and member.clip is not None
+    clip_len, clip_stride = member.clip
+    record = out.record
+    record["kind"] = "video"
+    record["sha256"], record["bytes"] = hash_file(path)
+    video = read_clip_windows(
+        path, clip_len, clip_stride, ctx.options.clips, ctx.options.max_pixels
+    )
+    record.update(
+        format=video.codec or "video",
+        width=video.width,
+        height=video.height,
+        n_frames=video.frame_count,
+    )
+    if not video.windows:
+        span = (clip_len - 1) * clip_stride + 1
+        out.reason = (
+            f"video too short for one clip: {video.frame_count} frames, one clip of "
+            f"{member.label} (clip_len={clip_len} x clip_stride={clip_stride}) needs {span}; "
+            "lower them (--set clip_len=... clip_stride=...) to score it"
+        )
+        return
+    reasons: list[str] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for w, window in enumerate(video.windows):
+        clips, reason = _window_clips(window, ctx, member)
+        if reason:
+            reasons.append(reason)
+        for k, (frames, info) in enumerate(clips):
+            more = info.pop("_more")  # mouth crops: model input, not record fields
+            group = Group(window[0][0], video.width, video.height)
+            group.clip = {"window": w, "track": k, "frames": [i for i, _ in window], **info}
+            out.groups.append(group)
+            unit_index = len(out.units)
+            out.units.append(Unit(len(out.groups) - 1, None, stability.ORIGINAL))
+            try:
+                sample = member.transform({"frames": frames, "record": None, **more})
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise ItemError(
+                    f"{member.label} preprocessing failed ({str(exc).strip()[:120]})"
+                ) from None
+            rows.append((unit_index, sample))
+    if not out.groups:
+        unique = sorted(set(reasons))
+        out.reason = (
+            f"{unique[0]} in every clip window"
+            if len(unique) == 1
+            else "no face track spans a clip"
+        )
+    out.stacks = _stack(member.label, rows)
+
+
+def _window_clips(
+    window: list[tuple[int, Image.Image]], ctx: PrepareContext, member: MemberSpec
+) -> tuple[list[tuple[list[Image.Image], dict[str, Any]]], str | None]:
+    """The clips of one window: ``(frames, info)`` per face track spanning it, and why none."""
+    if not member.faces:
+        return [([image for _, image in window], {"boxes": None, "crops": None, "_more": {}})], None
+    options = ctx.options
+    found = [
+        find_faces(image, ctx.face_detector(), options.min_face, options.max_faces)
+        for _, image in window
+    ]
+    if all(not faces for faces, _ in found):
+        return [], next((r for _, r in found if r), "no face found")
+    tracks = link_tracks([[face.box for face in faces] for faces, _ in found])
+    settings = ctx.crops[ctx.crop_of[member.label]]
+    clips = []
+    no_landmarks = False
+    for track in tracks:
+        if len(track) < len(window):
+            continue
+        cut = [cut_faces(window[f][1], [found[f][0][b]], settings)[0] for f, b in track]
+        info: dict[str, Any] = {
+            "boxes": [[round(v, 1) for v in c.box] for c in cut],
+            "crops": [list(c.crop_box) for c in cut],
+            "_more": {},
+        }
+        if member.mouth:
+            mouths = _mouths(window, found, track)
+            if mouths is None:
+                no_landmarks = True
+                continue
+            info["_more"]["mouth_frames"] = mouths
+        clips.append(([c.image for c in cut], info))
+    if not clips and no_landmarks:
+        return [], "no mouth crop (faces without 68 landmarks, or a mouth that cannot be cut)"
+    if not clips:
+        return (
+            [],
+            "no face track spans a whole clip (a frame without a usable face, or faces crossing)",
+        )
+    return clips, None
+
+
+def _mouths(
+    window: list[tuple[int, Image.Image]], found: list[tuple[list[Any], Any]], track: list
+) -> list[Image.Image] | None:
+    """The grayscale mouth crops of one face track through a window (:mod:`datasets.mouths`,
+    LipForensics' recipe, landmarks smoothed over the clip's frames); None when a face has no
+    68 landmarks."""
+    points = [found[f][0][b].landmarks for f, b in track]
+    if any(p is None or np.asarray(p).shape != (68, 2) for p in points):
+        return None
+    frames = [np.asarray(window[f][1].convert("RGB")) for f, _ in track]
+    crops = mouth_crops(frames, [np.asarray(p, np.float32) for p in points])
+    if any(c is None for c in crops):
+        return None
+    return [Image.fromarray(c) for c in crops]  # type: ignore[arg-type]
 
 
 def _face_entry(index: int, cut: list[list[Any]], crop_of: dict[str, int]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from deepsift.core.errors import UserError
 from deepsift.scoring.calibration import Bands
 from deepsift.scoring.inputs import iter_items
 from deepsift.scoring.models import Ensemble
-from deepsift.scoring.output import encode_jsonl, iter_jsonl_records, record_key
+from deepsift.scoring.output import PART_KINDS, encode_jsonl, iter_jsonl_records, record_key
 from deepsift.scoring.runner import RunOptions
 
 #: items per shard file (one map_batches block)
@@ -238,7 +238,7 @@ def _committed(shard_dir: Path) -> tuple[list[str], set[bytes]]:
     for name in names:
         with open(shard_dir / name, "rb") as handle:
             for _, _, record in iter_jsonl_records(handle):
-                if record is not None and record["kind"] != "frame":
+                if record is not None and record["kind"] not in PART_KINDS:
                     done.add(record_key(record))
     return names, done
 
@@ -254,12 +254,12 @@ def _merged(shard_dir: Path, names: list[str]) -> Iterator[dict[str, Any]]:
                 if record is None:
                     continue
                 ident = (record["path"], record["member"], record["member_index"], record["kind"])
-                if record["kind"] != "frame":
+                if record["kind"] not in PART_KINDS:
                     if ident in seen:
                         continue
                     seen.add(ident)
                 sha = record.get("sha256")
-                if record["kind"] != "frame" and sha and not record.get("duplicate_of"):
+                if record["kind"] not in PART_KINDS and sha and not record.get("duplicate_of"):
                     original = originals.get(sha)
                     if original is None:
                         originals[sha] = record
@@ -345,7 +345,7 @@ def score_ray(
     items = 0
     for record in _merged(shard_dir, names):
         sink.write([record])
-        if record["kind"] != "frame":
+        if record["kind"] not in PART_KINDS:
             items += 1
             if on_record is not None:
                 on_record(record)

@@ -38,7 +38,7 @@ from deepsift.scoring.calibration import BANDS, Bands
 from deepsift.scoring.faces import FaceDetectorLike
 from deepsift.scoring.inputs import InputOptions, iter_items
 from deepsift.scoring.models import Ensemble
-from deepsift.scoring.output import ResumeState
+from deepsift.scoring.output import PART_KINDS, ResumeState
 from deepsift.scoring.pool import InlinePool, WorkerPool
 from deepsift.scoring.prepare import MemberSpec, PrepareContext, Prepared, PrepareOptions, prepare
 
@@ -79,7 +79,7 @@ class Stats:
         self.unstable = 0
 
     def add(self, record: dict[str, Any]) -> None:
-        if record.get("kind") == "frame":
+        if record.get("kind") in PART_KINDS:
             return
         self.items += 1
         self.kinds[record.get("kind") or "unknown"] += 1
@@ -152,6 +152,14 @@ class _ByteQueue:
             self.cond.notify_all()
 
 
+def _clip_spec(detector: Any, frame_step: int = 1) -> tuple[int, int] | None:
+    """A clip detector's ``(clip_len, video frames between its frames)``: its ``clip_stride``
+    times ``frame_step`` (the training cache's window stride); None for an image detector."""
+    if getattr(detector, "input_kind", "image") != "clip":
+        return None
+    return int(detector.clip_len), int(detector.clip_stride) * int(frame_step)
+
+
 class _Pending:
     """An item waiting for its scores."""
 
@@ -184,7 +192,14 @@ class Scorer:
         self.members = {m.label: m for m in ensemble.members}
         self.ctx = PrepareContext(
             [
-                MemberSpec(m.label, m.detector.eval_transform, m.faces, m.face_crop)
+                MemberSpec(
+                    m.label,
+                    m.detector.eval_transform,
+                    m.faces,
+                    m.face_crop,
+                    _clip_spec(m.detector, m.frame_step),
+                    bool(getattr(m.detector, "needs_mouth", False)),
+                )
                 for m in ensemble.members
             ],
             options.prepare_options,
@@ -358,7 +373,7 @@ class Scorer:
         offsets = self.sink.write(records)
         items = 0
         for record in records:
-            if record.get("kind") != "frame":
+            if record.get("kind") not in PART_KINDS:
                 items += 1
                 self.stats.add(record)
                 self.run_stats.add(record)

@@ -16,11 +16,12 @@ error record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from datasets.video import VideoError, sample_frames
+from datasets.video import VideoError, sample_frames, window_indices
 from deepsift.scoring.decode import ItemError
 
 
@@ -32,6 +33,8 @@ class VideoFrames:
     width: int = 0
     height: int = 0
     codec: str = ""
+    #: clip windows (:func:`read_clip_windows`): each a list of ``(index, frame)``
+    windows: list[list[tuple[int, Image.Image]]] = field(default_factory=list)
 
 
 def _cv2():
@@ -62,21 +65,46 @@ def _header(path: str) -> VideoFrames:
         capture.release()
 
 
-def read_video(path: str, k: int, max_pixels: int) -> VideoFrames:
-    """Sample ``k`` frames of the video at ``path``; ItemError when it cannot be read."""
+def _sample(path: str, max_pixels: int, k: int | None, pick: Any = None) -> tuple[VideoFrames, Any]:
     try:
         out = _header(path)
         if out.width * out.height > max_pixels:
             raise ItemError(
                 f"video frames of {out.width}x{out.height} pixels > --max-pixels {max_pixels}"
             )
-        sampled = sample_frames(path, k)
+        return out, sample_frames(path, k, pick)
     except ItemError:
         raise
     except VideoError as exc:
         raise ItemError(f"not a readable video ({exc})") from None
     except Exception as exc:  # OpenCV raises cv2.error and others on corrupt streams
         raise ItemError(f"corrupt video ({str(exc).strip()[:160] or type(exc).__name__})") from None
+
+
+def read_clip_windows(
+    path: str, clip_len: int, clip_stride: int, clips: int, max_pixels: int
+) -> VideoFrames:
+    """Up to ``clips`` windows of ``clip_len`` frames ``clip_stride`` apart, evenly spaced over
+    the video (:func:`datasets.video.window_indices`, the windows ``datasets.preprocess``
+    cuts for clip detectors), counted by decoding as :func:`read_video` does. A window with
+    a frame that does not decode is left out; none when the video is shorter than one."""
+
+    def pick(total: int) -> list[int]:
+        windows = window_indices(total, clip_len, clips, clip_stride)
+        return sorted({i for window in windows for i in window})
+
+    out, sampled = _sample(path, max_pixels, None, pick)
+    out.frame_count = sampled.total
+    got = dict(zip(sampled.indices, sampled.frames, strict=True))
+    for window in window_indices(sampled.total, clip_len, clips, clip_stride):
+        if all(i in got for i in window):
+            out.windows.append([(i, _image(got[i])) for i in window])
+    return out
+
+
+def read_video(path: str, k: int, max_pixels: int) -> VideoFrames:
+    """Sample ``k`` frames of the video at ``path``; ItemError when it cannot be read."""
+    out, sampled = _sample(path, max_pixels, k)
     out.frame_count = sampled.total
     out.frames = [(i, _image(f)) for i, f in zip(sampled.indices, sampled.frames, strict=True)]
     if not out.frames:
