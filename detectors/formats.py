@@ -438,6 +438,21 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("lipforensics_ff.pth",),
     ),
+    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer -----------
+    WeightFormat(
+        "DeepfakeBench TimeSformer",
+        ("timesformer",),
+        f"{_DFB}: training/detectors/timesformer_detector.py (TimeSformerDetector.state_dict(): "
+        "backbone = transformers' TimesformerModel, head = Linear(768, 2)), "
+        "config/detector/timesformer.yaml (commit 0356f95)",
+        "clips of 8 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.45, 0.225), (B, T, C, H, W)",
+        matches=_all(
+            _has("backbone.embeddings.time_embeddings", "backbone.embeddings.cls_token"),
+            _has("backbone.encoder.layer.0.temporal_attention.attention.qkv.weight"),
+            _shape("head.weight", 0, 2),
+        ),
+    ),
 )
 
 
