@@ -438,7 +438,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("lipforensics_ff.pth",),
     ),
-    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer -----------
+    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer, VideoMAE -
     WeightFormat(
         "DeepfakeBench TimeSformer",
         ("timesformer",),
@@ -450,6 +450,23 @@ FORMATS: tuple[WeightFormat, ...] = (
         matches=_all(
             _has("backbone.embeddings.time_embeddings", "backbone.embeddings.cls_token"),
             _has("backbone.encoder.layer.0.temporal_attention.attention.qkv.weight"),
+            _shape("head.weight", 0, 2),
+        ),
+    ),
+    WeightFormat(
+        "DeepfakeBench VideoMAE",
+        ("videomae",),
+        f"{_DFB}: training/detectors/videomae_detector.py (VideoMAEDetector.state_dict(): "
+        "backbone = transformers' VideoMAEModel of MCG-NJU/videomae-base, fc_norm, head = "
+        "Linear(768, 2)), config/detector/videomae.yaml",
+        "clips of 16 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, T, C, H, W)",
+        matches=_all(
+            _has("backbone.embeddings.patch_embeddings.projection.weight", "fc_norm.weight"),
+            _any(
+                _has("backbone.encoder.layer.0.attention.attention.q_bias"),
+                _has("backbone.encoder.layer.0.attention.attention.query.bias"),
+            ),
             _shape("head.weight", 0, 2),
         ),
     ),

@@ -68,4 +68,16 @@ TINY: dict[str, dict[str, Any]] = {
         },
         "preprocessing": {"size": 32, "resize_to": 32},
     },
+    # 2 layers of width 32, 4 frames of 32 x 32 in 2 x 8 x 8 tubelets (32 tokens)
+    "videomae": {
+        "clip_len": 4,
+        "backbone": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "patch_size": 8,
+        },
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
 }
