@@ -438,7 +438,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("lipforensics_ff.pth",),
     ),
-    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer, VideoMAE -
+    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer, VideoMAE, X-CLIP
     WeightFormat(
         "DeepfakeBench TimeSformer",
         ("timesformer",),
@@ -467,6 +467,23 @@ FORMATS: tuple[WeightFormat, ...] = (
                 _has("backbone.encoder.layer.0.attention.attention.q_bias"),
                 _has("backbone.encoder.layer.0.attention.attention.query.bias"),
             ),
+            _shape("head.weight", 0, 2),
+        ),
+    ),
+    WeightFormat(
+        "DeepfakeBench X-CLIP",
+        ("xclip",),
+        f"{_DFB}: training/detectors/xclip_detector.py (XCLIPDetector.state_dict(): backbone "
+        "= transformers' XCLIPVisionModel, fc_norm, head = Linear(768, 2)), "
+        "config/detector/xclip.yaml",
+        "clips of 32 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, T, C, H, W) flattened to frames",
+        matches=_all(
+            _any(
+                _has("backbone.vision_model.encoder.layers.0.message_fc.weight"),
+                _has("backbone.encoder.layers.0.message_fc.weight"),
+            ),
+            _has("fc_norm.weight"),
             _shape("head.weight", 0, 2),
         ),
     ),

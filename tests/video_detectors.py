@@ -80,4 +80,17 @@ TINY: dict[str, dict[str, Any]] = {
         },
         "preprocessing": {"size": 32, "resize_to": 32},
     },
+    # 2 layers of width 32, frames of 32 x 32 in 8 x 8 patches, message groups of 2 frames
+    "xclip": {
+        "clip_len": 4,
+        "backbone": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "patch_size": 8,
+            "num_frames": 2,
+        },
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
 }
