@@ -269,6 +269,27 @@ def tiny_detector_like(config: dict, weights: Path | None = None) -> TALL:
     )
 
 
-def test_full_size_keys_and_parameters_are_the_authors() -> None:
+def test_full_size_parameters_are_the_authors() -> None:
     full = AUTHORS["full"]
     assert full["parameters"] == 86_920_506 == DEEPFAKEBENCH_PARAMETERS + 1024 + 1
+    assert len(full["key_spec"]) == 356
+
+
+@pytest.mark.slow
+def test_matches_the_authors_code_at_full_size(tmp_path: Path) -> None:
+    """DeepfakeBench's 224 px TALL (Swin-B, windows 14/14/14/7, 18-block stage 3) on seeded
+    weights: the configuration of a released tall_best.pth (about 10 s on one core)."""
+    full = AUTHORS["full"]
+    config = full["config"]
+    spec = [[k, shape, dtype] for k, shape, dtype in full["key_spec"]]
+    path = tmp_path / "tall_best.pth"
+    torch.save(seeded_state_dict(spec, AUTHORS["seed"]), path)
+    det = tiny_detector_like({**config, "window_size": 14}, path).eval()
+    assert sum(p.numel() for p in det.parameters()) == full["parameters"] - (1024 + 1)
+    size = config["resolution"]
+    torch.manual_seed(0)
+    x = torch.randn(2, config["clip_size"], 3, size, size)
+    with torch.no_grad():
+        logits = det({"clip": x})["logits"].double()
+    cls = torch.tensor(full["cls"], dtype=torch.float64)
+    torch.testing.assert_close(logits, cls[:, 1] - cls[:, 0], atol=1e-4, rtol=0)

@@ -15,7 +15,8 @@ Two variants: ``tiny`` (frames of 56 x 56, a 2 x 2 thumbnail resized 112 -> 56, 
 embed 16, depths (2, 2) so a shifted-window block runs, heads (1, 2), window 7, ape) is
 what ``tests/test_tall.py`` recomputes; ``full`` (``tall.yaml``: 224 px, embed 128,
 depths (2, 2, 18, 2), heads (4, 8, 16, 32), windows (14, 14, 14, 7)) records the
-parameter count and the state-dict keys.
+parameter count, the state-dict keys and its outputs too (the same seed and input
+recipe), which ``tests/test_tall.py``'s slow test recomputes.
 Weights: ``seeded_state_dict`` (seed 31) of the detector's ``state_dict`` keys, the
 buffers (``relative_position_index``, ``attn_mask``) kept as the module builds them;
 saved as DeepfakeBench saves ``tall_best.pth`` (``model.`` + the keys). Input
@@ -99,11 +100,23 @@ def main() -> None:
         "buffers": sorted(buffers),
         "key_spec": spec,
     }
-    full = module.TALLDetector({**BASE, **FULL})  # on CPU: its drop-path rule calls .item()
+    full = module.TALLDetector({**BASE, **FULL}).eval()  # on CPU: drop-path calls .item()
+    own = full.state_dict()
+    buffers = {n for n, _ in full.named_buffers()}
+    state = seeded_state_dict(key_spec(own), seed=SEED)
+    full.load_state_dict(state | {k: v for k, v in own.items() if k in buffers}, strict=True)
+    size = FULL["resolution"]
+    torch.manual_seed(0)
+    x = torch.randn(2, BASE["clip_size"], 3, size, size)
+    with torch.no_grad():
+        pred = full({"image": x})
     out["full"] = {
         "config": {**BASE, **FULL},
         "parameters": sum(p.numel() for p in full.parameters()),
-        "keys": list(full.state_dict()),
+        "cls": pred["cls"].tolist(),
+        "prob": pred["prob"].tolist(),
+        "buffers": sorted(buffers),
+        "key_spec": key_spec(own),
     }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1) + "\n")
