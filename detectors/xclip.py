@@ -97,7 +97,8 @@ class XCLIP(Detector):
     ``backbone.vision_model.*`` or 5's ``backbone.*``; ``fc_norm``; ``head`` (2, 768);
     ``module.``-prefixed from DDP) or a deepsift state dict, strictly. The outputs match
     DeepfakeBench's ``XCLIPDetector`` run on seeded weights (``tests/official/make_xclip.py``,
-    ``tests/official/video/xclip_dfb.json``).
+    ``tests/official/video/xclip_dfb.json``; 1.0e-6 in logit at full size on a 32-frame clip,
+    four message groups, ``tests/official/full_size_video.py``).
 
     Args:
         clip_len: frames per clip (8; DeepfakeBench's ``clip_size`` 32); a multiple of the
