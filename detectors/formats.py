@@ -274,6 +274,17 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("tall",),
         "github.com/SCLBD/DeepfakeBench: training/detectors/tall_detector.py, config/detector/tall.yaml",
         "4 ImageNet-normalised 224 px face crops tiled 2 x 2, thumbnail resized 448 -> 224 (bilinear)",
+        overrides={
+            "frame_size": 224,
+            "thumbnail_size": 224,
+            "frame_pos_embed": True,
+            "model_kwargs": {
+                "embed_dim": 128,
+                "depths": [2, 2, 18, 2],
+                "num_heads": [4, 8, 16, 32],
+                "window_size": 14,
+            },
+        },
         matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
         released=("tall_best.pth",),
     ),

@@ -14,7 +14,7 @@ from PIL import Image
 
 from deepsift.core.errors import UserError
 from detectors import load_detector
-from detectors.formats import formats_for
+from detectors.formats import format_named, formats_for
 from detectors.tall import TALL, thumbnail
 from tests.official.weights import seeded_state_dict
 from tests.video_detectors import TINY
@@ -284,7 +284,8 @@ def test_matches_the_authors_code_at_full_size(tmp_path: Path) -> None:
     spec = [[k, shape, dtype] for k, shape, dtype in full["key_spec"]]
     path = tmp_path / "tall_best.pth"
     torch.save(seeded_state_dict(spec, AUTHORS["seed"]), path)
-    det = tiny_detector_like({**config, "window_size": 14}, path).eval()
+    det = load_detector("tall", weights=path, **format_named("DeepfakeBench TALL").overrides)
+    det.eval()
     assert sum(p.numel() for p in det.parameters()) == full["parameters"] - (1024 + 1)
     size = config["resolution"]
     torch.manual_seed(0)
