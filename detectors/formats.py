@@ -274,6 +274,17 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("tall",),
         "github.com/SCLBD/DeepfakeBench: training/detectors/tall_detector.py, config/detector/tall.yaml",
         "4 ImageNet-normalised 224 px face crops tiled 2 x 2, thumbnail resized 448 -> 224 (bilinear)",
+        overrides={
+            "frame_size": 224,
+            "thumbnail_size": 224,
+            "frame_pos_embed": True,
+            "model_kwargs": {
+                "embed_dim": 128,
+                "depths": [2, 2, 18, 2],
+                "num_heads": [4, 8, 16, 32],
+                "window_size": 14,
+            },
+        },
         matches=_has("model.frame_pos_embed", "model.patch_embed.proj.weight", "model.head.weight"),
         released=("tall_best.pth",),
     ),
@@ -463,6 +474,55 @@ FORMATS: tuple[WeightFormat, ...] = (
             "model.binary_classifier.2.weight",
         ),
         released=("lsda_best.pth",),
+    ),
+    # -- video detectors, transformers (issue #15, branch video-tx): TimeSformer, VideoMAE, X-CLIP
+    WeightFormat(
+        "DeepfakeBench TimeSformer",
+        ("timesformer",),
+        f"{_DFB}: training/detectors/timesformer_detector.py (TimeSformerDetector.state_dict(): "
+        "backbone = transformers' TimesformerModel, head = Linear(768, 2)), "
+        "config/detector/timesformer.yaml (commit 0356f95)",
+        "clips of 8 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.45, 0.225), (B, T, C, H, W)",
+        matches=_all(
+            _has("backbone.embeddings.time_embeddings", "backbone.embeddings.cls_token"),
+            _has("backbone.encoder.layer.0.temporal_attention.attention.qkv.weight"),
+            _shape("head.weight", 0, 2),
+        ),
+    ),
+    WeightFormat(
+        "DeepfakeBench VideoMAE",
+        ("videomae",),
+        f"{_DFB}: training/detectors/videomae_detector.py (VideoMAEDetector.state_dict(): "
+        "backbone = transformers' VideoMAEModel of MCG-NJU/videomae-base, fc_norm, head = "
+        "Linear(768, 2)), config/detector/videomae.yaml",
+        "clips of 16 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, T, C, H, W)",
+        matches=_all(
+            _has("backbone.embeddings.patch_embeddings.projection.weight", "fc_norm.weight"),
+            _any(
+                _has("backbone.encoder.layer.0.attention.attention.q_bias"),
+                _has("backbone.encoder.layer.0.attention.attention.query.bias"),
+            ),
+            _shape("head.weight", 0, 2),
+        ),
+    ),
+    WeightFormat(
+        "DeepfakeBench X-CLIP",
+        ("xclip",),
+        f"{_DFB}: training/detectors/xclip_detector.py (XCLIPDetector.state_dict(): backbone "
+        "= transformers' XCLIPVisionModel, fc_norm, head = Linear(768, 2)), "
+        "config/detector/xclip.yaml",
+        "clips of 32 consecutive face frames, cv2.resize 224 x 224 (INTER_CUBIC), "
+        "Normalize(0.5, 0.5), (B, T, C, H, W) flattened to frames",
+        matches=_all(
+            _any(
+                _has("backbone.vision_model.encoder.layers.0.message_fc.weight"),
+                _has("backbone.encoder.layers.0.message_fc.weight"),
+            ),
+            _has("fc_norm.weight"),
+            _shape("head.weight", 0, 2),
+        ),
     ),
 )
 

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
+from detectors.layers.clips import (
+    channels_first_clip,
+    cv2_normalised_clip,
+    deepfakebench_clip_augment,
+)
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -122,18 +125,7 @@ class I3D(Detector):
         self.resnet = I3DResNet(blocks, width_per_group, num_classes=1, dropout=dropout)
         if pretrained_file:
             self.load_pretrained(pretrained_file)
-        self._augment = v2.Compose(
-            [
-                v2.RandomHorizontalFlip(0.5),
-                v2.RandomApply([v2.RandomRotation(10)], p=0.5),
-                v2.RandomApply(
-                    [v2.RandomChoice([v2.GaussianBlur(k, _cv2_sigma(k)) for k in (3, 5, 7)])],
-                    p=0.5,
-                ),
-                v2.RandomApply([v2.ColorJitter(brightness=0.1, contrast=0.1)], p=0.5),
-                v2.RandomApply([v2.JPEG((40, 100))], p=0.5),
-            ]
-        )
+        self._augment = deepfakebench_clip_augment()
 
     # -- data ------------------------------------------------------------------
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
@@ -201,8 +193,3 @@ class I3D(Detector):
             )
         load_state_dict_strict(self, state, source)
         log.info("I3D: loaded %s", path)
-
-
-def _cv2_sigma(kernel: int) -> float:
-    """OpenCV's sigma for ``GaussianBlur(ksize, sigmaX=0)`` (albumentations' default)."""
-    return 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from PIL import Image
 
 from deepsift.core.errors import UserError
 from detectors import load_detector
-from detectors.formats import formats_for
+from detectors.formats import format_named, formats_for
 from detectors.tall import TALL, thumbnail
+from tests.official.weights import seeded_state_dict
 from tests.video_detectors import TINY
 
 # Swin-B (patch 4, window 7, 224 px): 87,768,224 parameters with timm's 1000-class head
@@ -60,8 +63,36 @@ def test_forward_is_backbone_on_the_thumbnail() -> None:
     torch.testing.assert_close(logits, expected)
 
 
+def test_eval_transform_is_deepfakebench_cv2_resize_and_imagenet_normalise() -> None:
+    det = tiny()
+    clip = det.transform({"frames": frames(4, 7)})["clip"]
+    cv2 = pytest.importorskip("cv2")
+    # abstract_dataset.py load_rgb: cv2.resize (INTER_CUBIC); ToTensor; Normalize(ImageNet)
+    last = cv2.resize(np.asarray(frames(4, 7)[-1]), (28, 28), interpolation=cv2.INTER_CUBIC)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    want = (torch.from_numpy(last).permute(2, 0, 1).float() / 255 - mean) / std
+    torch.testing.assert_close(clip[-1], want)
+
+
+def test_train_transform_masks_one_square_in_all_frames() -> None:
+    det = tiny(hflip=0.0, crop_scale=[1.0, 1.0], frame_size=40, mask_size=16)
+    clip = frames(4, 3)
+    plain = det.transform({"frames": clip})["clip"]
+    torch.manual_seed(0)
+    for _ in range(5):
+        masked = det.transform({"frames": clip}, train=True)["clip"]
+        changed = (masked != plain).any(dim=1)  # (T, H, W)
+        assert changed.any()
+        for t in range(1, 4):  # one place for the clip
+            torch.testing.assert_close(changed[t], changed[0])
+        rows, cols = changed[0].nonzero().unbind(1)
+        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
+        assert (masked[:, :, rows, cols] == -1).all()
+
+
 def test_train_transform_applies_one_flip_to_all_frames() -> None:
-    det = tiny(hflip=1.0, crop_scale=[1.0, 1.0])
+    det = tiny(hflip=1.0, crop_scale=[1.0, 1.0], mask_size=0)
     same = frames(1, 0) * 4
     clip = det.transform({"frames": same}, train=True)["clip"]
     plain = det.transform({"frames": same})["clip"]
@@ -192,3 +223,74 @@ def test_deepfakebench_size_parameter_count_on_meta() -> None:
             },
         )
     assert sum(p.numel() for p in det.parameters()) == DEEPFAKEBENCH_PARAMETERS
+
+
+AUTHORS = json.loads((Path(__file__).parent / "official/video/tall_dfb.json").read_text())
+
+
+def test_matches_the_authors_code(tmp_path: Path) -> None:
+    """DeepfakeBench's TALLDetector (its own Swin copy) run by tests/official/make_tall.py."""
+    tiny = AUTHORS["tiny"]
+    config = tiny["config"]
+    spec = [[k, shape, dtype] for k, shape, dtype in tiny["key_spec"]]
+    # tall_best.pth holds the buffers too (relative_position_index, attn_mask): the file's
+    # own values are not needed (deepsift rebuilds them), so placeholders stand in here
+    state = seeded_state_dict(spec, AUTHORS["seed"])
+    path = tmp_path / "tall_best.pth"
+    torch.save(state, path)
+    size = config["resolution"]
+    det = tiny_detector_like(config, path).eval()
+    assert sum(p.numel() for p in det.parameters()) == tiny["parameters"] - (16 * 2 + 1)
+    torch.manual_seed(0)
+    x = torch.randn(2, config["clip_size"], 3, size, size)
+    with torch.no_grad():
+        logits = det({"clip": x})["logits"].double()
+    cls = torch.tensor(tiny["cls"], dtype=torch.float64)
+    torch.testing.assert_close(logits, cls[:, 1] - cls[:, 0], atol=1e-5, rtol=0)
+
+
+def tiny_detector_like(config: dict, weights: Path | None = None) -> TALL:
+    """deepsift's TALL with the architecture of a DeepfakeBench TALL config."""
+    size = config["resolution"]
+    return load_detector(
+        "tall",
+        weights=weights,
+        clip_len=config["clip_size"],
+        rows=config["thumbnail_rows"],
+        frame_size=size,
+        thumbnail_size=size,
+        frame_pos_embed=config["ape"],
+        model_kwargs={
+            "embed_dim": config["embed_dim"],
+            "depths": config["depths"],
+            "num_heads": config["num_heads"],
+            "window_size": config["window_size"],
+        },
+    )
+
+
+def test_full_size_parameters_are_the_authors() -> None:
+    full = AUTHORS["full"]
+    assert full["parameters"] == 86_920_506 == DEEPFAKEBENCH_PARAMETERS + 1024 + 1
+    assert len(full["key_spec"]) == 356
+
+
+@pytest.mark.slow
+def test_matches_the_authors_code_at_full_size(tmp_path: Path) -> None:
+    """DeepfakeBench's 224 px TALL (Swin-B, windows 14/14/14/7, 18-block stage 3) on seeded
+    weights: the configuration of a released tall_best.pth (about 10 s on one core)."""
+    full = AUTHORS["full"]
+    config = full["config"]
+    spec = [[k, shape, dtype] for k, shape, dtype in full["key_spec"]]
+    path = tmp_path / "tall_best.pth"
+    torch.save(seeded_state_dict(spec, AUTHORS["seed"]), path)
+    det = load_detector("tall", weights=path, **format_named("DeepfakeBench TALL").overrides)
+    det.eval()
+    assert sum(p.numel() for p in det.parameters()) == full["parameters"] - (1024 + 1)
+    size = config["resolution"]
+    torch.manual_seed(0)
+    x = torch.randn(2, config["clip_size"], 3, size, size)
+    with torch.no_grad():
+        logits = det({"clip": x})["logits"].double()
+    cls = torch.tensor(full["cls"], dtype=torch.float64)
+    torch.testing.assert_close(logits, cls[:, 1] - cls[:, 0], atol=1e-4, rtol=0)

@@ -54,4 +54,43 @@ TINY: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
     "stil": {"clip_len": 4, "size": 64, "layers": [1, 1, 1, 1], "width": 32, "stem_width": 8},
+    # 2 layers of width 32, 4 frames of 32 x 32 in 8 x 8 patches (64 space-time tokens)
+    "timesformer": {
+        "clip_len": 4,
+        "backbone": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_frames": 4,
+        },
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
+    # 2 layers of width 32, 4 frames of 32 x 32 in 2 x 8 x 8 tubelets (32 tokens)
+    "videomae": {
+        "clip_len": 4,
+        "backbone": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "patch_size": 8,
+        },
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
+    # 2 layers of width 32, frames of 32 x 32 in 8 x 8 patches, message groups of 2 frames
+    "xclip": {
+        "clip_len": 4,
+        "backbone": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "patch_size": 8,
+            "num_frames": 2,
+        },
+        "preprocessing": {"size": 32, "resize_to": 32},
+    },
 }

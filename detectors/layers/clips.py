@@ -16,6 +16,7 @@ functional ops (``resize``, ``crop``, ``center_crop``, ``horizontal_flip``,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -174,3 +175,30 @@ def channels_first_clip(clip: torch.Tensor, name: str = "this detector") -> torc
             f"{name} expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
         )
     return clip.permute(0, 2, 1, 3, 4)
+
+
+def deepfakebench_clip_augment() -> Any:
+    """DeepfakeBench's video training augmentation (``abstract_dataset.py`` ``init_data_aug_method``
+    with the ``data_aug`` block its video configs share), as torchvision v2 ops on a uint8
+    ``tv_tensors.Video`` so every random parameter is drawn once per clip.
+
+    Horizontal flip p 0.5; rotation +-10 degrees p 0.5 (black fill: albumentations reflects);
+    one Gaussian blur of kernel 3, 5 or 7 (OpenCV's sigma for the kernel) p 0.5;
+    brightness/contrast +-0.1 p 0.5 (``ColorJitter``: multiplicative brightness, without the
+    FancyPCA/HSV alternatives); JPEG quality 40-100 p 0.5.
+    """
+    from torchvision.transforms import v2
+
+    def sigma(kernel: int) -> float:  # cv2.GaussianBlur(ksize, sigmaX=0)
+        return 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+
+    blurs = [v2.GaussianBlur(k, sigma(k)) for k in (3, 5, 7)]
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomApply([v2.RandomRotation(10)], p=0.5),
+            v2.RandomApply([v2.RandomChoice(blurs)], p=0.5),
+            v2.RandomApply([v2.ColorJitter(brightness=0.1, contrast=0.1)], p=0.5),
+            v2.RandomApply([v2.JPEG((40, 100))], p=0.5),
+        ]
+    )
