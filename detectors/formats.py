@@ -438,6 +438,22 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("lipforensics_ff.pth",),
     ),
+    # -- AI-generated images, 2024-2025 (issue #16): D3, AIDE ---------------------------
+    WeightFormat(
+        "D3 (Yang et al.) attention head over CLIP ViT-L/14 original + patch-shuffled features",
+        ("d3",),
+        "github.com/BigAandSmallq/D3: models/clip_models.py "
+        "CLIPModelShuffleAttentionPenultimateLayer, models/transformer_attention.py "
+        "TransformerAttention, networks/base_model.py save_networks (attention_head.state_dict())",
+        "Resize((224, 224)) (PIL bilinear, aspect not kept), CLIP normalisation; the CLIP "
+        "encoder (OpenAI ViT-L-14.pt) as detector.backbone_file",
+        matches=_all(
+            _has("query.weight", "key.weight", "value.weight", "fc.weight"),
+            _shape("query.weight", 1, 1024),
+            _shape("fc.weight", 1, 2048),
+        ),
+        released=("classifier.pth",),
+    ),
 )
 
 
