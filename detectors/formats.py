@@ -454,6 +454,21 @@ FORMATS: tuple[WeightFormat, ...] = (
         ),
         released=("classifier.pth",),
     ),
+    WeightFormat(
+        "AIDE (Yan et al.) SRM ResNet-50 x 2 + OpenCLIP ConvNeXt-XXLarge, whole model",
+        ("aide",),
+        "github.com/shilinyan99/AIDE: models/AIDE.py AIDE_Model, utils.py save_model "
+        "({'model': state_dict, 'optimizer', 'epoch', 'scaler', 'args'})",
+        "ToTensor at the picture's size, DCT selection of 32 x 32 patches (stride 16, 6 "
+        "bands): lowest, highest, 2nd lowest, 2nd highest, and the picture, each "
+        "Resize([256, 256]) (bilinear), ImageNet normalisation",
+        matches=_all(
+            _shape("model_min.conv1.weight", 1, 30),
+            _shape("model_max.conv1.weight", 1, 30),
+            _has("hpf.hpf.weight", "fc.fc1.weight", "convnext_proj.0.weight"),
+        ),
+        released=("progan_train.pth", "sd14_train.pth"),
+    ),
 )
 
 
