@@ -420,6 +420,10 @@ class AIDE(Detector):
         optimizer: default AdamW(lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight_decay 0).
     """
 
+    #: views per picture in ``batch["image"]`` (B, 5, 3, 256, 256): x_minmin, x_maxmax,
+    #: x_minmin1, x_maxmax1, the picture
+    input_views = 5
+
     def __init__(
         self,
         convnext_name: str = "convnext_xxlarge",

@@ -467,7 +467,7 @@ FORMATS: tuple[WeightFormat, ...] = (
             _shape("model_max.conv1.weight", 1, 30),
             _has("hpf.hpf.weight", "fc.fc1.weight", "convnext_proj.0.weight"),
         ),
-        released=("progan_train.pth", "sd14_train.pth"),
+        released=("progan_train.pth",),  # the README's name; others on the Drive unlisted here
     ),
 )
 

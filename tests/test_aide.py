@@ -265,3 +265,22 @@ def test_only_the_resnets_and_fc_train_and_they_overfit_a_tiny_batch() -> None:
         + 0.1 * (-F.log_softmax(z, dim=1).mean(dim=1)).mean()
     )
     torch.testing.assert_close(smoothed.training_step(batch)["loss"], expected)
+
+
+def test_a_checkpoint_trained_from_the_official_file_rebuilds(tmp_path: Path) -> None:
+    """train.py's save path after official weights: the ConvNeXt comes back from that file."""
+    from omegaconf import OmegaConf
+
+    from deepsift.app.training import _checkpoint
+    from deepsift.core.checkpoint import save_checkpoint
+
+    path, _ = official_file(tmp_path, AIDE(random_init=True, **TINY))
+    det = load_detector("aide", weights=path, **TINY).eval()
+    cfg = OmegaConf.create({"seed": 0, "detector": det.config})
+    saved = tmp_path / "best.pt"
+    save_checkpoint(saved, _checkpoint(det, "aide", cfg, 1, {"frame": {"auc": 0.5}}))
+    loaded = load_detector(str(saved)).eval()
+    assert not any(k.startswith(TRUNK) for k in loaded.state_dict())  # the trunk stays out
+    x = torch.randn(1, 5, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded({"image": x})["logits"], det({"image": x})["logits"])
