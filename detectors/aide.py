@@ -14,7 +14,6 @@ ConvNeXt-XXLarge for semantics; an MLP on both gives two class logits.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import logging
@@ -29,13 +28,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from torchvision.transforms import functional as TF
 
-from deepsift.core.checkpoint import (
-    FORMAT,
-    load_state_dict_strict,
-    read_state_dict,
-    strip_prefixes,
-    torch_load_weights_only,
-)
+from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.layers.clip import CLIP_MEAN, CLIP_STD
@@ -325,33 +318,15 @@ def read_trunk_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_aide_file(path: str | Path, option: str = "weights file") -> dict[str, Any]:
-    """:func:`read_state_dict`, also for the official checkpoints, whose ``args`` entry is
-    an ``argparse.Namespace`` (allowed to ``torch.load(weights_only=True)``, nothing else)."""
+    """:func:`read_state_dict` (``torch.load(weights_only=True)``; the official checkpoints'
+    ``args`` Namespace is allowed there) with a message naming ``option``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
             f"{option} {path} does not exist; pass an AIDE checkpoint or, for "
             f"detector.backbone_file, open_clip's ConvNeXt-XXLarge open_clip_pytorch_model.bin"
         )
-    try:
-        return read_state_dict(path)
-    except UserError:
-        pass
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            payload = torch_load_weights_only(path)
-    except Exception as exc:
-        raise UserError(
-            f"{option} {path} cannot be read safely ({type(exc).__name__}); "
-            "it is corrupt or not a state dict"
-        ) from None
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        payload = payload["state_dict"]
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict):
-        raise UserError(f"{option} {path} does not hold a state dict")
-    return strip_prefixes(payload)
+    return read_state_dict(path)
 
 
 class AIDE(Detector):

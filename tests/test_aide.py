@@ -21,6 +21,7 @@ from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.aide import AIDE, TRUNK, build_trunk, select_windows, srm_filters
 from detectors.formats import formats_for
+from detectors.inspect import inspect_file
 from tests.detector_checks import overfit, parameters_without_gradient, random_images
 from tests.detector_checks import transformed_batch as engine_batch
 from tests.official.images import reference_images
@@ -192,6 +193,7 @@ def test_official_checkpoint_loads_strictly_and_matches_an_independent_forward(
 ) -> None:
     path, state = official_file(tmp_path, AIDE(random_init=True, **TINY))
     assert [f.detectors for f in formats_for(state)] == [("aide",)]
+    assert [f.detectors for f in inspect_file(path).formats] == [("aide",)]  # args and all
     det = load_detector("aide", weights=path, **TINY)  # no backbone_file: the file holds it
     assert det.config["backbone_file"] == str(path)  # a checkpoint trained from it rebuilds
     assert all(not p.requires_grad for p in det.backbone.parameters())
