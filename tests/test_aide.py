@@ -33,6 +33,7 @@ pytest.importorskip("open_clip")
 REFERENCE = json.loads((HERE / "aide" / "aide_reference.json").read_text())
 TINY_CONVNEXT = {"timm_model_name": "convnext_atto"}
 TINY = {"convnext_cfg": TINY_CONVNEXT, "resnet_layers": [1, 1, 1, 1]}
+SMALL = {**TINY, "resnet_width": 8}  # where no torchvision ResNet-50 is compared
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
@@ -90,7 +91,7 @@ def test_patch_selection_matches_the_reference_and_an_independent_dct(index: int
 
 
 def test_views_match_the_reference_pipeline() -> None:
-    det = AIDE(random_init=True, **TINY)
+    det = AIDE(random_init=True, **SMALL)
     positions = REFERENCE["sample_positions"]
     for array, expected in zip(reference_images(0), REFERENCE["selections"], strict=True):
         stack = det.transform({"image": Image.fromarray(array)})["image"]
@@ -208,16 +209,16 @@ def test_wrong_or_incomplete_files_are_one_clear_error(tmp_path: Path) -> None:
     d3 = tmp_path / "classifier.pth"
     torch.save({"query.weight": torch.zeros(1024, 1024), "fc.weight": torch.zeros(1, 2048)}, d3)
     with pytest.raises(UserError, match="not an AIDE checkpoint"):
-        load_detector("aide", weights=d3, random_init=True, **TINY)
-    path, state = official_file(tmp_path, AIDE(random_init=True, **TINY))
+        load_detector("aide", weights=d3, random_init=True, **SMALL)
+    path, state = official_file(tmp_path, AIDE(random_init=True, **SMALL))
     del state["model_max.layer2.0.bn1.bias"]
     torch.save({"model": state}, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"missing keys: model_max\.layer2\.0\.bn1\.bias"):
-        load_detector("aide", weights=tmp_path / "partial.pth", random_init=True, **TINY)
+        load_detector("aide", weights=tmp_path / "partial.pth", random_init=True, **SMALL)
     with pytest.raises(UserError, match="other shapes"):  # ResNets of another width
-        load_detector("aide", weights=path, random_init=True, resnet_width=32, **TINY)
+        load_detector("aide", weights=path, random_init=True, **{**SMALL, "resnet_width": 16})
     with pytest.raises(UserError, match="at least 32 pixels"):
-        AIDE(random_init=True, **TINY).transform({"image": random_images(1, (40, 20))[0]})
+        AIDE(random_init=True, **SMALL).transform({"image": random_images(1, (40, 20))[0]})
 
 
 def test_offline_without_convnext_weights_fails_fast_and_clearly(tmp_path: Path) -> None:
@@ -227,7 +228,7 @@ def test_offline_without_convnext_weights_fails_fast_and_clearly(tmp_path: Path)
         det.predict(random_images(1, 64), device="cpu")
     assert time.monotonic() - start < 20
     with pytest.raises(UserError, match="does not exist"):
-        AIDE(backbone_file=str(tmp_path / "missing.bin"), **TINY).load_backbone()
+        AIDE(backbone_file=str(tmp_path / "missing.bin"), **SMALL).load_backbone()
 
 
 def test_backbone_file_in_open_clip_layout(tmp_path: Path) -> None:
@@ -237,19 +238,13 @@ def test_backbone_file_in_open_clip_layout(tmp_path: Path) -> None:
     state["text_projection"] = torch.zeros(4, 4)
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(state, path)
-    det = AIDE(backbone_file=str(path), **TINY)
+    det = AIDE(backbone_file=str(path), **SMALL)
     for key, value in det.backbone.state_dict().items():
         assert torch.equal(value, trunk.state_dict()[key])
 
 
 def test_only_the_resnets_and_fc_train_and_they_overfit_a_tiny_batch() -> None:
-    det = AIDE(
-        random_init=True,
-        resnet_width=8,
-        label_smoothing=0.0,
-        preprocessing={"size": 64},
-        **TINY,
-    )
+    det = AIDE(random_init=True, label_smoothing=0.0, preprocessing={"size": 64}, **SMALL)
     batch = engine_batch(det, random_images(4, (96, 80), seed=3), [0, 1, 0, 1], train=True, seed=0)
     assert batch["image"].shape == (4, 5, 3, 64, 64)
     assert parameters_without_gradient(det, batch) == []
@@ -260,7 +255,7 @@ def test_only_the_resnets_and_fc_train_and_they_overfit_a_tiny_batch() -> None:
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-4
     assert overfit(det, batch, steps=80, lr=1e-3, target=0.05) < 0.05
     assert all(torch.equal(a, b) for a, b in zip(before, det.backbone.parameters(), strict=True))
-    smoothed = AIDE(random_init=True, resnet_width=8, preprocessing={"size": 64}, **TINY)
+    smoothed = AIDE(random_init=True, preprocessing={"size": 64}, **SMALL)
     z = smoothed(batch)["class_logits"]
     expected = (
         0.9 * F.cross_entropy(z, batch["label"].long())
@@ -276,8 +271,8 @@ def test_a_checkpoint_trained_from_the_official_file_rebuilds(tmp_path: Path) ->
     from deepsift.app.training import _checkpoint
     from deepsift.core.checkpoint import save_checkpoint
 
-    path, _ = official_file(tmp_path, AIDE(random_init=True, **TINY))
-    det = load_detector("aide", weights=path, **TINY).eval()
+    path, _ = official_file(tmp_path, AIDE(random_init=True, **SMALL))
+    det = load_detector("aide", weights=path, **SMALL).eval()
     cfg = OmegaConf.create({"seed": 0, "detector": det.config})
     saved = tmp_path / "best.pt"
     save_checkpoint(saved, _checkpoint(det, "aide", cfg, 1, {"frame": {"auc": 0.5}}))
