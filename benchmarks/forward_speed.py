@@ -33,12 +33,15 @@ def time_forward(name: str, batch: int, repeats: int, device: str) -> tuple[int,
     overrides = {"random_init": True} if "random_init" in detector_config(name) else {}
     detector = load_detector(name, **overrides).to(device).eval()
     size = detector.preprocessing.size
-    images = torch.randn(batch, 3, size, size, device=device)
+    # detectors that stack several views of a picture (AIDE: 4 patches and the picture)
+    views = getattr(detector, "input_views", None)
+    shape = (batch, views, 3, size, size) if views else (batch, 3, size, size)
+    images = torch.randn(*shape, device=device)
     if (
         not detector.fits_by_gradient
     ):  # closed-form: fit once (on both classes) so forward is defined
         detector.train()
-        fit = torch.randn(4, 3, size, size, device=device)
+        fit = torch.randn(4, *shape[1:], device=device)
         detector.training_step(
             {"image": fit, "label": torch.tensor([0.0, 1.0, 0.0, 1.0], device=device)}
         )

@@ -524,6 +524,37 @@ FORMATS: tuple[WeightFormat, ...] = (
             _shape("head.weight", 0, 2),
         ),
     ),
+    # -- AI-generated images, 2024-2025 (issue #16): D3, AIDE ---------------------------
+    WeightFormat(
+        "D3 (Yang et al.) attention head over CLIP ViT-L/14 original + patch-shuffled features",
+        ("d3",),
+        "github.com/BigAandSmallq/D3: models/clip_models.py "
+        "CLIPModelShuffleAttentionPenultimateLayer, models/transformer_attention.py "
+        "TransformerAttention, networks/base_model.py save_networks (attention_head.state_dict())",
+        "Resize((224, 224)) (PIL bilinear, aspect not kept), CLIP normalisation; the CLIP "
+        "encoder (OpenAI ViT-L-14.pt) as detector.backbone_file",
+        matches=_all(
+            _has("query.weight", "key.weight", "value.weight", "fc.weight"),
+            _shape("query.weight", 1, 1024),
+            _shape("fc.weight", 1, 2048),
+        ),
+        released=("classifier.pth",),
+    ),
+    WeightFormat(
+        "AIDE (Yan et al.) SRM ResNet-50 x 2 + OpenCLIP ConvNeXt-XXLarge, whole model",
+        ("aide",),
+        "github.com/shilinyan99/AIDE: models/AIDE.py AIDE_Model, utils.py save_model "
+        "({'model': state_dict, 'optimizer', 'epoch', 'scaler', 'args'})",
+        "ToTensor at the picture's size, DCT selection of 32 x 32 patches (stride 16, 6 "
+        "bands): lowest, highest, 2nd lowest, 2nd highest, and the picture, each "
+        "Resize([256, 256]) (bilinear), ImageNet normalisation",
+        matches=_all(
+            _shape("model_min.conv1.weight", 1, 30),
+            _shape("model_max.conv1.weight", 1, 30),
+            _has("hpf.hpf.weight", "fc.fc1.weight", "convnext_proj.0.weight"),
+        ),
+        released=("progan_train.pth",),  # the README's name; others on the Drive unlisted here
+    ),
 )
 
 

@@ -332,8 +332,13 @@ def _numpy_scalar_globals() -> list[Any]:
 
 
 def torch_load_weights_only(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` that also accepts numeric NumPy scalars (see above)."""
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+    """``torch.load(weights_only=True)`` that also accepts numeric NumPy scalars (see above)
+    and ``argparse.Namespace`` (training scripts save their ``args`` beside the weights,
+    e.g. AIDE's ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``; a Namespace only
+    holds attributes, whose values go through the same restricted unpickler)."""
+    import argparse
+
+    with torch.serialization.safe_globals([*_numpy_scalar_globals(), argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
