@@ -86,6 +86,12 @@ _XCEPTION_DFB = _all(
     _any(_has("backbone.last_linear.weight"), _has("backbone.last_linear.1.weight")),
 )
 
+_EFFORT_INPUT = (
+    "face crop resized to 224 x 224 with cv2.resize(INTER_CUBIC), ToTensor, CLIP Normalize "
+    "(training/dataset/abstract_dataset.py, resolution 224 in effort.yaml)"
+)
+_EFFORT_Q = "backbone.encoder.layers.0.self_attn.q_proj."
+
 FORMATS: tuple[WeightFormat, ...] = (
     WeightFormat(
         "DeepfakeBench Xception / CORE",
@@ -437,6 +443,31 @@ FORMATS: tuple[WeightFormat, ...] = (
             _shape("tcn.tcn_output.weight", 0, 1),
         ),
         released=("lipforensics_ff.pth",),
+    ),
+    # -- face forgery, 2022-2025 (issue #16, face-b): Effort -----------------------------------
+    WeightFormat(
+        "DeepfakeBench Effort (CLIP ViT-L/14, SVD-residual attention)",
+        ("effort",),
+        f"{_DFB}: training/detectors/effort_detector.py, config/detector/effort.yaml",
+        _EFFORT_INPUT,
+        matches=_all(
+            _has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_residual"),
+            _none(_has(_EFFORT_Q + "U_r")),
+        ),
+        released=("effort_best.pth",),
+    ),
+    WeightFormat(
+        "Effort (the authors' EffortDetector, with the principal factors U_r/S_r/V_r)",
+        ("effort",),
+        "github.com/YZY-stack/Effort-AIGI-Detection: DeepfakeBench/training/detectors/"
+        "effort_detector.py, demo.py (layout from the code: the released files are on Google Drive)",
+        _EFFORT_INPUT,
+        matches=_has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_r"),
+        released=(
+            "effort_clip_L14_trainOn_FaceForensic.pth",
+            "effort_clip_L14_trainOn_sdv14.pth",
+            "effort_clip_L14_trainOn_chameleon.pth",
+        ),
     ),
 )
 
