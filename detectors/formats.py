@@ -469,6 +469,28 @@ FORMATS: tuple[WeightFormat, ...] = (
             "effort_clip_L14_trainOn_chameleon.pth",
         ),
     ),
+    # -- face forgery, 2022-2025 (issue #16, face-b): UIA-ViT ----------------------------------
+    WeightFormat(
+        "DeepfakeBench UIA-ViT (ViT-B/16, attention-weighted patch pooling)",
+        ("uia_vit",),
+        f"{_DFB}: training/detectors/uia_vit_detector.py, config/detector/uia_vit.yaml",
+        "face crop resized to 224 x 224 with cv2.resize(INTER_CUBIC), ToTensor, "
+        "Normalize(0.5, 0.5) (training/dataset/abstract_dataset.py)",
+        matches=_has("model.norm_middle.weight", "model.c_cross", "model.head.weight"),
+        released=("uia_vit_best.pth",),
+    ),
+    WeightFormat(
+        "UIA-ViT (the authors' model_bestacc.pt)",
+        ("uia_vit",),
+        "github.com/wany0824/UIA-ViT: network/vit_16_base_feat_middle_gal_v2.py, train.py, "
+        "test.py (layout from the code: the released files are on Google Drive)",
+        "transforms.Resize((224, 224)) (PIL bilinear), ToTensor, Normalize(0.5, 0.5) (test.py)",
+        matches=_all(
+            _has("norm_middle.weight", "head.weight", "blocks.0.attn.qkv.weight"),
+            _none(_has("c_cross")),
+        ),
+        released=("model_bestacc.pt", "checkpoint.pth.tar"),
+    ),
 )
 
 
