@@ -71,7 +71,10 @@ Where deepsift differs, and why:
 
 Parity: the reference's ``EffortDetector`` (both copies), ``torch.load`` and
 ``DeepfakeAbstractBaseDataset.load_rgb`` run on seeded weights in each layout
-(``tests/official/make_effort.py``, ``effort_dfb.json``, ``effort_authors.json``).
+(``tests/official/make_effort.py``, ``effort_dfb.json``, ``effort_authors.json``: a tower of
+width 1024, 2 layers): max |dlogit| 6.0e-7; once at full size (``--full``, DeepfakeBench's
+layout, 303,376,480 tower parameters of which 196,704 tunable, as its own count prints):
+9.4e-7, float32.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ and lmdb on ``PYTHONPATH`` for ``abstract_dataset.py``.
     PYTHONPATH=<site with albumentations==1.1.0, qudida, lmdb> \\
         python tests/official/make_effort.py --name effort_dfb --repo /path/to/DeepfakeBench
     ... --name effort_authors --repo /path/to/Effort-AIGI-Detection/DeepfakeBench
+
+``--full --out /tmp/effort_full.json`` runs the full ViT-L/14 tower instead (24 layers, MLP
+4096; 96 SVDs of 1024 x 1024), for a one-off check outside the test suite (the file is
+1.2 GB).
 """
 
 from __future__ import annotations
@@ -98,8 +102,11 @@ def _local(name: str) -> types.ModuleType:
     return module
 
 
+FULL = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24}
+
+
 def build(training: Path) -> torch.nn.Module:
-    """``EffortDetector(config)`` as ``test.py`` builds it, on a tiny CLIP."""
+    """``EffortDetector(config)`` as ``test.py`` builds it, on a tiny CLIP (or ``VISION``)."""
     from transformers import CLIPConfig, CLIPModel
 
     _local("make_deepfakebench_f3net_srm_recce_xray").import_deepfakebench(training)
@@ -134,7 +141,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", choices=sorted(NAMES), required=True)
     parser.add_argument("--repo", type=Path, required=True, help="the folder holding training/")
+    parser.add_argument("--full", action="store_true", help="the full ViT-L/14 tower")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.full:
+        VISION.update(FULL)
     root = args.repo.resolve()
     torch.set_num_threads(1)
     os.chdir(root)
@@ -145,7 +156,7 @@ def main() -> None:
     reference: dict[str, Any] = {
         "format": info["format"],
         "detector": "effort",
-        "overrides": {"vision": VISION},
+        "overrides": {} if args.full else {"vision": VISION},
         "repository": info["repository"],
         "commit": info["commit"],
         "files": [
@@ -176,7 +187,7 @@ def main() -> None:
     gap = (pred64["cls"][:, 1] - pred64["cls"][:, 0] - cls[:, 1] + cls[:, 0]).abs().max()
     print(f"{args.name}: logits {np.round(logits, 4).tolist()}; float32 vs float64 {gap:.2e}")
     reference["outputs"] = {"logits": logits, "probs": pred["prob"].double().tolist()}
-    (HERE / f"{args.name}.json").write_text(dump(reference))
+    (args.out or HERE / f"{args.name}.json").write_text(dump(reference))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ registries (as in ``make_deepfakebench_f3net_srm_recce_xray.py``). Runs with tim
     PYTHONPATH=<site with albumentations==1.1.0, qudida, lmdb> \\
         python tests/official/make_uia_vit.py --name uia_vit_dfb --repo /path/to/DeepfakeBench
     ... --name uia_vit_authors --repo /path/to/UIA-ViT
+
+``--full --out /tmp/uia_vit_full.json`` keeps ViT-B/16's width (768, 12 heads), for a
+one-off check outside the test suite (the file is 340 MB).
 """
 
 from __future__ import annotations
@@ -179,7 +182,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", choices=sorted(NAMES), required=True)
     parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--full", action="store_true", help="ViT-B/16's full width")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.full:
+        WIDTH.update(embed_dim=768, num_heads=12)
     root = args.repo.resolve()
     torch.set_num_threads(1)
     os.chdir(root)
@@ -191,7 +198,7 @@ def main() -> None:
     reference: dict[str, Any] = {
         "format": info["format"],
         "detector": "uia_vit",
-        "overrides": dict(WIDTH),
+        "overrides": {} if args.full else dict(WIDTH),
         "repository": info["repository"],
         "commit": info["commit"],
         "files": info["files"],
@@ -218,7 +225,7 @@ def main() -> None:
     print(f"{args.name}: logits {np.round(logits, 4).tolist()}; float32 vs float64 {gap:.2e}")
     probs = torch.softmax(cls, dim=1)[:, 1].tolist()
     reference["outputs"] = {"logits": logits, "probs": probs}
-    (HERE / f"{args.name}.json").write_text(dump(reference))
+    (args.out or HERE / f"{args.name}.json").write_text(dump(reference))
 
 
 if __name__ == "__main__":
