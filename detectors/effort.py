@@ -474,6 +474,21 @@ class Effort(Detector):
         self.decompose_attention()  # in place: the optimiser keeps these tensors
         return super().configure_optimizers()
 
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Loaded weights replace CLIP's (a checkpoint of a ``pretrained=true`` run does not
+        read ``backbone_file`` again) and the norm the singular-value loss keeps."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        with torch.no_grad():
+            for module in self.svd_layers():
+                module.original_norm.copy_(torch.linalg.norm(module.weight()))
+                module._principal_cache = None
+        self._clip_pending = False
+        # a file saved before any training step holds whole weights and a zero residual
+        self._svd_pending = all(not m.S_residual.any() for m in self.svd_layers())
+        return result
+
     def load_weights(self, path: str | Path) -> None:
         """DeepfakeBench's or the authors' ``EffortDetector`` state dict, or this detector's."""
         source = f"weights file {path}"
@@ -486,15 +501,11 @@ class Effort(Detector):
                 f"'backbone.*.self_attn.*.weight_main'; found {shown or 'no keys'}); pass "
                 f"DeepfakeBench's or the authors' EffortDetector file (e.g. effort_best.pth)"
             )
-        self.set_principal_factors(any(k.endswith(".U_r") for k in state))
+        principal = any(k.endswith(".U_r") for k in state)
+        self.set_principal_factors(principal)
+        if self.config:  # a checkpoint trained from this file is rebuilt in its layout
+            self.config["principal_factors"] = principal
         load_state_dict_strict(self, state, source)
-        with torch.no_grad():
-            for module in self.svd_layers():
-                module.original_norm.copy_(torch.linalg.norm(module.weight()))
-                module._principal_cache = None
-        self._clip_pending = False
-        # a file saved before any training step holds whole weights and a zero residual
-        self._svd_pending = all(not m.S_residual.any() for m in self.svd_layers())
         layout = "authors'" if next(self.svd_layers()).principal_factors else "DeepfakeBench"
         log.info("Effort: loaded %s (%s layout)", path, layout)
         self.use_protocol("DeepfakeBench Effort", DEEPFAKEBENCH_PROTOCOL, DEFAULT_PREPROCESSING)

@@ -147,6 +147,17 @@ def test_only_the_residual_and_head_train() -> None:
     assert all(layer.S_residual.abs().min() > 0 for layer in m.svd_layers())
     with torch.no_grad():
         assert torch.allclose(m({"image": x})["logits"], before, atol=1e-5)
+    # a checkpoint of a pretrained=true run: its weights win, CLIP is not read again, and
+    # the trained split is kept (no second decomposition)
+    with torch.no_grad():
+        m.backbone.encoder.layers[0].self_attn.q_proj.S_residual.add_(0.5)
+    resumed = model()
+    resumed._clip_pending, resumed.backbone_file = True, "/nonexistent/clip.safetensors"
+    resumed.load_state_dict(m.state_dict())
+    resumed.configure_optimizers()
+    assert torch.equal(resumed.state_dict()["head.weight"], m.head.weight)
+    key = "backbone.encoder.layers.0.self_attn.q_proj.S_residual"
+    assert torch.equal(resumed.state_dict()[key], m.state_dict()[key])
 
 
 def test_gradients_overfit_and_regularised_loss() -> None:
