@@ -454,7 +454,7 @@ FORMATS: tuple[WeightFormat, ...] = (
             _has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_residual"),
             _none(_has(_EFFORT_Q + "U_r")),
         ),
-        released=("effort_best.pth",),
+        released=("effort_best.pth",),  # DeepfakeBench's <model>_best.pth naming, assumed
     ),
     WeightFormat(
         "Effort (the authors' EffortDetector, with the principal factors U_r/S_r/V_r)",
@@ -463,11 +463,9 @@ FORMATS: tuple[WeightFormat, ...] = (
         "effort_detector.py, demo.py (layout from the code: the released files are on Google Drive)",
         _EFFORT_INPUT,
         matches=_has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_r"),
-        released=(
-            "effort_clip_L14_trainOn_FaceForensic.pth",
-            "effort_clip_L14_trainOn_sdv14.pth",
-            "effort_clip_L14_trainOn_chameleon.pth",
-        ),
+        # three files (trained on FF++, GenImage SD v1.4, Chameleon) on Google Drive; their
+        # names and which of the two layouts they use are not in the repository
+        released=(),
     ),
     # -- face forgery, 2022-2025 (issue #16, face-b): UIA-ViT ----------------------------------
     WeightFormat(
@@ -477,7 +475,7 @@ FORMATS: tuple[WeightFormat, ...] = (
         "face crop resized to 224 x 224 with cv2.resize(INTER_CUBIC), ToTensor, "
         "Normalize(0.5, 0.5) (training/dataset/abstract_dataset.py)",
         matches=_has("model.norm_middle.weight", "model.c_cross", "model.head.weight"),
-        released=("uia_vit_best.pth",),
+        released=("uia_vit_best.pth",),  # DeepfakeBench's <model>_best.pth naming, assumed
     ),
     WeightFormat(
         "UIA-ViT (the authors' model_bestacc.pt)",
