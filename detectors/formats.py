@@ -86,6 +86,12 @@ _XCEPTION_DFB = _all(
     _any(_has("backbone.last_linear.weight"), _has("backbone.last_linear.1.weight")),
 )
 
+_EFFORT_INPUT = (
+    "face crop resized to 224 x 224 with cv2.resize(INTER_CUBIC), ToTensor, CLIP Normalize "
+    "(training/dataset/abstract_dataset.py, resolution 224 in effort.yaml)"
+)
+_EFFORT_Q = "backbone.encoder.layers.0.self_attn.q_proj."
+
 FORMATS: tuple[WeightFormat, ...] = (
     WeightFormat(
         "DeepfakeBench Xception / CORE",
@@ -554,6 +560,51 @@ FORMATS: tuple[WeightFormat, ...] = (
             _has("hpf.hpf.weight", "fc.fc1.weight", "convnext_proj.0.weight"),
         ),
         released=("progan_train.pth",),  # the README's name; others on the Drive unlisted here
+    ),
+    # -- face forgery, 2022-2025 (issue #16, face-b): Effort -----------------------------------
+    WeightFormat(
+        "DeepfakeBench Effort (CLIP ViT-L/14, SVD-residual attention)",
+        ("effort",),
+        f"{_DFB}: training/detectors/effort_detector.py, config/detector/effort.yaml",
+        _EFFORT_INPUT,
+        matches=_all(
+            _has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_residual"),
+            _none(_has(_EFFORT_Q + "U_r")),
+        ),
+        released=("effort_best.pth",),  # DeepfakeBench's <model>_best.pth naming, assumed
+    ),
+    WeightFormat(
+        "Effort (the authors' EffortDetector, with the principal factors U_r/S_r/V_r)",
+        ("effort",),
+        "github.com/YZY-stack/Effort-AIGI-Detection: DeepfakeBench/training/detectors/"
+        "effort_detector.py, demo.py (layout from the code: the released files are on Google Drive)",
+        _EFFORT_INPUT,
+        matches=_has("head.weight", _EFFORT_Q + "weight_main", _EFFORT_Q + "U_r"),
+        # three files (trained on FF++, GenImage SD v1.4, Chameleon) on Google Drive; their
+        # names and which of the two layouts they use are not in the repository
+        released=(),
+    ),
+    # -- face forgery, 2022-2025 (issue #16, face-b): UIA-ViT ----------------------------------
+    WeightFormat(
+        "DeepfakeBench UIA-ViT (ViT-B/16, attention-weighted patch pooling)",
+        ("uia_vit",),
+        f"{_DFB}: training/detectors/uia_vit_detector.py, config/detector/uia_vit.yaml",
+        "face crop resized to 224 x 224 with cv2.resize(INTER_CUBIC), ToTensor, "
+        "Normalize(0.5, 0.5) (training/dataset/abstract_dataset.py)",
+        matches=_has("model.norm_middle.weight", "model.c_cross", "model.head.weight"),
+        released=("uia_vit_best.pth",),  # DeepfakeBench's <model>_best.pth naming, assumed
+    ),
+    WeightFormat(
+        "UIA-ViT (the authors' model_bestacc.pt)",
+        ("uia_vit",),
+        "github.com/wany0824/UIA-ViT: network/vit_16_base_feat_middle_gal_v2.py, train.py, "
+        "test.py (layout from the code: the released files are on Google Drive)",
+        "transforms.Resize((224, 224)) (PIL bilinear), ToTensor, Normalize(0.5, 0.5) (test.py)",
+        matches=_all(
+            _has("norm_middle.weight", "head.weight", "blocks.0.attn.qkv.weight"),
+            _none(_has("c_cross")),
+        ),
+        released=("model_bestacc.pt", "checkpoint.pth.tar"),
     ),
 )
 
