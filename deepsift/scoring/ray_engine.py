@@ -405,6 +405,30 @@ def _merged(shard_dir: Path, names: list[str]) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def listing_dataset(
+    options: RunOptions, shard_dir: str | Path, resumed: list[str], items_per_shard: int
+) -> Any:
+    """The Ray Dataset of chunk rows (``first``, ``last``, pickled ``items``): one Ray task
+    runs :func:`_list_chunks`; every row is its own block, in this dataset and in those
+    derived from it (``target_max_block_size`` 1 byte), so a chunk is listed, decoded and
+    scored as one block each."""
+    import ray
+
+    ds = ray.data.from_items([{"listing": 0}])
+    ds.context.target_max_block_size = 1
+    ds.context.enable_progress_bars = False
+    return ds.flat_map(
+        _list_chunks,
+        fn_kwargs={
+            "options": options,
+            "shard_dir": str(shard_dir),
+            "resumed": resumed,
+            "items_per_shard": items_per_shard,
+        },
+        num_cpus=1,
+    )
+
+
 def score_ray(
     load: Callable[[], Ensemble],
     bands: Bands,
@@ -445,17 +469,7 @@ def score_ray(
         shard_dir.mkdir(parents=True)
         resumed = []
     tag = secrets.token_hex(4)  # this run's shards: apart from a killed run's late commits
-    ds = ray.data.from_items([{"listing": 0}])
-    ds = ds.flat_map(
-        _list_chunks,
-        fn_kwargs={
-            "options": options,
-            "shard_dir": str(shard_dir),
-            "resumed": resumed,
-            "items_per_shard": items_per_shard,
-        },
-        num_cpus=1,
-    )
+    ds = listing_dataset(options, shard_dir, resumed, items_per_shard)
     # decode tasks: at most one per cluster CPU; a task pool whose size differs from the
     # actor pool's, so Ray does not fuse decoding into the model actors (their CPU would
     # then do both, one chunk at a time)
@@ -487,9 +501,6 @@ def score_ray(
         num_gpus=gpus_per_worker,
         num_cpus=0 if gpus_per_worker > 0 else 1,
     )
-    # every row its own block: a chunk is listed, decoded and scored as one block each
-    ds.context.target_max_block_size = 1
-    ds.context.enable_progress_bars = False
     listed = 0
     names = list(resumed)
     for out in ds.iter_rows():
