@@ -550,6 +550,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         "ray_address": args.ray_address,
         "model_workers": args.model_workers,
         "gpus_per_worker": args.gpus_per_worker,
+        "items_per_shard": args.items_per_shard,
+        "precision": args.precision,
         "batch_size": options.batch_size,
         **extras_status(args),
     }

@@ -2,7 +2,7 @@
 
 ::
 
-    Ray task (flat_map, 1 CPU): iter_items, the local engine's lazy listing, cut into
+    Ray task (flat_map, no CPU reserved): iter_items, the local engine's lazy listing, cut into
       chunks of --items-per-shard items; a chunk is one row (its first and last item
       index, the pickled items) and one block, streamed out as it is listed
       -> map_batches task per chunk (num_cpus=1): prepare() per item (decode, limits,
@@ -425,7 +425,10 @@ def listing_dataset(
             "resumed": resumed,
             "items_per_shard": items_per_shard,
         },
-        num_cpus=1,
+        # reserves no CPU: one long task that must not starve the decode tasks of a small
+        # cluster (2 CPUs: one model actor, one decoder), which would stall the listing
+        # once backpressure pauses it
+        num_cpus=0,
     )
 
 
