@@ -350,8 +350,9 @@ def _pngs(folder: Path, n: int) -> list[str]:
     return paths
 
 
+@pytest.mark.slow  # two score.py subprocesses: imports and Ray job start-up twice
 def test_driver_sigkill_then_resume_writes_each_item_once(cluster: Any, tmp_path: Path) -> None:
-    """score.py --engine ray in a subprocess, SIGKILLed once two shards are committed; the
+    """score.py --engine ray in a subprocess, SIGKILLed once a shard is committed; the
     rerun with --resume keeps those shards, scores the rest and writes every item once."""
     import json
     import os
@@ -383,14 +384,14 @@ def test_driver_sigkill_then_resume_writes_each_item_once(cluster: Any, tmp_path
         command, cwd=root, env={**env, DELAY_ENV: "1.0"}, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
-    while len(list(shards.glob("shard-*.jsonl"))) < 2:
+    while not any(shards.glob("shard-*.jsonl")):
         assert first.poll() is None, first.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no shard committed in 120 s"
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     committed = {p.name for p in shards.glob("shard-*.jsonl")}
-    assert 2 <= len(committed) < 6  # killed mid-run: 12 items make 6 shards
+    assert 1 <= len(committed) < 6  # killed mid-run: 12 items make 6 shards
     second = subprocess.run(
         [*command, "--resume"], cwd=root, env=env, capture_output=True, timeout=300
     )
