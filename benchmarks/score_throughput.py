@@ -2,6 +2,7 @@
 
     python -m benchmarks.score_throughput [--n 256] [--size 256] [--batch 32]
         [--detector cnnspot] [--set key=value ...] [--device auto] [--workers N]
+        [--engine ray [--model-workers 1] [--items-per-shard 32] [--manifest 100000]]
 
 Generates ``--n`` JPEG files (photo-like content, quality 90, ``--size`` pixels
 square) in a temporary folder, then measures images per second for:
@@ -18,6 +19,11 @@ Prints a Markdown table with each rate and its ratio to the model alone. The
 target on CPU is score.py >= 0.9 x model only. The modes run in ``--repeats``
 interleaved rounds and the best rate of each is kept, so a load spike on a
 shared machine does not favour one mode; a warm-up pass runs first.
+
+``--engine ray`` also times ``score.py --engine ray`` on a local Ray with the same
+cores, and ``--manifest N`` then scores a manifest of N paths (missing files: each
+gets its error record, so listing, tasks, shards and merging are timed, not decoding)
+and prints the growth of the driver's resident memory (VmRSS, sampled every 20 ms).
 """
 
 from __future__ import annotations
@@ -117,8 +123,11 @@ def end_to_end(
     return summary["this_run"]["items"] / summary["this_run"]["elapsed_s"]
 
 
-def end_to_end_ray(load, folder: Path, out: Path, batch: int, model_workers: int) -> float:
-    """``--engine ray`` on the local Ray that main() started (actor start-up included)."""
+def end_to_end_ray(
+    load, inputs: list[str], out: Path, batch: int, model_workers: int, items_per_shard: int
+) -> tuple[float, int]:
+    """``--engine ray`` on the local Ray that main() started (actor start-up included):
+    items/s and the items scored."""
     from deepsift.scoring.calibration import DEFAULT_BANDS
     from deepsift.scoring.output import OutputFile
     from deepsift.scoring.prepare import PrepareOptions
@@ -126,7 +135,7 @@ def end_to_end_ray(load, folder: Path, out: Path, batch: int, model_workers: int
     from deepsift.scoring.runner import RunOptions
 
     options = RunOptions(
-        inputs=[str(folder)],
+        inputs=inputs,
         batch_size=batch,
         workers=0,
         progress=False,
@@ -141,10 +150,51 @@ def end_to_end_ray(load, folder: Path, out: Path, batch: int, model_workers: int
             sink,
             shard_dir=out.with_name(out.name + ".shards"),
             model_workers=model_workers,
+            items_per_shard=items_per_shard,
         )
     finally:
         sink.close()
-    return run["items"] / run["elapsed_s"]
+    return run["items"] / run["elapsed_s"], run["items"]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def manifest_rss(load, tmp: Path, n: int, batch: int, model_workers: int, shard: int) -> str:
+    """Score a manifest of ``n`` missing paths on Ray; the driver's VmRSS growth while it runs."""
+    import threading
+
+    manifest = tmp / "manifest.csv"
+    with manifest.open("w") as handle:
+        handle.write("path\n")
+        for i in range(n):
+            handle.write(f"{tmp}/missing/{i:07d}-{'x' * 60}.jpg\n")
+    before = _rss_mib()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        rate, items = end_to_end_ray(
+            load, [f"@{manifest}"], tmp / "manifest.jsonl", batch, model_workers, shard
+        )
+    finally:
+        done.set()
+        sampler.join()
+    return (
+        f"manifest of {n} paths on Ray ({items} records, {rate:.0f} items/s): driver VmRSS "
+        f"{before:.0f} -> peak {peak[0]:.0f} MiB (+{peak[0] - before:.0f} MiB)"
+    )
 
 
 def _peak_rss_mib() -> float:
@@ -183,6 +233,12 @@ def main() -> None:
         help="ray: also time score.py --engine ray on a local Ray with the same cores",
     )
     parser.add_argument("--model-workers", type=int, default=1, help="--engine ray actors")
+    parser.add_argument(
+        "--items-per-shard", type=int, default=32, help="--engine ray: items per chunk/shard"
+    )
+    parser.add_argument(
+        "--manifest", type=int, default=0, help="--engine ray: also score N missing paths"
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of all modes; the best of each is shown"
     )
@@ -238,10 +294,18 @@ def main() -> None:
                 )
             if args.engine == "ray":
                 out = Path(tmp) / "ray.jsonl"
-                keep(ray_mode, end_to_end_ray(load, folder, out, args.batch, args.model_workers))
+                rate, _ = end_to_end_ray(
+                    load, [str(folder)], out, args.batch, args.model_workers, args.items_per_shard
+                )
+                keep(ray_mode, rate)
             keep(
                 "naive loop (PIL, transform, forward; 1 process)",
                 naive_loop(detector, paths, args.batch, device, amp),
+            )
+        manifest = None
+        if args.engine == "ray" and args.manifest:
+            manifest = manifest_rss(
+                load, Path(tmp), args.manifest, args.batch, args.model_workers, 4096
             )
     rows = list(best.items())
     base = rows[0][1]
@@ -258,6 +322,8 @@ def main() -> None:
             f"\nscore.py --engine ray / local: {best[ray_mode] / best[e2e]:.2f}; "
             f"peak RSS of this process {_peak_rss_mib():.0f} MiB (Ray workers not included)"
         )
+    if manifest:
+        print(manifest)
 
 
 if __name__ == "__main__":

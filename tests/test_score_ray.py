@@ -90,6 +90,7 @@ def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Pat
         (["--ray-address", "127.0.0.1:9"], "--ray-address 127.0.0.1:9: no Ray cluster answers"),
         (["--gpus-per-worker", "1"], "--gpus-per-worker 1.0 but the Ray cluster has 0 GPU(s)"),
         (["--model-workers", "0"], "--model-workers must be positive"),
+        (["--precision", "fp16"], "--precision fp16 needs a CUDA device (scoring on cpu)"),
     ],
 )
 def test_bad_engine_settings_fail_in_one_line(
@@ -287,3 +288,185 @@ def test_score_cli_writes_parquet_from_the_out_suffix(tmp_path: Path) -> None:
     assert rows.keys() == expected.keys() and len(rows) == 4
     for key, row in rows.items():
         assert _same(row, expected[key]), (row, expected[key])
+
+
+# -- streaming listing, driver SIGKILL, engine errors -----------------------------------------
+def test_100k_path_manifest_is_listed_in_a_ray_task_not_by_the_driver(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing of a 100,000-path manifest runs in a Ray task and streams out chunk by
+    chunk: the driver never calls iter_items, and its Python heap stays far below what the
+    listing alone takes (the earlier engine held every row: ~45 MB for these paths)."""
+    import pickle
+    import tracemalloc
+
+    from deepsift.scoring import ray_engine
+
+    def count(batch: Any) -> dict[str, list[int]]:
+        return {"n": [len(pickle.loads(blob)) for blob in batch["items"]]}
+
+    def listed(manifest: Path) -> tuple[int, int]:
+        options = RunOptions(inputs=[f"@{manifest}"], workers=0, progress=False)
+        ds = ray_engine.listing_dataset(options, tmp_path / "shards", [], 5000)
+        ds = ds.map_batches(count, batch_size=1, batch_format="numpy", num_cpus=1)
+        counts = [int(row["n"]) for row in ds.iter_rows()]
+        return sum(counts), len(counts)
+
+    def write(manifest: Path, n: int) -> None:
+        with manifest.open("w") as handle:
+            handle.write("path\n")
+            for i in range(n):
+                handle.write(f"{tmp_path}/missing/{i:06d}-{'x' * 60}.jpg\n")
+
+    def no_driver_listing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the driver listed the inputs")
+
+    monkeypatch.setattr(ray_engine, "iter_items", no_driver_listing)
+    (tmp_path / "shards").mkdir()
+    write(tmp_path / "warm.csv", 10)
+    assert listed(tmp_path / "warm.csv")[0] == 10  # Ray Data's lazy imports happen here
+    n = 100_000
+    write(tmp_path / "big.csv", n)
+    tracemalloc.start()
+    try:
+        total, chunks = listed(tmp_path / "big.csv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == n and chunks == n // 5000  # streamed out as 20 chunks of 5,000
+    assert peak < 4 * 2**20, f"driver's peak Python heap {peak / 2**20:.1f} MiB while listing"
+
+
+def _pngs(folder: Path, n: int) -> list[str]:
+    from PIL import Image
+
+    from tests.scoring_fixtures import noise
+
+    folder.mkdir()
+    paths = []
+    for i in range(n):
+        paths.append(str(folder / f"{i:03d}.png"))
+        Image.fromarray(noise(i, 24, 24)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.slow  # two score.py subprocesses: imports and Ray job start-up twice
+def test_driver_sigkill_then_resume_writes_each_item_once(cluster: Any, tmp_path: Path) -> None:
+    """score.py --engine ray in a subprocess, SIGKILLed once a shard is committed; the
+    rerun with --resume keeps those shards, scores the rest and writes every item once."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deepsift.scoring.ray_engine import DELAY_ENV
+    from tests.scoring_fixtures import TINY
+
+    paths = _pngs(tmp_path / "in", 12)
+    out = tmp_path / "r.jsonl"
+    shards = tmp_path / "r.jsonl.shards"
+    address = ray.get_runtime_context().gcs_address
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        str(root / "score.py"),
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        *TINY,
+        *("--engine", "ray", "--ray-address", address, "--items-per-shard", "2"),
+        *("--quiet", "--no-provenance", "--no-pdq"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        command, cwd=root, env={**env, DELAY_ENV: "1.0"}, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not any(shards.glob("shard-*.jsonl")):
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no shard committed in 120 s"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    committed = {p.name for p in shards.glob("shard-*.jsonl")}
+    assert 1 <= len(committed) < 6  # killed mid-run: 12 items make 6 shards
+    second = subprocess.run(
+        [*command, "--resume"], cwd=root, env=env, capture_output=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    records = read_jsonl(out)
+    assert sorted(r["path"] for r in records) == sorted(paths)  # each item exactly once
+    assert all(r["error"] is None and r["score"] is not None for r in records)
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["this_run"]["shards_resumed"] >= len(committed)
+    assert (
+        summary["this_run"]["items_listed"]
+        == len(paths) - 2 * summary["this_run"]["shards_resumed"]
+    )
+    assert not shards.exists()
+
+
+_MISMATCH = (
+    "Version mismatch: The cluster was started with:\n"
+    "    Ray: 2.9.3\n"
+    "    Python: 3.10.12\n"
+    "This process on node 10.0.0.5 was started with:\n"
+    "    Ray: 2.60.0\n"
+    "    Python: 3.11.7\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("address", "raised", "message"),
+    [
+        (
+            "auto",
+            RuntimeError(_MISMATCH),
+            "Ray version mismatch: the cluster runs Ray 2.9.3 on Python 3.10.12, "
+            "this client Ray 2.60.0 on Python 3.11.7",
+        ),
+        (
+            "auto",
+            ConnectionError(
+                "Could not find any running Ray instance. Please specify the one to connect "
+                "to by setting `--address` flag or `RAY_ADDRESS` environment variable."
+            ),
+            "--ray-address auto: cannot connect to a Ray cluster (Could not find any running",
+        ),
+        (
+            "ray://10.0.0.5:10001",
+            ConnectionError("ray client connection timeout"),
+            "--ray-address ray://10.0.0.5:10001: cannot connect to a Ray cluster "
+            "(ray client connection timeout)",
+        ),
+    ],
+)
+def test_ray_init_failures_are_one_line_and_write_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    address: str,
+    raised: Exception,
+    message: str,
+) -> None:
+    """ray.init raising what Ray raises (version mismatch, no cluster, Ray Client timeout)."""
+    from deepsift.scoring import ray_engine
+
+    def init(**kwargs: Any) -> None:
+        raise raised
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray_engine, "_check_reachable", lambda address: None)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not really")
+    out = tmp_path / "r.jsonl"
+    argv = [str(image), "--out", str(out), "--detector", "durall", "--engine", "ray"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--ray-address", address])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists() and not (tmp_path / "r.jsonl.shards").exists()

@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-workers", type=int, default=1, help="--engine ray: model actors (default 1)"
     )
     g.add_argument(
+        "--items-per-shard",
+        type=int,
+        default=256,
+        help="--engine ray: items per chunk (one decode task, one actor call, one shard file)",
+    )
+    g.add_argument(
         "--gpus-per-worker",
         type=float,
         default=0.0,
@@ -241,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "32", "bf16", "16"),
-        help="autocast on CUDA (auto: bf16 where supported)",
+        choices=("auto", "fp32", "bf16", "fp16", "32", "16"),
+        help="autocast (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU; "
+        "bf16 also on CPU; fp16 on CPU is refused)",
     )
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument(
@@ -312,7 +319,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
     """The device and autocast dtype of the command line."""
     import torch
 
-    from deepsift.core.runtime import autocast_dtype
+    from deepsift.scoring.accel import resolve_precision
 
     name = args.device
     if name == "auto":
@@ -323,7 +330,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
         device = torch.device(name)
     else:
         raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return device, autocast_dtype(device, args.precision)
+    return device, resolve_precision(args.precision, device)
 
 
 def summary_path(out: Path) -> Path:
@@ -542,6 +549,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
 
     import torch
 
+    from deepsift.scoring.accel import resolve_precision
     from deepsift.scoring.calibration import DEFAULT_BANDS, load_calibration
     from deepsift.scoring.models import load_ensemble
     from deepsift.scoring.output import open_output
@@ -586,6 +594,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         else DEFAULT_BANDS
     )
     device = torch.device("cuda" if args.gpus_per_worker > 0 else "cpu")
+    resolve_precision(args.precision, device, bf16_supported=True)  # fp16 on CPU: refused here
     options = run_options(args, inputs, device, None)
     options.workers = 0
     options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
@@ -602,6 +611,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             resume=args.resume,
             model_workers=args.model_workers,
             gpus_per_worker=args.gpus_per_worker,
+            items_per_shard=args.items_per_shard,
+            precision=args.precision,
             on_record=stats.add,
         )
         if hasattr(sink, "finish"):
@@ -620,6 +631,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         "ray_address": args.ray_address,
         "model_workers": args.model_workers,
         "gpus_per_worker": args.gpus_per_worker,
+        "items_per_shard": args.items_per_shard,
+        "precision": args.precision,
         "batch_size": options.batch_size,
         **extras_status(args),
     }

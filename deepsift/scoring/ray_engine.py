@@ -2,26 +2,41 @@
 
 ::
 
-    driver: iter_items (the local engine's lazy listing) -> rows (index, pickled WorkItem)
-      -> ray.data map: prepare() per item in Ray tasks (decode, limits, error records)
-      -> map_batches(_ScoreShard, concurrency=--model-workers, num_gpus=--gpus-per-worker):
-         each actor loads the weights once, batches, forwards and assembles records with
-         the local engine's :class:`~deepsift.scoring.runner.Scorer`, then writes its block
-         as one shard file, atomically (tmp + os.replace), named by the block's first and
-         last item index (deterministic for one listing)
-      -> driver: merges the committed shards into --out in index order (JSONL/CSV)
+    Ray task (flat_map, no CPU reserved): iter_items, the local engine's lazy listing, cut into
+      chunks of --items-per-shard items; a chunk is one row (its first and last item
+      index, the pickled items) and one block, streamed out as it is listed
+      -> map_batches task per chunk (num_cpus=1): prepare() per item (decode, limits,
+         error records), as a local pool worker runs it; as many at once as free CPUs
+      -> map_batches(_ScoreShard, ActorPoolStrategy(size=--model-workers),
+         num_gpus=--gpus-per-worker): each actor loads the weights once, batches,
+         forwards and assembles records with the local engine's
+         :class:`~deepsift.scoring.runner.Scorer`, then commits the chunk as one shard
+         file, atomically (tmp + os.replace), named by the chunk's first and last item
+         index and the run's tag (so a retried chunk rewrites its own shard)
+      -> driver: merges the committed shards into --out in index order (JSONL/CSV/Parquet)
+
+The driver holds no listing: it builds the plan and receives one small row per
+shard. Blocks are one chunk each (the dataset's ``target_max_block_size`` is set
+to one byte, so every row is its own block); Ray Data's streaming executor
+backpressures the listing task when decoded chunks wait for the model actors, so
+memory is bounded by the chunks in flight, not by the number of inputs.
 
 Decoding, limits, error records and record assembly are the local engine's own
 functions (:func:`~deepsift.scoring.prepare.prepare`, ``Scorer._accept`` /
 ``_forward_ready`` / :func:`~deepsift.scoring.assemble.assemble`), so both engines
 write the same records. Duplicates (same sha256) are resolved within a shard by the
-Scorer and across shards by the driver while merging, as the local engine does.
+Scorer and across shards by the driver while merging, as the local engine does
+(the driver keeps sha256 -> shard and byte offset of each original, not the record).
 
-Known limits of this first version: the item listing is enumerated lazily but
-handed to Ray Data as one in-memory list of small rows (paths, plus the bytes of
-archive members); a duplicate video keeps its frame records when its original is in
-another shard; ``--resume`` continues from the committed shards (``<out>.shards``) and
-rewrites --out whole from them.
+Retries: Ray Data's defaults restart a dead model actor and retry its chunk without
+limit (``max_restarts=-1``, ``max_task_retries=-1``); nothing is passed through the
+``ray_remote_args`` that Ray 2.60 deprecates. A chunk whose decoding or scoring
+kills its worker every time is therefore retried until the run is interrupted.
+
+Known limits: a duplicate video keeps its frame records when its original is in
+another shard; ``--resume`` continues from the committed shards (``<out>.shards``)
+and rewrites --out whole from them; the shard folder must be on a file system that
+every node sees (NFS), like the inputs.
 
 ``ray`` is imported inside functions only: the local engine works without it.
 """
@@ -31,8 +46,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
+import secrets
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -45,12 +63,13 @@ from deepsift.scoring.models import Ensemble
 from deepsift.scoring.output import PART_KINDS, encode_jsonl, iter_jsonl_records, record_key
 from deepsift.scoring.runner import RunOptions
 
-#: items per shard file (one map_batches block)
+#: items per shard file (one chunk: one listing row, one decode task, one actor call)
 DEFAULT_ITEMS_PER_SHARD = 256
 #: test hook: a marker file path; one model actor exits (os._exit) once mid-run
 KILL_ENV = "DEEPSIFT_RAY_TEST_KILL_ACTOR"
-#: a model actor that dies is restarted and its block retried, this many times
-MAX_RESTARTS = 4
+#: test hook: seconds each model actor sleeps after committing a shard (slows a run
+#: down so that a test can kill the driver between two commits)
+DELAY_ENV = "DEEPSIFT_RAY_TEST_SHARD_DELAY"
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -72,6 +91,24 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def _version_mismatch(exc: BaseException, client_version: str) -> UserError:
+    """Ray's multi-line ``Version mismatch`` RuntimeError as one line naming both versions."""
+    text = str(exc)
+    rays = re.findall(r"Ray:\s*(\S+)", text)
+    pythons = re.findall(r"Python:\s*(\S+)", text)
+    if len(rays) >= 2 and len(pythons) >= 2:
+        detail = (
+            f"the cluster runs Ray {rays[0]} on Python {pythons[0]}, "
+            f"this client Ray {rays[1]} on Python {pythons[1]}"
+        )
+    else:
+        detail = f"this client runs Ray {client_version}; {' '.join(text.split())[:160]}"
+    return UserError(
+        f"Ray version mismatch: {detail}; install the cluster's Ray and Python versions here "
+        "(pip install 'ray[data]==<cluster version>') or omit --ray-address to start a local Ray"
+    )
+
+
 def start_ray(address: str | None, gpus_per_worker: float, model_workers: int) -> None:
     """Connect to (or start) Ray and check the cluster can hold the actors; one UserError if not.
 
@@ -88,19 +125,18 @@ def start_ray(address: str | None, gpus_per_worker: float, model_workers: int) -
     if address and address != "auto":
         _check_reachable(address)
     if not ray.is_initialized():
+        where = f"--ray-address {address}" if address else "--engine ray"
         try:
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         except ConnectionError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise UserError(
-                f"--ray-address {address}: cannot connect ({str(exc).splitlines()[0][:160]}); "
-                "start a cluster with `ray start --head`"
+                f"{where}: cannot connect to a Ray cluster ({first}); start one with "
+                "`ray start --head`, or omit --ray-address to start a local one"
             ) from None
         except RuntimeError as exc:
-            if "version" in str(exc).lower():
-                raise UserError(
-                    f"Ray version mismatch between this client ({ray.__version__}) and the "
-                    f"cluster: {str(exc).splitlines()[0][:160]}; install the cluster's Ray version"
-                ) from None
+            if "version mismatch" in str(exc).lower():
+                raise _version_mismatch(exc, ray.__version__) from None
             raise
     if gpus_per_worker > 0:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -111,7 +147,60 @@ def start_ray(address: str | None, gpus_per_worker: float, model_workers: int) -
             )
 
 
-# -- worker side ------------------------------------------------------------------------
+# -- listing task ---------------------------------------------------------------------------
+#: a chunk is cut early once its archive members' bytes reach this (Arrow binary cells < 2 GiB)
+CHUNK_DATA_BYTES = 256 * 2**20
+
+
+def _indexed_items(options: RunOptions, done: set[bytes]) -> Iterator[tuple[int, Any]]:
+    """``(index, item)`` of the items to score. An item's index is its position in the whole
+    listing, committed items (``done``) included, so a resumed run names its shards apart."""
+    seen: set[bytes] = set()
+    position = [-1]
+
+    def skip(key: bytes) -> bool:  # the same item named twice is scored once
+        if key in seen:
+            return True
+        seen.add(key)
+        position[0] += 1
+        return key in done
+
+    for item in iter_items(options.inputs, options.input_options, skip):
+        yield position[0], item
+
+
+def _chunk_row(chunk: list[tuple[int, Any]]) -> dict[str, Any]:
+    return {
+        "first": chunk[0][0],
+        "last": chunk[-1][0],
+        "items": pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL),
+    }
+
+
+def _list_chunks(
+    row: dict[str, Any],
+    *,
+    options: RunOptions,
+    shard_dir: str,
+    resumed: list[str],
+    items_per_shard: int,
+) -> Iterator[dict[str, Any]]:
+    """The Ray task that lists the inputs: rows of ``items_per_shard`` items, yielded as
+    they are listed. ``resumed``: the committed shards whose items are not listed again."""
+    done = _done_keys(Path(shard_dir), resumed)
+    chunk: list[tuple[int, Any]] = []
+    data_bytes = 0
+    for index, item in _indexed_items(options, done):
+        chunk.append((index, item))
+        data_bytes += len(item.data or b"")
+        if len(chunk) >= items_per_shard or data_bytes >= CHUNK_DATA_BYTES:
+            yield _chunk_row(chunk)
+            chunk, data_bytes = [], 0
+    if chunk:
+        yield _chunk_row(chunk)
+
+
+# -- decode tasks ---------------------------------------------------------------------------
 _CONTEXTS: dict[int, Any] = {}
 
 
@@ -138,27 +227,45 @@ def _context(load: Callable[[], Ensemble], prepare_options: Any) -> Any:
     return _CONTEXTS[key]
 
 
-def _prepare_row(
-    row: dict[str, Any], load: Callable[[], Ensemble], prepare_options: Any
-) -> dict[str, Any]:
-    """One item through the local engine's :func:`prepare` (as a pool worker runs it)."""
+def _prepare_chunk(
+    batch: Any, load: Callable[[], Ensemble], prepare_options: Any
+) -> Any:  # pyarrow.Table -> pyarrow.Table
+    """One chunk's items through the local engine's :func:`prepare` (as a pool worker runs
+    them), in one CPU task."""
+    import pyarrow as pa
+
     from deepsift.scoring.pool import _to_numpy
     from deepsift.scoring.prepare import error_prepared, prepare
 
-    item = pickle.loads(row["item"])
-    try:
-        out = prepare(item, _context(load, prepare_options))
-    except Exception as exc:  # as in the local pool: the item gets an error record
-        out = error_prepared(item, f"internal error ({type(exc).__name__}: {exc})"[:200])
-    return {"index": row["index"], "prepared": pickle.dumps(_to_numpy(out))}
+    ctx = _context(load, prepare_options)
+    rows = batch.to_pylist()
+    out = []
+    for row in rows:
+        prepared = []
+        for index, item in pickle.loads(row["items"]):
+            try:
+                ready = prepare(item, ctx)
+            except Exception as exc:  # as in the local pool: the item gets an error record
+                ready = error_prepared(item, f"internal error ({type(exc).__name__}: {exc})"[:200])
+            prepared.append((index, _to_numpy(ready)))
+        out.append(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+    return pa.table(
+        {
+            "first": [r["first"] for r in rows],
+            "last": [r["last"] for r in rows],
+            "prepared": pa.array(out, type=pa.large_binary()),
+        }
+    )
 
 
-def shard_name(first: int, last: int) -> str:
-    return f"shard-{first:012d}-{last:012d}.jsonl"
+def shard_name(first: int, last: int, tag: str = "") -> str:
+    """The shard of the chunk holding items ``first``..``last`` of a run tagged ``tag``."""
+    return f"shard-{first:012d}-{last:012d}{'-' + tag if tag else ''}.jsonl"
 
 
+# -- model actors ---------------------------------------------------------------------------
 class _ScoreShard:
-    """A map_batches actor: loads the ensemble once, scores a block, commits it as a shard."""
+    """A map_batches actor: loads the ensemble once, scores a chunk, commits it as a shard."""
 
     def __init__(
         self,
@@ -167,21 +274,31 @@ class _ScoreShard:
         options: RunOptions,
         shard_dir: str,
         use_gpu: bool,
+        tag: str = "",
+        precision: str = "auto",
         kill_marker: str | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         import torch
 
+        from deepsift.scoring.accel import resolve_precision
+
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # one model actor per reserved CPU
         self.ensemble = load().to(device)
         self.bands = bands
-        self.options = replace(options, device=device, progress=False, workers=0)
+        amp = resolve_precision(precision, device)
+        self.options = replace(options, device=device, amp_dtype=amp, progress=False, workers=0)
         self.shard_dir = shard_dir
+        self.tag = tag
         self.kill_marker = kill_marker
+        self.delay_s = delay_s
 
     def _maybe_die(self, first: int) -> None:
-        """Test hook (:data:`KILL_ENV`): the first actor to score a block other than the
+        """Test hook (:data:`KILL_ENV`): the first actor to score a chunk other than the
         first one creates the marker file and exits, once per marker, after committing the
-        shard but before returning it, so Ray's retry scores and commits the block again."""
+        shard but before returning it, so Ray's retry scores and commits the chunk again."""
         if not self.kill_marker or first == 0:
             return
         try:
@@ -190,80 +307,91 @@ class _ScoreShard:
             return
         os._exit(1)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: Any) -> Any:  # pyarrow.Table -> pyarrow.Table
+        import pyarrow as pa
+
         from deepsift.scoring.runner import MemorySink, Scorer
 
-        indices = [int(i) for i in batch["index"]]
-        sink = MemorySink()
-        scorer = Scorer(self.ensemble, self.bands, self.options, sink)
-        for blob in batch["prepared"]:
-            scorer._accept(pickle.loads(blob))
-            scorer._forward_ready(partial=False)
-        scorer._forward_ready(partial=True)
-        name = shard_name(min(indices), max(indices))
-        final = os.path.join(self.shard_dir, name)
-        tmp = f"{final}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as handle:
-            for record in sink.records:
-                handle.write(encode_jsonl(record))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)  # committed: a retried block rewrites the same name
-        self._maybe_die(min(indices))
-        return {"shard": [name], "records": [len(sink.records)]}
+        names, counts, items = [], [], []
+        for row in batch.to_pylist():
+            prepared = pickle.loads(row["prepared"])
+            sink = MemorySink()
+            scorer = Scorer(self.ensemble, self.bands, self.options, sink)
+            for _, ready in prepared:
+                scorer._accept(ready)
+                scorer._forward_ready(partial=False)
+            scorer._forward_ready(partial=True)
+            name = shard_name(row["first"], row["last"], self.tag)
+            final = os.path.join(self.shard_dir, name)
+            tmp = f"{final}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as handle:
+                for record in sink.records:
+                    handle.write(encode_jsonl(record))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)  # committed: a retried chunk rewrites the same name
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            self._maybe_die(row["first"])
+            names.append(name)
+            counts.append(len(sink.records))
+            items.append(len(prepared))
+        return pa.table({"shard": names, "records": counts, "items": items})
 
 
-# -- driver side ------------------------------------------------------------------------
-def _rows(options: RunOptions, done: set[bytes]) -> Iterator[dict[str, Any]]:
-    """Rows of the items to score. An item's index is its position in the whole listing,
-    committed items (``done``) included, so a resumed run names its shards apart."""
-    seen: set[bytes] = set()
-    position = [-1]
-
-    def skip(key: bytes) -> bool:  # the same item named twice is scored once
-        if key in seen:
-            return True
-        seen.add(key)
-        position[0] += 1
-        return key in done
-
-    for item in iter_items(options.inputs, options.input_options, skip):
-        yield {"index": position[0], "item": pickle.dumps(item)}
+# -- driver side ----------------------------------------------------------------------------
+def _committed_names(shard_dir: Path) -> list[str]:
+    """Shard files already committed (tmp files are not), in item order."""
+    return sorted(p.name for p in shard_dir.glob("shard-*.jsonl"))
 
 
-def _committed(shard_dir: Path) -> tuple[list[str], set[bytes]]:
-    """Shard files already committed (tmp files are not) and the item keys they hold."""
-    names = sorted(p.name for p in shard_dir.glob("shard-*.jsonl"))
+def _done_keys(shard_dir: Path, names: list[str]) -> set[bytes]:
+    """The item keys that the shards ``names`` hold."""
     done: set[bytes] = set()
     for name in names:
         with open(shard_dir / name, "rb") as handle:
             for _, _, record in iter_jsonl_records(handle):
                 if record is not None and record["kind"] not in PART_KINDS:
                     done.add(record_key(record))
-    return names, done
+    return done
+
+
+def _committed(shard_dir: Path) -> tuple[list[str], set[bytes]]:
+    """Shard files already committed and the item keys they hold."""
+    names = _committed_names(shard_dir)
+    return names, _done_keys(shard_dir, names)
+
+
+def _read_at(path: Path, offset: int) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        for _, _, record in iter_jsonl_records(handle, offset):
+            if record is not None:
+                return record
+            break
+    raise UserError(f"{path}: the shard changed while merging (byte {offset}); run --resume again")
 
 
 def _merged(shard_dir: Path, names: list[str]) -> Iterator[dict[str, Any]]:
-    """Records of the committed shards in item order; cross-shard duplicates as the local
-    engine writes them (the original's record, own path, ``duplicate_of``)."""
-    originals: dict[str, dict[str, Any]] = {}
-    seen: set[tuple] = set()
-    for name in sorted(set(names)):
+    """Records of the shards ``names`` in item order; cross-shard duplicates as the local
+    engine writes them (the original's record, own path, ``duplicate_of``).
+
+    Only the sha256 of each original and where it lies (shard, byte offset) stay in memory:
+    a duplicate's original is read back from its shard."""
+    names = sorted(set(names))
+    originals: dict[bytes, tuple[int, int]] = {}
+    for number, name in enumerate(names):
         with open(shard_dir / name, "rb") as handle:
-            for _, _, record in iter_jsonl_records(handle):
+            for offset, _, record in iter_jsonl_records(handle):
                 if record is None:
                     continue
-                ident = (record["path"], record["member"], record["member_index"], record["kind"])
-                if record["kind"] not in PART_KINDS:
-                    if ident in seen:
-                        continue
-                    seen.add(ident)
                 sha = record.get("sha256")
                 if record["kind"] not in PART_KINDS and sha and not record.get("duplicate_of"):
-                    original = originals.get(sha)
-                    if original is None:
-                        originals[sha] = record
+                    digest = sha.encode()
+                    where = originals.get(digest)
+                    if where is None:
+                        originals[digest] = (number, offset)
                     else:
+                        original = _read_at(shard_dir / names[where[0]], where[1])
                         record = {
                             **original,
                             "path": record["path"],
@@ -277,6 +405,33 @@ def _merged(shard_dir: Path, names: list[str]) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def listing_dataset(
+    options: RunOptions, shard_dir: str | Path, resumed: list[str], items_per_shard: int
+) -> Any:
+    """The Ray Dataset of chunk rows (``first``, ``last``, pickled ``items``): one Ray task
+    runs :func:`_list_chunks`; every row is its own block, in this dataset and in those
+    derived from it (``target_max_block_size`` 1 byte), so a chunk is listed, decoded and
+    scored as one block each."""
+    import ray
+
+    ds = ray.data.from_items([{"listing": 0}])
+    ds.context.target_max_block_size = 1
+    ds.context.enable_progress_bars = False
+    return ds.flat_map(
+        _list_chunks,
+        fn_kwargs={
+            "options": options,
+            "shard_dir": str(shard_dir),
+            "resumed": resumed,
+            "items_per_shard": items_per_shard,
+        },
+        # reserves no CPU: one long task that must not starve the decode tasks of a small
+        # cluster (2 CPUs: one model actor, one decoder), which would stall the listing
+        # once backpressure pauses it
+        num_cpus=0,
+    )
+
+
 def score_ray(
     load: Callable[[], Ensemble],
     bands: Bands,
@@ -287,6 +442,7 @@ def score_ray(
     model_workers: int = 1,
     gpus_per_worker: float = 0.0,
     items_per_shard: int = DEFAULT_ITEMS_PER_SHARD,
+    precision: str = "auto",
     resume: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -296,52 +452,63 @@ def score_ray(
     ``load`` builds the ensemble (it runs in every worker: it must be picklable).
     ``resume``: the shards a killed run committed in ``shard_dir`` are kept and their
     items are not listed again (not even read); the rest is scored, then all are merged.
+    Shards that a killed run's actors commit after this run has started are ignored.
     """
-    import time
-
     import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     if not ray.is_initialized():
         raise UserError("--engine ray: call start_ray first")
+    if items_per_shard <= 0:
+        raise UserError(f"--items-per-shard must be positive; got {items_per_shard}")
     start = time.monotonic()
     shard_dir = Path(shard_dir)
     if resume and shard_dir.is_dir():
-        names, done = _committed(shard_dir)
-        for stale in shard_dir.glob("*.tmp-*"):  # a block its worker never committed
+        resumed = _committed_names(shard_dir)
+        for stale in shard_dir.glob("*.tmp-*"):  # a chunk its worker never committed
             stale.unlink()
     else:
         shutil.rmtree(shard_dir, ignore_errors=True)
         shard_dir.mkdir(parents=True)
-        names, done = [], set()
-    resumed = len(names)
-    rows = list(_rows(options, done))
-    if rows:
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // items_per_shard)))
-        ds = ds.map(
-            _prepare_row,
-            fn_kwargs={"load": load, "prepare_options": options.prepare_options},
-            num_cpus=1,
-        )
-        ds = ds.map_batches(
-            _ScoreShard,
-            fn_constructor_kwargs={
-                "load": load,
-                "bands": bands,
-                "options": options,
-                "shard_dir": str(shard_dir),
-                "use_gpu": gpus_per_worker > 0,
-                "kill_marker": os.environ.get(KILL_ENV) or None,
-            },
-            batch_size=items_per_shard,
-            batch_format="numpy",
-            concurrency=model_workers,
-            num_gpus=gpus_per_worker,
-            num_cpus=0 if gpus_per_worker > 0 else 1,
-            max_restarts=MAX_RESTARTS,  # a dead actor comes back (weights reloaded) ...
-            max_task_retries=MAX_RESTARTS,  # ... and its block is scored again
-        )
-        for out in ds.iter_rows():
-            names.append(str(out["shard"]))
+        resumed = []
+    tag = secrets.token_hex(4)  # this run's shards: apart from a killed run's late commits
+    ds = listing_dataset(options, shard_dir, resumed, items_per_shard)
+    # decode tasks: at most one per cluster CPU; a task pool whose size differs from the
+    # actor pool's, so Ray does not fuse decoding into the model actors (their CPU would
+    # then do both, one chunk at a time)
+    decoders = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = ds.map_batches(
+        _prepare_chunk,
+        fn_kwargs={"load": load, "prepare_options": options.prepare_options},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=TaskPoolStrategy(size=decoders + (decoders == model_workers)),
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        _ScoreShard,
+        fn_constructor_kwargs={
+            "load": load,
+            "bands": bands,
+            "options": options,
+            "shard_dir": str(shard_dir),
+            "use_gpu": gpus_per_worker > 0,
+            "tag": tag,
+            "precision": precision,
+            "kill_marker": os.environ.get(KILL_ENV) or None,
+            "delay_s": float(os.environ.get(DELAY_ENV) or 0),
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=model_workers),
+        num_gpus=gpus_per_worker,
+        num_cpus=0 if gpus_per_worker > 0 else 1,
+    )
+    listed = 0
+    names = list(resumed)
+    for out in ds.iter_rows():
+        names.append(str(out["shard"]))
+        listed += int(out["items"])
     items = 0
     for record in _merged(shard_dir, names):
         sink.write([record])
@@ -358,6 +525,6 @@ def score_ray(
         "elapsed_s": round(elapsed, 3),
         "items_per_s": round(items / elapsed, 3) if elapsed > 0 else None,
         "shards": len(set(names)),
-        "shards_resumed": resumed,
-        "items_listed": len(rows),
+        "shards_resumed": len(resumed),
+        "items_listed": listed,
     }

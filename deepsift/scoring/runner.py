@@ -33,6 +33,7 @@ import torch
 
 from deepsift.core.inference import fake_probabilities
 from deepsift.core.progress import progress_bar
+from deepsift.scoring.accel import prepare_model
 from deepsift.scoring.assemble import assemble
 from deepsift.scoring.calibration import BANDS, Bands
 from deepsift.scoring.faces import FaceDetectorLike
@@ -190,6 +191,10 @@ class Scorer:
         self.stats = stats or Stats()  # may already count the records of a resumed output
         self.run_stats = Stats()
         self.members = {m.label: m for m in ensemble.members}
+        # channels_last on CUDA for convolutional detectors (deepsift.scoring.accel)
+        self.channels_last = {
+            id(m.detector): prepare_model(m.detector, options.device) for m in ensemble.members
+        }
         self.ctx = PrepareContext(
             [
                 MemberSpec(
@@ -331,7 +336,11 @@ class Scorer:
     def _predict(self, detector: Any, batch: dict[str, torch.Tensor]) -> np.ndarray:
         device = self.options.device
         probs = fake_probabilities(
-            detector, batch, device, self.options.amp_dtype, channels_last=device.type == "cuda"
+            detector,
+            batch,
+            device,
+            self.options.amp_dtype,
+            channels_last=self.channels_last.get(id(detector), False),
         )
         return probs.numpy().astype(np.float64)
 
