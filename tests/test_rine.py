@@ -61,6 +61,23 @@ def test_official_layout_loads_strictly(tmp_path) -> None:
         m.load_weights(tmp_path / "bad.pth")
 
 
+def test_released_sizes_load_as_they_are(tmp_path) -> None:
+    """The four released files differ in nproj/proj_dim (4/128, 4/1024, 2/1024): the file wins."""
+    other = RINE(nproj=3, proj_dim=12, **TINY)
+    state = {k: torch.randn_like(v) for k, v in other.state_dict().items()}
+    torch.save(state, tmp_path / "model_4class_trainable.pth")
+    m = model()
+    assert (m.nproj, m.proj_dim) == (2, 8)
+    m.load_weights(tmp_path / "model_4class_trainable.pth")
+    assert (m.nproj, m.proj_dim) == (3, 12)
+    assert torch.equal(m.proj1[7].weight, state["proj1.7.weight"])
+    assert m.eval()({"image": torch.randn(1, 3, 224, 224)})["embedding"].shape == (1, 12)
+    state["alpha"] = torch.randn(1, 5, 12)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match=r"alpha has shape \(1, 5, 12\).*3 blocks"):
+        m.load_weights(tmp_path / "bad.pth")
+
+
 def test_full_size_trainable_parameters() -> None:
     # model_2class_trainable.pth: alpha (1, 24, 128), proj1 1024->128 + 3x128, proj2 4x128, head
     with torch.device("meta"):
