@@ -89,6 +89,34 @@ def test_full_size_trainable_parameters() -> None:
     )
 
 
+#: keys and shapes of the released ckpt/model_2class_trainable.pth (mever-team/rine at
+#: 9b7fd5857cc205d0412be6aeee0d7611b95bd620, sha256 680d301b6d191da85b9dabcebf42cd3d
+#: f20c5c669fa8320c498f835d02bf5ccb), read from the file itself
+RELEASED_2CLASS = [("alpha", (1, 24, 128))] + [
+    (
+        f"{part}.{i}.{leaf}",
+        (128, 1024 if (part, i) == ("proj1", 1) else 128) if leaf == "weight" else (128,),
+    )
+    for part in ("proj1", "proj2")
+    for i in (1, 4, 7, 10)
+    for leaf in ("weight", "bias")
+]
+RELEASED_2CLASS += [
+    ("head.0.weight", (128, 128)),
+    ("head.0.bias", (128,)),
+    ("head.3.weight", (128, 128)),
+    ("head.3.bias", (128,)),
+    ("head.6.weight", (1, 128)),
+    ("head.6.bias", (1,)),
+]
+
+
+def test_full_size_state_dict_is_the_released_file() -> None:
+    with torch.device("meta"):
+        m = RINE(random_init=True)
+    assert [(k, tuple(v.shape)) for k, v in m.state_dict().items()] == RELEASED_2CLASS
+
+
 def test_format_registered() -> None:
     from detectors.formats import formats_for
 
