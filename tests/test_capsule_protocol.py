@@ -11,9 +11,11 @@ experiment composes to exactly DeepfakeBench's input. The official Capsule-Foren
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -24,6 +26,9 @@ from detectors.capsule_forensics import CapsuleForensics
 from detectors.formats import CAPSULE_SHARED_LAYOUT
 from detectors.inspect import describe, inspect_file
 from detectors.preprocessing import DEEPFAKEBENCH_FACE_PREPROCESSING
+from tests.official.images import reference_images
+from tests.official.weights import HERE, write_official_file
+from tests.test_official_parity import _logits
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENT = "experiment=reproduce/deepfakebench_capsule_forensics"
@@ -84,3 +89,21 @@ def test_reproduce_experiment_is_deepfakebench_input(
     for key, value in DEEPFAKEBENCH_FACE_PREPROCESSING.items():
         assert got[key] == (list(value) if isinstance(value, tuple) else value), key
     assert got["resize_to"] == 256
+
+
+def test_deepfakebench_capsule_outputs_at_its_input(tmp_path: Path) -> None:
+    """DeepfakeBench's CapsuleNetDetector (make_deepfakebench_capsule.py) on a file in its
+    save_ckpt layout: deepsift matches it at DeepfakeBench's input and misses at the
+    official Capsule-Forensics-v2 input, the one a bare file would otherwise get."""
+    reference = json.loads((HERE / "deepfakebench" / "deepfakebench_capsule_net.json").read_text())
+    path = write_official_file(reference, tmp_path / reference["filename"])
+    images = reference_images(reference["images_seed"])
+    expected = np.array(reference["outputs"]["logits"])
+    dfb = dict(DEEPFAKEBENCH_FACE_PREPROCESSING)
+    detector = load_detector("capsule_forensics", weights=str(path), preprocessing=dfb)
+    got = _logits(detector, images, torch.float32)
+    assert np.abs(got - expected).max() <= reference["tolerance"]["logit"]
+    official_input = _logits(
+        load_detector("capsule_forensics", weights=str(path)), images, torch.float32
+    )
+    assert np.abs(official_input - expected).max() > 10 * reference["tolerance"]["logit"]
