@@ -234,7 +234,8 @@ def diffusers_vae(
     ``movq`` subfolder, a ``VQModel``), or the autoencoder's own folder.
     ``subfolder``/``kind`` (``"kl"``/``"vq"``) are found from the folder when not given.
     ``variant="fp16"`` reads the half-precision files the reference loads (it then
-    upcasts the VAE to float32, as here). ``posterior``, ``seed``, ``generator``: see
+    upcasts the VAE to float32, as here); they are read by default when they are the
+    only weights in the folder. ``posterior``, ``seed``, ``generator``: see
     :class:`DiffusersVAE` (the defaults are the reference's).
     """
     if not path:
@@ -264,6 +265,15 @@ def diffusers_vae(
     kwargs: dict[str, Any] = (
         {"subfolder": subfolder} if subfolder and (folder / subfolder).is_dir() else {}
     )
+    weights = folder / subfolder if "subfolder" in kwargs else folder
+    plain = [weights / f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "bin")]
+    # the reference downloads only the fp16 files (variant="fp16"); read those when alone
+    if (
+        variant is None
+        and not any(f.is_file() for f in plain)
+        and any(weights.glob("diffusion_pytorch_model.fp16.*"))
+    ):
+        variant = "fp16"
     if variant:
         kwargs["variant"] = variant
     vae = cls.from_pretrained(str(folder), local_files_only=True, **kwargs)

@@ -120,6 +120,31 @@ def test_the_reference_tells_the_authors_choices_apart(
     assert np.abs(got / exact - 1).max() > 10 * RTOL_FLOAT32
 
 
+def test_autoencoder_path_defaults_are_the_authors(files: dict[str, Path]) -> None:
+    """``load_detector`` with the folders only (fp16 files found, sampled posterior, one
+    generator per run, floor): its logits are minus the authors' minimum distances."""
+    from detectors import load_detector
+
+    detector = load_detector(
+        "aeroblade",
+        autoencoder_path=[str(files[name]) for name in REFERENCE["autoencoders"]],
+        distance="lpips",
+        lpips_backbone_file=str(files["vgg"]),
+        lpips_file=str(files["lins"]),
+        preprocessing={"crop": "none"},
+    ).eval()
+    pictures = REFERENCE["pictures"]["folder"]
+    logits = []
+    for _, width, height, seed in pictures:
+        image = Image.fromarray(reference_image(width, height, seed))
+        batch = {"image": detector.eval_transform({"image": image, "record": None})["image"][None]}
+        logits.append(float(detector(batch)["logits"][0]))
+    minimum = [REFERENCE["distances_float32"]["lpips_vgg_2"][n] for n, *_ in pictures]
+    np.testing.assert_allclose(
+        -np.array(logits), [min(m.values()) for m in minimum], rtol=RTOL_FLOAT32
+    )
+
+
 def test_run_generator_restarts(files: dict[str, Path]) -> None:
     vae = diffusers_vae(str(files["vae_a"]), variant="fp16")
     x = torch.rand(1, 3, 16, 16)
