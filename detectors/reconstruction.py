@@ -65,21 +65,22 @@ This implementation:
   correctly (AUC and AP are right) but probabilities are not calibrated.
 
 What deepsift reproduces (``tests/test_aeroblade_official.py`` against the authors'
-``compute_distances`` on seeded tiny VAEs and LPIPS files, ``tests/official/aeroblade/``;
+``compute_distances`` on two seeded tiny ``AutoencoderKL``, a tiny Kandinsky-style
+``VQModel`` and seeded LPIPS files, ``tests/official/aeroblade/``;
 largest difference 6e-6 relative to their LPIPS in float32, 5e-4 to their final
 float16-stored output): the sampled posterior (``diffusers_vae(posterior="sample",
 seed=1, generator="run")``, the default; ``generator="batch"`` for pictures scored one
 file at a time, as their script does with files; ``posterior="mode"`` for scores that do
 not depend on the order, 9 % off there), the PNG's truncation to 8 bits
-(``quantize="floor"``, the default; ``"round"`` is 0.2 % off), LPIPS-vgg written here
+(``quantize="floor"``, the default; ``"round"`` is 0.2 % off), the precisions (SD VAEs
+from their fp16 files upcast to float32, Kandinsky's ``movq`` in float16: the
+``diffusers_vae`` defaults; a float32 movq is 5e-4 off), LPIPS-vgg written here
 (:mod:`detectors.layers.lpips`, no ``lpips`` package needed) from torchvision's
 ``vgg16-397923af.pth`` and LPIPS v0.1's ``vgg.pth``, and the minimum over autoencoders.
 
 Deliberate differences: the LPIPS maps are averaged in float32 (the reference stores
 them as float16 first: up to 5e-4 relative); reconstructions are quantised in memory,
-not written to disk; Kandinsky's ``movq`` runs in float32 (the reference keeps it in
-float16; the SD VAEs are upcast to float32 there as here: pass ``variant="fp16"`` to
-read the same half-precision files); inputs are reflect-padded to a multiple of
+not written to disk; inputs are reflect-padded to a multiple of
 ``multiple_of`` and cropped back (the reference needs sizes divisible by 8); the
 default preprocessing centre-crops to the embedded benchmark's 64 px, the paper scores
 the whole image (``preprocessing.crop=none``); no ``torch.compile``; the autoencoder
@@ -215,7 +216,8 @@ class DiffusersVAE(nn.Module):
         else:  # VQModel (Kandinsky's movq): decode the unquantised latents, as the reference
             latents = encoded.latents if hasattr(encoded, "latents") else encoded[0]
             decoded = self.vae.decode(latents, force_not_quantize=True, return_dict=False)[0]
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+        # in the autoencoder's dtype, as the reference (a float16 movq's output stays half)
+        return (decoded / 2 + 0.5).clamp(0, 1)
 
 
 def diffusers_vae(
@@ -226,6 +228,7 @@ def diffusers_vae(
     seed: int = 1,
     generator: str = "run",
     variant: str | None = None,
+    dtype: str | None = None,
 ) -> DiffusersVAE:
     """A latent-diffusion autoencoder from a local diffusers folder (nothing is downloaded).
 
@@ -235,8 +238,10 @@ def diffusers_vae(
     ``subfolder``/``kind`` (``"kl"``/``"vq"``) are found from the folder when not given.
     ``variant="fp16"`` reads the half-precision files the reference loads (it then
     upcasts the VAE to float32, as here); they are read by default when they are the
-    only weights in the folder. ``posterior``, ``seed``, ``generator``: see
-    :class:`DiffusersVAE` (the defaults are the reference's).
+    only weights in the folder. ``dtype``: what the autoencoder runs in; ``None`` is the
+    reference's: float32 for an ``AutoencoderKL`` (``upcast_vae()``), float16 for a
+    ``VQModel`` (Kandinsky's ``movq`` is kept in half precision there). ``posterior``,
+    ``seed``, ``generator``: see :class:`DiffusersVAE` (the defaults are the reference's).
     """
     if not path:
         raise UserError(
@@ -276,8 +281,12 @@ def diffusers_vae(
         variant = "fp16"
     if variant:
         kwargs["variant"] = variant
+    if dtype is None:
+        dtype = "float16" if kind == "vq" else "float32"
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"diffusers_vae dtype must be float16 or float32, not {dtype!r}")
     vae = cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
-    return DiffusersVAE(vae.float().eval(), posterior, seed, generator)
+    return DiffusersVAE(vae.to(getattr(torch, dtype)).eval(), posterior, seed, generator)
 
 
 def _unwrap(output: Any) -> torch.Tensor:
@@ -489,11 +498,14 @@ class AEROBLADE(Detector):
             padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
             out = []
             for ae in self.autoencoders:
-                rec = reconstruct(ae, padded).float()[..., :height, :width].clamp(0, 1)
+                rec = reconstruct(ae, padded)[..., :height, :width].clamp(0, 1)
+                # quantised in the reconstruction's dtype: to_pil_image multiplies a half
+                # tensor by 255 in half precision before it truncates to uint8
                 if self.quantize == "floor":  # the reference's PNG: to_pil_image truncates
-                    rec = rec.mul(255).floor().mul(1.0 / 255)  # ToDtype(scale=True)
+                    rec = rec.mul(255).floor().float().mul(1.0 / 255)  # ToDtype(scale=True)
                 elif self.quantize == "round":
-                    rec = rec.mul(255).round().div(255)
+                    rec = rec.mul(255).round().float().div(255)
+                rec = rec.float()
                 out.append(self._reduce(self.distance_fn(x, rec).float()))
             return torch.stack(out, dim=1)
 

@@ -2,7 +2,7 @@
 
 ``make_aeroblade.py`` ran jonasricker/aeroblade's ``compute_distances`` (reconstruct,
 write PNG, LPIPS-vgg layer 2 and all layers, minimum over autoencoders) on two seeded
-tiny diffusers VAEs and seeded LPIPS-vgg files in the layouts the authors read. Here
+tiny diffusers VAEs and a tiny Kandinsky-style VQModel (run in float16, as theirs) and seeded LPIPS-vgg files in the layouts the authors read. Here
 the same files are rebuilt from the reference's key lists and seeds, loaded by
 deepsift, and its distances compared: with the reference's posterior noise (one
 generator per run, or per picture for pictures passed as separate files) and PNG
@@ -34,14 +34,19 @@ RTOL_FLOAT16 = 2e-3
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, VQModel
 
     root = tmp_path_factory.mktemp("aeroblade_official")
     out: dict[str, Path] = {}
-    for name, seed in REFERENCE["autoencoders"].items():
-        vae = AutoencoderKL(**REFERENCE["vae_config"])
-        vae.load_state_dict(seeded_state_dict(REFERENCE["vae_keys"], seed), strict=True)
-        vae.half().save_pretrained(root / name / "vae", variant="fp16", safe_serialization=True)
+    for name, spec in REFERENCE["autoencoders"].items():
+        if spec["kind"] == "vq":  # Kandinsky's movq: float32 files, no variant
+            movq = VQModel(**REFERENCE["vq_config"])
+            movq.load_state_dict(seeded_state_dict(REFERENCE["vq_keys"], spec["seed"]), strict=True)
+            movq.save_pretrained(root / name / "movq", safe_serialization=True)
+        else:
+            vae = AutoencoderKL(**REFERENCE["vae_config"])
+            vae.load_state_dict(seeded_state_dict(REFERENCE["vae_keys"], spec["seed"]), strict=True)
+            vae.half().save_pretrained(root / name / "vae", variant="fp16", safe_serialization=True)
         out[name] = root / name
     vgg = REFERENCE["vgg"]
     torch.save(seeded_state_dict(vgg["keys"], vgg["seed"]), root / vgg["filename"])
@@ -56,8 +61,7 @@ def _detector(files: dict[str, Path], layer: int = 2, **vae_options) -> AEROBLAD
     quantize = vae_options.pop("quantize", "floor")
     return AEROBLADE(
         autoencoder=[
-            diffusers_vae(str(files[name]), variant="fp16", **vae_options)
-            for name in REFERENCE["autoencoders"]
+            diffusers_vae(str(files[name]), **vae_options) for name in REFERENCE["autoencoders"]
         ],
         distance="lpips",
         lpips_layer=layer,
@@ -120,6 +124,17 @@ def test_the_reference_tells_the_authors_choices_apart(
     assert np.abs(got / exact - 1).max() > 10 * RTOL_FLOAT32
 
 
+def test_movq_runs_in_half_precision_as_theirs(files: dict[str, Path]) -> None:
+    """Their Kandinsky movq stays float16; run in float32 it misses (5e-4 relative here)."""
+    pictures = REFERENCE["pictures"]["files"]
+    column = list(REFERENCE["autoencoders"]).index("kandinsky-2-tiny")
+    exact = _expected("distances_float32", "lpips_vgg_2", pictures)[:, column]
+    half = _distances(_detector(files, generator="batch"), pictures)[:, column]
+    full = _distances(_detector(files, generator="batch", dtype="float32"), pictures)[:, column]
+    np.testing.assert_allclose(half, exact, rtol=RTOL_FLOAT32, atol=0)
+    assert np.abs(full / exact - 1).max() > 2 * RTOL_FLOAT32
+
+
 def test_autoencoder_path_defaults_are_the_authors(files: dict[str, Path]) -> None:
     """``load_detector`` with the folders only (fp16 files found, sampled posterior, one
     generator per run, floor): its logits are minus the authors' minimum distances."""
@@ -146,7 +161,7 @@ def test_autoencoder_path_defaults_are_the_authors(files: dict[str, Path]) -> No
 
 
 def test_run_generator_restarts(files: dict[str, Path]) -> None:
-    vae = diffusers_vae(str(files["vae_a"]), variant="fp16")
+    vae = diffusers_vae(str(files["vae_a"]))
     x = torch.rand(1, 3, 16, 16)
     first, second = vae(x), vae(x)
     vae.reset_generator()

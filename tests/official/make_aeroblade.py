@@ -30,7 +30,11 @@ What is replaced, and why (nothing numerical):
   seeded ``vgg16-397923af.pth``-layout file (``features.*``) instead.
 
 Autoencoders: two tiny ``AutoencoderKL`` (the config below), seeded, written with
-``save_pretrained(variant="fp16")`` as float16 safetensors under ``<name>/vae``.
+``save_pretrained(variant="fp16")`` as float16 safetensors under ``<name>/vae``, and a
+tiny ``VQModel`` (Kandinsky 2.1's kind) under ``kandinsky-2-tiny/movq`` in float32, which
+their code reads (``"kandinsky-2"`` in the name) without a variant, in float16, and runs
+in float16 (``pipe.movq``, no ``upcast_vae``; ``VQModel.decode(force_not_quantize=True)``).
+Kandinsky's pipeline stand-in has ``movq`` and no ``vae``.
 Pictures (``tests/official/images.reference_image``): three PNGs passed as separate
 files (each a dataset of its own, so each starts the posterior noise from seed 1) and a
 folder of three same-size PNGs (one dataset: the noise runs on from image to image).
@@ -75,7 +79,28 @@ VAE_CONFIG = {
     "norm_num_groups": 4,
     "sample_size": 32,
 }
-AUTOENCODERS = {"vae_a": 11, "vae_b": 12}  # folder name -> seed
+#: a tiny VQModel like Kandinsky 2.1's movq (spatial norm in the decoder)
+VQ_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "num_vq_embeddings": 32,
+    "vq_embed_dim": 4,
+    "sample_size": 32,
+    "norm_type": "spatial",
+}
+#: folder name -> seed and kind; "kandinsky-2" in the name makes their code read it as
+#: Kandinsky (no fp16 variant, the movq kept in float16)
+AUTOENCODERS = {
+    "vae_a": {"seed": 11, "kind": "kl"},
+    "vae_b": {"seed": 12, "kind": "kl"},
+    "kandinsky-2-tiny": {"seed": 13, "kind": "vq"},
+}
 VGG_SEED, LINS_SEED = 21, 22
 #: separate files (name, width, height, picture seed) and one folder of same-size pictures
 FILES = [("p0", 64, 48, 100), ("p1", 48, 64, 101), ("p2", 56, 56, 102)]
@@ -88,6 +113,23 @@ def vae_spec() -> list:
 
     with torch.device("meta"):
         return key_spec(AutoencoderKL(**VAE_CONFIG).state_dict())
+
+
+def vq_spec() -> list:
+    from diffusers import VQModel
+
+    with torch.device("meta"):
+        return key_spec(VQModel(**VQ_CONFIG).state_dict())
+
+
+def write_movq(folder: Path, seed: int) -> Path:
+    """``<folder>/movq``: the seeded tiny VQModel in float32 (Kandinsky ships no fp16 variant)."""
+    from diffusers import VQModel
+
+    movq = VQModel(**VQ_CONFIG)
+    movq.load_state_dict(seeded_state_dict(vq_spec(), seed), strict=True)
+    movq.save_pretrained(folder / "movq", safe_serialization=True)
+    return folder
 
 
 def vgg_spec() -> list:
@@ -165,13 +207,23 @@ def main() -> None:
 
     import aeroblade.image as aimage
     from aeroblade.high_level_funcs import compute_distances
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, VQModel
 
     class Pipeline:
         @classmethod
         def from_pretrained(
             cls, repo_id: str, torch_dtype: torch.dtype, use_safetensors: bool, variant
         ):
+            if "kandinsky-2" in repo_id:  # the Kandinsky img2img pipeline: movq, no upcast
+                kandinsky = KandinskyPipeline()
+                kandinsky.movq = VQModel.from_pretrained(
+                    repo_id,
+                    subfolder="movq",
+                    torch_dtype=torch_dtype,
+                    use_safetensors=use_safetensors,
+                    variant=variant,
+                )
+                return kandinsky
             pipe = cls()
             pipe.vae = AutoencoderKL.from_pretrained(
                 repo_id,
@@ -188,9 +240,16 @@ def main() -> None:
         def enable_model_cpu_offload(self) -> None:
             pass
 
+    class KandinskyPipeline:
+        def enable_model_cpu_offload(self) -> None:
+            pass
+
     aimage.AutoPipelineForImage2Image = Pipeline
 
-    repos = [str(write_vae(scratch / name, seed)) for name, seed in AUTOENCODERS.items()]
+    repos = [
+        str((write_vae if spec["kind"] == "kl" else write_movq)(scratch / name, spec["seed"]))
+        for name, spec in AUTOENCODERS.items()
+    ]
     files, folder = write_pictures(scratch)
     os.chdir(scratch)  # their joblib cache lands in ./cache
     frame = compute_distances(
@@ -259,6 +318,10 @@ def main() -> None:
         "variant='fp16', safe_serialization=True)",
         "autoencoders": AUTOENCODERS,
         "vae_keys": vae_spec(),
+        "vq_config": VQ_CONFIG,
+        "vq_save": "VQModel(**vq_config), seeded, .save_pretrained(<name>/movq, safe_serialization=True) "
+        "(float32; their pipeline reads it with torch_dtype=float16 and keeps it so)",
+        "vq_keys": vq_spec(),
         "vgg": {
             "filename": "vgg16-397923af.pth",
             "save": "torch.save(state_dict)",
