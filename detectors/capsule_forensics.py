@@ -34,7 +34,13 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, merge_preprocessing
+from detectors.preprocessing import (
+    DEEPFAKEBENCH_FACE_PREPROCESSING,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    merge_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -348,3 +354,41 @@ class CapsuleForensics(Detector):
             self.use_protocol("Capsule-Forensics-v2", DEFAULT_PREPROCESSING, DEFAULT_PREPROCESSING)
             return
         load_state_dict_strict(self, state, f"weights file {path}")
+        self._note_unrecorded_protocol(path)
+
+    def _note_unrecorded_protocol(self, path: str | Path) -> None:
+        """DeepfakeBench's and deepsift's full layouts are one: say which input is in use.
+
+        The file cannot bring its protocol (``detectors.formats.CAPSULE_SHARED_LAYOUT``),
+        so nothing is switched: at DeepfakeBench's input one info line, at any other one
+        warning naming the input in use and how to get DeepfakeBench's.
+        """
+        current = self.preprocessing.to_dict()
+        dfb = Preprocessing(
+            **{**DEFAULT_PREPROCESSING, **DEEPFAKEBENCH_FACE_PREPROCESSING, "resize_to": None}
+        ).to_dict()
+        fields = (
+            "size",
+            "resize",
+            "resize_to",
+            "interpolation",
+            "resize_backend",
+            "crop",
+            "mean",
+            "std",
+        )
+        if all(current[k] == dfb[k] for k in fields):
+            log.info(
+                "Capsule-Forensics: %s has the DeepfakeBench/deepsift layout; the input in use is "
+                "DeepfakeBench's (256 px, cv2 INTER_CUBIC, mean = std = 0.5)",
+                path,
+            )
+            return
+        log.warning(
+            "Capsule-Forensics: %s has the layout DeepfakeBench's capsule_net and deepsift's own "
+            "files share, which does not record its protocol; using %s. For a DeepfakeBench "
+            "checkpoint pass experiment=reproduce/deepfakebench_capsule_forensics (its input: "
+            "256 px, cv2 INTER_CUBIC, mean = std = 0.5)",
+            path,
+            ", ".join(f"{k}={current[k]}" for k in fields),
+        )

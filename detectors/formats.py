@@ -91,6 +91,8 @@ _EFFORT_INPUT = (
     "(training/dataset/abstract_dataset.py, resolution 224 in effort.yaml)"
 )
 _EFFORT_Q = "backbone.encoder.layers.0.self_attn.q_proj."
+#: DeepfakeBench's capsule_net and deepsift's capsule_forensics share their keys (#12)
+CAPSULE_SHARED_LAYOUT = "DeepfakeBench capsule_net or deepsift capsule_forensics state dict"
 
 FORMATS: tuple[WeightFormat, ...] = (
     WeightFormat(
@@ -193,7 +195,9 @@ FORMATS: tuple[WeightFormat, ...] = (
         ("capsule_forensics",),
         "github.com/nii-yamagishilab/Capsule-Forensics-v2: model_big.py, test_binary_*.py",
         "300 x 300 (transforms.Resize), ImageNet normalisation",
-        matches=_has("routing_stats.route_weights"),
+        # the official files hold no VGG (torchvision's ImageNet one); with vgg_ext.* it is
+        # the DeepfakeBench / deepsift layout (#12 block at the end)
+        matches=_all(_has("routing_stats.route_weights"), _none(_prefix("vgg_ext."))),
         released=("capsule_<epoch>.pt",),
     ),
     WeightFormat(
@@ -605,6 +609,20 @@ FORMATS: tuple[WeightFormat, ...] = (
             _none(_has("c_cross")),
         ),
         released=("model_bestacc.pt", "checkpoint.pth.tar"),
+    ),
+    # -- #12, official weights give the official outputs (branch parity) -----------------
+    WeightFormat(
+        CAPSULE_SHARED_LAYOUT,
+        ("capsule_forensics",),
+        f"{_DFB}: training/detectors/capsule_net_detector.py, config/detector/capsule_net.yaml; "
+        "deepsift's CapsuleForensics state dict",
+        "not recorded in the file: DeepfakeBench's capsule_net checkpoints and deepsift's own "
+        "capsule_forensics state dicts have the same keys. DeepfakeBench's: "
+        + _DFB_INPUT
+        + "; pass experiment=reproduce/deepfakebench_capsule_forensics (or that input as "
+        "detector.preprocessing) to reproduce its numbers. A deepsift state dict: the "
+        "preprocessing it was trained with (a deepsift checkpoint, best.pt, records it)",
+        matches=_all(_has("routing_stats.route_weights"), _prefix("vgg_ext.")),
     ),
 )
 

@@ -14,9 +14,12 @@ Reference facts (jonasricker/aeroblade):
 * ``src/aeroblade/image.py`` (``compute_reconstructions``): images in [0, 1] are
   mapped to [-1, 1], encoded with the pipeline's ``vae`` (``movq`` for
   Kandinsky), the latent is *sampled* from the posterior
-  (``retrieve_latents(..., generator=torch.Generator().manual_seed(1))``),
-  decoded, mapped back with ``(x / 2 + 0.5).clamp(0, 1)`` and **saved as 8-bit
-  PNG** before the distance is computed; fp16 weights with ``upcast_vae()``.
+  (``retrieve_latents(..., generator)``, one CPU ``torch.Generator().manual_seed(1)``
+  per dataset and autoencoder, drawn on from batch to batch), decoded, mapped back
+  with ``(x / 2 + 0.5).clamp(0, 1)`` and **saved as 8-bit PNG** by ``to_pil_image``,
+  which truncates (``uint8(255 x)``), before the distance is computed on the PNG read
+  back; fp16 weights (``variant="fp16"``) with ``upcast_vae()``; the whole image, no
+  crop; batch size 1 (``run_aeroblade.py``).
 * ``scripts/run_aeroblade.py``: autoencoders ``CompVis/stable-diffusion-v1-1``,
   ``stabilityai/stable-diffusion-2-base``, ``kandinsky-community/kandinsky-2-1``;
   distance ``lpips_vgg_2``.
@@ -26,8 +29,8 @@ Reference facts (jonasricker/aeroblade):
   with LPIPS's learned linear weights, computed as a spatial map at the layer's
   own resolution (no upsampling) and then **averaged spatially** (``spatial=False``
   by default): the image score is the mean, not a patch-wise max (the spatial
-  maps are used for the paper's localisation analysis). Distances are stored
-  negated (``-LPIPS``).
+  maps are used for the paper's localisation analysis). The maps are stored as
+  float16 before the mean; distances are stored negated (``-LPIPS``).
 * ``src/aeroblade/high_level_funcs.py`` (``compute_distances``): the final score
   is the **maximum of the negated distance over the autoencoders**, i.e. the
   minimum distance. No classifier and no threshold are fitted; the paper reports
@@ -48,9 +51,10 @@ This implementation:
   parameter-free low-pass
   "autoencoder": average-pool down, interpolate up; the offline default).
 * ``distance``: ``"l2"`` (mean squared error), ``"l1"`` or ``"lpips"``. LPIPS needs
-  the ``lpips`` package and VGG-16 ImageNet weights already in the torch hub cache
-  (nothing is downloaded); the paper's numbers need ``distance=lpips``,
-  ``lpips_layer=2`` and the latent-diffusion VAEs.
+  torchvision's VGG-16 ImageNet file and LPIPS v0.1's ``vgg.pth``
+  (``lpips_backbone_file``, ``lpips_file``; by default the torch hub cache and the
+  installed ``lpips`` package; nothing is downloaded); the paper's numbers need
+  ``distance=lpips``, ``lpips_layer=2`` and the latent-diffusion VAEs.
 * ``reduction``: ``"mean"`` (the reference) or ``"max"`` (the largest mean over
   ``patch_size`` patches of the distance map, a patch-wise variant).
 * Scoring: ``logits = scale * (-distance) + bias``. Training (one epoch, no
@@ -60,15 +64,29 @@ This implementation:
   that distance), else 0, and ``scale = 1 / temperature``: scores rank images
   correctly (AUC and AP are right) but probabilities are not calibrated.
 
-Differences from the reference: the posterior mode is decoded by default
-(``sample_posterior=False``; deterministic, and the SD VAE posterior's spread is
-tiny); reconstructions are quantised to 8 bits in memory (``quantize=True``)
-instead of being written to PNG; inputs are reflect-padded to a multiple of
-``multiple_of`` and cropped back (the reference needs sizes divisible by 8);
-images are centre-cropped by the preprocessing instead of being used whole; the
-autoencoder weights are frozen (``requires_grad=False``) but stay in the state dict,
-so checkpoints are self-contained (a diffusers VAE makes a large checkpoint). DIRE (Wang et al., ICCV 2023; DDIM reconstruction error fed to
-a ResNet-50) is not implemented here.
+What deepsift reproduces (``tests/test_aeroblade_official.py`` against the authors'
+``compute_distances`` on two seeded tiny ``AutoencoderKL``, a tiny Kandinsky-style
+``VQModel`` and seeded LPIPS files, ``tests/official/aeroblade/``;
+largest difference 6e-6 relative to their LPIPS in float32, 5e-4 to their final
+float16-stored output): the sampled posterior (``diffusers_vae(posterior="sample",
+seed=1, generator="run")``, the default; ``generator="batch"`` for pictures scored one
+file at a time, as their script does with files; ``posterior="mode"`` for scores that do
+not depend on the order, 9 % off there), the PNG's truncation to 8 bits
+(``quantize="floor"``, the default; ``"round"`` is 0.2 % off), the precisions (SD VAEs
+from their fp16 files upcast to float32, Kandinsky's ``movq`` in float16: the
+``diffusers_vae`` defaults; a float32 movq is 5e-4 off), LPIPS-vgg written here
+(:mod:`detectors.layers.lpips`, no ``lpips`` package needed) from torchvision's
+``vgg16-397923af.pth`` and LPIPS v0.1's ``vgg.pth``, and the minimum over autoencoders.
+
+Deliberate differences: the LPIPS maps are averaged in float32 (the reference stores
+them as float16 first: up to 5e-4 relative); reconstructions are quantised in memory,
+not written to disk; inputs are reflect-padded to a multiple of
+``multiple_of`` and cropped back (the reference needs sizes divisible by 8); the
+default preprocessing centre-crops to the embedded benchmark's 64 px, the paper scores
+the whole image (``preprocessing.crop=none``); no ``torch.compile``; the autoencoder
+weights are frozen (``requires_grad=False``) but stay in the state dict, so checkpoints
+are self-contained (a diffusers VAE makes a large checkpoint). DIRE (Wang et al., ICCV
+2023; DDIM reconstruction error fed to a ResNet-50) is not implemented here.
 """
 
 from __future__ import annotations
@@ -87,6 +105,7 @@ from deepsift.core import distributed as dist
 from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.layers.closed_form import fit_on_main, gathered_training_set, training_set_problem
+from detectors.layers.lpips import CHANNELS, load_lpips_vgg
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -138,43 +157,91 @@ def resampling_autoencoder(factor: int = 2, mode: str = "bilinear") -> Resamplin
     return ResamplingAutoencoder(factor, mode)
 
 
-class DiffusersVAE(nn.Module):
-    """Wraps a diffusers ``AutoencoderKL``/``VQModel``: [0, 1] in, [0, 1] out, as the reference."""
+POSTERIORS = ("sample", "mode")
+GENERATORS = ("run", "batch")
+QUANTIZE = ("floor", "round", "none")
 
-    def __init__(self, vae: nn.Module, sample_posterior: bool = False, seed: int = 1) -> None:
+
+class DiffusersVAE(nn.Module):
+    """Wraps a diffusers ``AutoencoderKL``/``VQModel``: [0, 1] in, [0, 1] out, as the reference.
+
+    ``posterior="sample"`` (the reference's ``retrieve_latents(..., generator)``) draws
+    the latent from the posterior with a CPU ``torch.Generator`` seeded with ``seed``;
+    ``generator="run"`` keeps drawing from the one generator across calls, as the
+    reference does over one folder (an image's noise then depends on its position in
+    the run and on the batch size, there as here; :meth:`reset_generator` starts over),
+    ``generator="batch"`` reseeds it at every call (the reference on images passed as
+    separate files: each one is a dataset of its own). ``posterior="mode"`` decodes
+    the posterior mean: deterministic, independent of the order.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        posterior: str = "sample",
+        seed: int = 1,
+        generator: str = "run",
+    ) -> None:
         super().__init__()
+        if posterior not in POSTERIORS:
+            raise UserError(f"posterior must be one of {', '.join(POSTERIORS)}, not {posterior!r}")
+        if generator not in GENERATORS:
+            raise UserError(f"generator must be one of {', '.join(GENERATORS)}, not {generator!r}")
         self.vae = vae
-        self.sample_posterior = bool(sample_posterior)
+        self.posterior = posterior
         self.seed = int(seed)
+        self.generator = generator
+        self._generator: torch.Generator | None = None
+
+    def reset_generator(self) -> None:
+        """Start the posterior noise over from ``seed`` (the reference's start of a run)."""
+        self._generator = None
+
+    def _noise_source(self) -> torch.Generator:
+        if self._generator is None or self.generator == "batch":
+            # the reference's torch.Generator() lives on the CPU; diffusers draws there and moves
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
         encoded = self.vae.encode(x.to(dtype) * 2.0 - 1.0)
         if hasattr(encoded, "latent_dist"):
             posterior = encoded.latent_dist
-            if self.sample_posterior:
-                generator = torch.Generator(device=x.device).manual_seed(self.seed)
-                latents = posterior.sample(generator=generator)
+            if self.posterior == "sample":
+                latents = posterior.sample(generator=self._noise_source())
             else:
                 latents = posterior.mode()
             decoded = self.vae.decode(latents, return_dict=False)[0]
         else:  # VQModel (Kandinsky's movq): decode the unquantised latents, as the reference
             latents = encoded.latents if hasattr(encoded, "latents") else encoded[0]
             decoded = self.vae.decode(latents, force_not_quantize=True, return_dict=False)[0]
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+        # in the autoencoder's dtype, as the reference (a float16 movq's output stays half)
+        return (decoded / 2 + 0.5).clamp(0, 1)
 
 
 def diffusers_vae(
     path: str | None = None,
-    subfolder: str | None = "vae",
-    kind: str = "kl",
-    sample_posterior: bool = False,
+    subfolder: str | None = None,
+    kind: str | None = None,
+    posterior: str = "sample",
     seed: int = 1,
+    generator: str = "run",
+    variant: str | None = None,
+    dtype: str | None = None,
 ) -> DiffusersVAE:
     """A latent-diffusion autoencoder from a local diffusers folder (nothing is downloaded).
 
-    ``path``: a local copy of e.g. ``CompVis/stable-diffusion-v1-1`` (``subfolder="vae"``)
-    or ``kandinsky-community/kandinsky-2-1`` (``kind="vq"``, ``subfolder="movq"``).
+    ``path``: a local copy of e.g. ``CompVis/stable-diffusion-v1-1`` (its ``vae``
+    subfolder, an ``AutoencoderKL``) or ``kandinsky-community/kandinsky-2-1`` (its
+    ``movq`` subfolder, a ``VQModel``), or the autoencoder's own folder.
+    ``subfolder``/``kind`` (``"kl"``/``"vq"``) are found from the folder when not given.
+    ``variant="fp16"`` reads the half-precision files the reference loads (it then
+    upcasts the VAE to float32, as here); they are read by default when they are the
+    only weights in the folder. ``dtype``: what the autoencoder runs in; ``None`` is the
+    reference's: float32 for an ``AutoencoderKL`` (``upcast_vae()``), float16 for a
+    ``VQModel`` (Kandinsky's ``movq`` is kept in half precision there). ``posterior``,
+    ``seed``, ``generator``: see :class:`DiffusersVAE` (the defaults are the reference's).
     """
     if not path:
         raise UserError(
@@ -193,10 +260,33 @@ def diffusers_vae(
         raise UserError(
             f"autoencoder folder {folder} does not exist; pass a local diffusers model dir"
         )
+    if subfolder is None:
+        subfolder = next((s for s in ("vae", "movq") if (folder / s).is_dir()), None)
+    if kind is None:
+        kind = "vq" if subfolder == "movq" else "kl"
+    if kind not in ("kl", "vq"):
+        raise UserError(f"diffusers_vae kind must be kl or vq, not {kind!r}")
     cls = diffusers.VQModel if kind == "vq" else diffusers.AutoencoderKL
-    kwargs = {"subfolder": subfolder} if subfolder and (folder / subfolder).is_dir() else {}
+    kwargs: dict[str, Any] = (
+        {"subfolder": subfolder} if subfolder and (folder / subfolder).is_dir() else {}
+    )
+    weights = folder / subfolder if "subfolder" in kwargs else folder
+    plain = [weights / f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "bin")]
+    # the reference downloads only the fp16 files (variant="fp16"); read those when alone
+    if (
+        variant is None
+        and not any(f.is_file() for f in plain)
+        and any(weights.glob("diffusion_pytorch_model.fp16.*"))
+    ):
+        variant = "fp16"
+    if variant:
+        kwargs["variant"] = variant
+    if dtype is None:
+        dtype = "float16" if kind == "vq" else "float32"
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"diffusers_vae dtype must be float16 or float32, not {dtype!r}")
     vae = cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
-    return DiffusersVAE(vae.float().eval(), sample_posterior, seed)
+    return DiffusersVAE(vae.to(getattr(torch, dtype)).eval(), posterior, seed, generator)
 
 
 def _unwrap(output: Any) -> torch.Tensor:
@@ -242,68 +332,44 @@ class LPIPSLayerDistance(nn.Module):
     """LPIPS map of one layer (``layer >= 1``) or their sum (``layer = 0``), as the reference.
 
     The layer maps stay at their own resolution (the reference's ``_PatchedLPIPS``
-    does not upsample them before averaging); with ``layer = 0`` they are summed
-    after upsampling to the input size.
+    returns them unupsampled before averaging); with ``layer = 0`` they are summed
+    after upsampling to the input size (the usual LPIPS). LPIPS-vgg is deepsift's own
+    (:mod:`detectors.layers.lpips`), read from torchvision's VGG-16 file and LPIPS
+    v0.1's ``vgg.pth``.
     """
 
-    def __init__(self, net: str = "vgg", layer: int = 2) -> None:
+    def __init__(
+        self,
+        net: str = "vgg",
+        layer: int = 2,
+        backbone_file: str | None = None,
+        lins_file: str | None = None,
+    ) -> None:
         super().__init__()
-        try:
-            import lpips
-        except ImportError:
-            raise UserError(
-                "distance=lpips needs the lpips package (pip install lpips) and VGG-16 weights in the "
-                "torch hub cache; or use distance=l2"
-            ) from None
-        _require_backbone_weights(net)
-        try:
-            model = lpips.LPIPS(net=net, spatial=True, verbose=False)
-        except Exception as exc:  # offline: the backbone weights could not be fetched
-            raise UserError(
-                f"could not load LPIPS-{net} weights offline ({exc}); put them in the torch hub "
-                "cache or use distance=l2"
-            ) from None
-        if not 0 <= layer <= model.L:
-            raise UserError(f"lpips_layer must be 0 (all) .. {model.L}, not {layer}")
-        self.model = model.eval()
+        if net != "vgg":
+            raise UserError(f"lpips_net must be vgg (the reference's), not {net!r}")
+        if not 0 <= layer <= len(CHANNELS):
+            raise UserError(f"lpips_layer must be 0 (all) .. {len(CHANNELS)}, not {layer}")
+        self.model = load_lpips_vgg(backbone_file, lins_file)
         self.layer = int(layer)
-        self._normalize = lpips.normalize_tensor
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        a, b = m.scaling_layer(2 * x - 1), m.scaling_layer(2 * y - 1)
-        fa, fb = m.net.forward(a), m.net.forward(b)
-        layers = range(m.L) if self.layer == 0 else [self.layer - 1]
-        maps = []
-        for k in layers:
-            diff = (self._normalize(fa[k]) - self._normalize(fb[k])) ** 2
-            maps.append(m.lins[k](diff))
-        if self.layer != 0:
-            return maps[0]
-        return sum(
-            F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False) for v in maps
-        )
+        if self.layer == 0:
+            return self.model(x, y)
+        return self.model.maps(x, y, depth=self.layer)[self.layer - 1]
 
 
-def _require_backbone_weights(net: str) -> None:
-    """Fail fast with one line when torchvision's ImageNet weights are not cached locally."""
-    files = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
-    name = files.get(net)
-    if name is None:
-        return
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not cached.is_file():
-        raise UserError(
-            f"distance=lpips needs torchvision's {net} ImageNet weights at {cached} (not downloadable "
-            "offline); copy them there or use distance=l2"
-        )
-
-
-def build_distance(kind: str, lpips_net: str = "vgg", lpips_layer: int = 2) -> nn.Module:
+def build_distance(
+    kind: str,
+    lpips_net: str = "vgg",
+    lpips_layer: int = 2,
+    lpips_backbone_file: str | None = None,
+    lpips_file: str | None = None,
+) -> nn.Module:
     if kind not in DISTANCES:
         raise UserError(f"distance must be one of {', '.join(DISTANCES)}, not {kind!r}")
     if kind == "lpips":
-        return LPIPSLayerDistance(lpips_net, lpips_layer)
+        return LPIPSLayerDistance(lpips_net, lpips_layer, lpips_backbone_file, lpips_file)
     return PixelDistance(kind)
 
 
@@ -315,13 +381,19 @@ class AEROBLADE(Detector):
         autoencoder: a module or a list of modules ([0, 1] images in, reconstructions
             out); built from config nodes (see the module docstring). ``None``: the
             parameter-free :class:`ResamplingAutoencoder` (x2, bilinear).
-        autoencoder_path: shortcut for the real thing: a local diffusers model folder;
-            when set, ``autoencoder`` is replaced by :func:`diffusers_vae` of it.
+        autoencoder_path: shortcut for the real thing: a local diffusers model folder
+            (or a list of them); when set, ``autoencoder`` is replaced by
+            :func:`diffusers_vae` of each, with the reference's defaults.
         distance: ``"l2"``, ``"l1"`` or ``"lpips"`` (reference: LPIPS-vgg, layer 2).
-        lpips_net, lpips_layer: LPIPS backbone and layer (0 = sum of all layers).
+        lpips_net, lpips_layer: LPIPS backbone (``vgg``) and layer (0 = sum of all layers).
+        lpips_backbone_file, lpips_file: torchvision's ``vgg16-397923af.pth`` and LPIPS
+            v0.1's ``vgg.pth`` (default: the torch hub cache and the installed ``lpips``
+            package; see :mod:`detectors.layers.lpips`).
         reduction: ``"mean"`` over the distance map (reference) or patch-wise ``"max"``.
         patch_size: patch side for ``reduction="max"`` (pixels of the distance map).
-        quantize: round reconstructions to 8 bits (the reference saves them as PNG).
+        quantize: ``"floor"`` (the reference: ``to_pil_image`` truncates ``255 x`` to
+            uint8 before the PNG is written), ``"round"`` or ``"none"``; ``True`` is
+            ``"floor"``, ``False`` ``"none"``.
         multiple_of: reflect-pad inputs to a multiple of this (8 for SD VAEs).
         threshold, temperature: the unfitted logit ``(threshold - d) / temperature``
             (``threshold`` ``None``: 0, ranking only).
@@ -335,13 +407,15 @@ class AEROBLADE(Detector):
     def __init__(
         self,
         autoencoder: nn.Module | Sequence[nn.Module] | None = None,
-        autoencoder_path: str | None = None,
+        autoencoder_path: str | Sequence[str] | None = None,
         distance: str = "l2",
         lpips_net: str = "vgg",
         lpips_layer: int = 2,
+        lpips_backbone_file: str | None = None,
+        lpips_file: str | None = None,
         reduction: str = "mean",
         patch_size: int = 8,
-        quantize: bool = True,
+        quantize: bool | str = "floor",
         multiple_of: int = 8,
         threshold: float | None = None,
         temperature: float = 1.0,
@@ -359,7 +433,14 @@ class AEROBLADE(Detector):
         if temperature <= 0:
             raise UserError(f"temperature must be positive, not {temperature}")
         if autoencoder_path:
-            autoencoder = diffusers_vae(autoencoder_path)
+            paths = (
+                [autoencoder_path] if isinstance(autoencoder_path, str) else list(autoencoder_path)
+            )
+            autoencoder = [diffusers_vae(path) for path in paths]
+        if quantize is True or quantize is False:
+            quantize = "floor" if quantize else "none"
+        if quantize not in QUANTIZE:
+            raise UserError(f"quantize must be one of {', '.join(QUANTIZE)}, not {quantize!r}")
         if autoencoder is None:
             autoencoder = ResamplingAutoencoder()
         modules = list(autoencoder) if isinstance(autoencoder, (list, tuple)) else [autoencoder]
@@ -368,13 +449,15 @@ class AEROBLADE(Detector):
         self.autoencoders = nn.ModuleList(modules)
         for param in self.autoencoders.parameters():
             param.requires_grad_(False)  # training-free: nothing is back-propagated
-        self.distance_fn = build_distance(distance, lpips_net, lpips_layer)
+        self.distance_fn = build_distance(
+            distance, lpips_net, lpips_layer, lpips_backbone_file, lpips_file
+        )
         for param in self.distance_fn.parameters():
             param.requires_grad_(False)
         self.distance = distance
         self.reduction = reduction
         self.patch_size = int(patch_size)
-        self.quantize = bool(quantize)
+        self.quantize = str(quantize)
         self.multiple_of = max(int(multiple_of), 1)
         self.C = float(C)
         self.max_iter = int(max_iter)
@@ -415,9 +498,14 @@ class AEROBLADE(Detector):
             padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
             out = []
             for ae in self.autoencoders:
-                rec = reconstruct(ae, padded).float()[..., :height, :width].clamp(0, 1)
-                if self.quantize:
-                    rec = rec.mul(255).round().div(255)
+                rec = reconstruct(ae, padded)[..., :height, :width].clamp(0, 1)
+                # quantised in the reconstruction's dtype: to_pil_image multiplies a half
+                # tensor by 255 in half precision before it truncates to uint8
+                if self.quantize == "floor":  # the reference's PNG: to_pil_image truncates
+                    rec = rec.mul(255).floor().float().mul(1.0 / 255)  # ToDtype(scale=True)
+                elif self.quantize == "round":
+                    rec = rec.mul(255).round().float().div(255)
+                rec = rec.float()
                 out.append(self._reduce(self.distance_fn(x, rec).float()))
             return torch.stack(out, dim=1)
 

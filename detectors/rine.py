@@ -61,10 +61,18 @@ class RINE(ClipLinearProbe):
       contrastive term on ``z`` and Adam lr 1e-3 as in the paper (not checked
       against the training script here); test ``CenterCrop(224)`` without resizing,
       CLIP normalisation. Checkpoint ``model_2class_trainable.pth``: ``nproj`` 4,
-      ``proj_dim`` 128 (the defaults here).
+      ``proj_dim`` 128 (the defaults here); ``model_1class``/``model_ldm``: 4, 1024;
+      ``model_4class``: 2, 1024 (``get_our_trained_model``). :meth:`load_weights` takes
+      ``nproj`` and ``proj_dim`` from the file, so any of the four loads as it is.
+
+    Verified against the authors' ``src/models.py`` + ``get_our_trained_model`` +
+    ``get_transforms()[1]`` with OpenAI's ``clip`` on seeded weights
+    (``tests/official/rine_official.json``, ``make_rine.py``): largest difference
+    2.1e-6 in logit, float32.
 
     Where this differs: the encoder is open_clip's re-implementation of OpenAI's
-    (same weights, ``quick_gelu=True``), from ``backbone_file``; the contrastive
+    (same weights, ``quick_gelu=True``), from ``backbone_file``, in float32 (on a GPU
+    the reference's ``clip.load`` keeps CLIP in float16); the contrastive
     term, ``data_augment`` and the reference's training schedule are not
     implemented (the trainer uses BCE, crop and flip only); dropout is the reference's (active in training only).
     """
@@ -102,9 +110,14 @@ class RINE(ClipLinearProbe):
             scheduler=scheduler,
         )
         _, cfg = vision_config(model_name, vision_cfg, embed_dim)
-        width, blocks = int(cfg["width"]), int(cfg["layers"])
-        self.alpha = nn.Parameter(torch.randn(1, blocks, proj_dim))
-        self.proj1 = _projection(width, proj_dim, nproj)
+        self.width, self.blocks = int(cfg["width"]), int(cfg["layers"])
+        self._build_trainable(int(nproj), int(proj_dim))
+
+    def _build_trainable(self, nproj: int, proj_dim: int) -> None:
+        """``alpha``, ``proj1``, ``proj2`` and ``head`` for ``nproj`` layers of ``proj_dim``."""
+        self.nproj, self.proj_dim = nproj, proj_dim
+        self.alpha = nn.Parameter(torch.randn(1, self.blocks, proj_dim))
+        self.proj1 = _projection(self.width, proj_dim, nproj)
         self.proj2 = _projection(proj_dim, proj_dim, nproj)
         self.head = nn.Sequential(
             nn.Linear(proj_dim, proj_dim),
@@ -149,5 +162,29 @@ class RINE(ClipLinearProbe):
                 f"weights file {path} is not a RINE trainable-part file (no 'alpha'); "
                 f"the CLIP encoder's weights go in detector.backbone_file"
             )
+        alpha = state["alpha"]
+        if alpha.ndim != 3 or alpha.shape[1] != self.blocks:
+            raise UserError(
+                f"weights file {path}: alpha has shape {tuple(alpha.shape)}, but this model's CLIP "
+                f"has {self.blocks} blocks (expected (1, {self.blocks}, proj_dim)): the file is "
+                "for another CLIP (detector.model_name / detector.vision_cfg)"
+            )
+        # the released files differ: 1class/ldm nproj 4, proj_dim 1024; 2class 4, 128; 4class 2, 1024
+        nproj = sum(1 for k in state if k.startswith("proj1.") and k.endswith(".weight"))
+        proj_dim = int(alpha.shape[2])
+        if (nproj, proj_dim) != (self.nproj, self.proj_dim):
+            log.info(
+                "RINE: %s has nproj=%d, proj_dim=%d (not %d, %d): the trainable part follows the file",
+                path,
+                nproj,
+                proj_dim,
+                self.nproj,
+                self.proj_dim,
+            )
+            like = self.alpha
+            self._build_trainable(nproj, proj_dim)
+            for module in (self.proj1, self.proj2, self.head):
+                module.to(device=like.device, dtype=like.dtype)
+            self.alpha.data = self.alpha.data.to(device=like.device, dtype=like.dtype)
         load_state_dict_strict(self, state, f"weights file {path}")
         log.info("RINE: loaded %s", path)

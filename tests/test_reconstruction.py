@@ -195,7 +195,11 @@ def test_missing_diffusers_names_the_fix(tmp_path: Path) -> None:
         load_detector("aeroblade", autoencoder_path=str(tmp_path))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lpips") is not None, reason="lpips installed")
-def test_missing_lpips_names_the_fix() -> None:
-    with pytest.raises(UserError, match="pip install lpips"):
-        AEROBLADE(distance="lpips")
+def test_missing_lpips_files_name_the_fix(tmp_path: Path) -> None:
+    """LPIPS-vgg is deepsift's own: no package, but its two files, named in one line."""
+    missing = tmp_path / "vgg16-397923af.pth"
+    with pytest.raises(UserError) as info:
+        load_detector("aeroblade", distance="lpips", lpips_backbone_file=str(missing))
+    message = str(info.value)
+    assert "\n" not in message and f"{missing} does not exist" in message
+    assert "detector.lpips_backbone_file=" in message and "detector.lpips_file=" in message

@@ -1,19 +1,27 @@
-"""RFM: FAM = |d logit / d x|, FAM-guided erasing, DeepfakeBench layout, parameter count."""
+"""RFM: FAM = |d logit / d x|, FAM-guided erasing (against DeepfakeBench's code), layout, count."""
 
 from __future__ import annotations
 
 import copy
+import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from deepsift.core.errors import UserError
 from detectors import load_detector
 from detectors.base import count_parameters
 from detectors.rfm import RFM, forgery_attention_map, rfm_erase
 from tests.detector_checks import overfit, parameters_without_gradient
+from tests.official.images import reference_images
+from tests.official.make_rfm import erased_runs
+from tests.official.make_rfm import pictures as rfm_pictures
+from tests.official.weights import HERE, load_reference, write_official_file
+from tests.test_official_parity import _logits
 
 SMALL = 32
 # DeepfakeBench's Xception with a two-class head (20,811,050) less one row: one fake logit
@@ -108,3 +116,60 @@ def test_deepfakebench_rfm_best_loads_strictly(detector: RFM, tmp_path: Path) ->
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(Exception, match=r"backbone\.conv1\.weight"):
         det.load_weights(tmp_path / "bad.pth")
+
+
+# -- against DeepfakeBench's own RFMDetector (tests/official/rfm/, make_rfm.py) ----------
+RFM_DFB = json.loads((HERE / "rfm" / "rfm_dfb.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dfb_rfm(tmp_path_factory: pytest.TempPathFactory) -> RFM:
+    path = write_official_file(
+        RFM_DFB["weights"], tmp_path_factory.mktemp("rfm_dfb") / RFM_DFB["weights"]["filename"]
+    )
+    return load_detector("rfm", weights=str(path))
+
+
+def _erase_as_deepfakebench(det: RFM, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = rfm_pictures()
+    det.train()
+    random.seed(RFM_DFB["seed"])
+    torch.manual_seed(RFM_DFB["seed"])
+    fam = forgery_attention_map(det, x, target)
+    return fam, rfm_erase(x, fam)
+
+
+@pytest.mark.parametrize("target", ["deepfakebench", "logit"])
+def test_erasing_is_deepfakebench_s(dfb_rfm: RFM, target: str) -> None:
+    """Same FAM points, same boxes, same noise as their apply_rfm_augmentation."""
+    expected = RFM_DFB["variants"][target]
+    fam, out = _erase_as_deepfakebench(dfb_rfm, target)
+    top = [np.argsort(fam[i].numpy().flatten())[::-1][:8].tolist() for i in range(len(fam))]
+    assert top == expected["fam_top"]
+    x = rfm_pictures()
+    mask = (out != x).any(dim=1).logical_not().numpy()
+    assert [erased_runs(m) for m in mask] == expected["erased"]
+    np.testing.assert_allclose([float(o.double().sum()) for o in out], expected["sum"], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(o.double().square().sum()) for o in out], expected["sum_of_squares"], rtol=1e-6
+    )
+
+
+def test_deepfakebench_fam_is_not_the_paper_s(dfb_rfm: RFM) -> None:
+    """The reference tells the two FAMs apart: the paper's FAM misses DeepfakeBench's boxes."""
+    _, out = _erase_as_deepfakebench(dfb_rfm, "logit")
+    mask = (out != rfm_pictures()).any(dim=1).logical_not().numpy()
+    assert [erased_runs(m) for m in mask] != RFM_DFB["variants"]["deepfakebench"]["erased"]
+    with pytest.raises(UserError, match="fam_target"):
+        RFM(fam_target="features")
+
+
+def test_test_time_network_is_deepfakebench_xception_s(tmp_path: Path) -> None:
+    """rfm_best.pth is xception_best.pth's layout and RFM's forward XceptionDetector's, so
+    DeepfakeBench's Xception reference (their code's outputs) holds for RFM as well."""
+    reference = load_reference("deepfakebench_xception")
+    path = write_official_file(reference, tmp_path / "rfm_best.pth")
+    det = load_detector("rfm", weights=str(path))
+    got = _logits(det, reference_images(reference["images_seed"]), torch.float32)
+    expected = np.array(reference["outputs"]["logits"])
+    assert np.abs(got - expected).max() <= reference["tolerance"]["logit"]

@@ -61,6 +61,23 @@ def test_official_layout_loads_strictly(tmp_path) -> None:
         m.load_weights(tmp_path / "bad.pth")
 
 
+def test_released_sizes_load_as_they_are(tmp_path) -> None:
+    """The four released files differ in nproj/proj_dim (4/128, 4/1024, 2/1024): the file wins."""
+    other = RINE(nproj=3, proj_dim=12, **TINY)
+    state = {k: torch.randn_like(v) for k, v in other.state_dict().items()}
+    torch.save(state, tmp_path / "model_4class_trainable.pth")
+    m = model()
+    assert (m.nproj, m.proj_dim) == (2, 8)
+    m.load_weights(tmp_path / "model_4class_trainable.pth")
+    assert (m.nproj, m.proj_dim) == (3, 12)
+    assert torch.equal(m.proj1[7].weight, state["proj1.7.weight"])
+    assert m.eval()({"image": torch.randn(1, 3, 224, 224)})["embedding"].shape == (1, 12)
+    state["alpha"] = torch.randn(1, 5, 12)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match=r"alpha has shape \(1, 5, 12\).*3 blocks"):
+        m.load_weights(tmp_path / "bad.pth")
+
+
 def test_full_size_trainable_parameters() -> None:
     # model_2class_trainable.pth: alpha (1, 24, 128), proj1 1024->128 + 3x128, proj2 4x128, head
     with torch.device("meta"):
@@ -70,6 +87,34 @@ def test_full_size_trainable_parameters() -> None:
     assert (
         n == 24 * d + (1024 * d + d) + 3 * (d * d + d) + 4 * (d * d + d) + 2 * (d * d + d) + d + 1
     )
+
+
+#: keys and shapes of the released ckpt/model_2class_trainable.pth (mever-team/rine at
+#: 9b7fd5857cc205d0412be6aeee0d7611b95bd620, sha256 680d301b6d191da85b9dabcebf42cd3d
+#: f20c5c669fa8320c498f835d02bf5ccb), read from the file itself
+RELEASED_2CLASS = [("alpha", (1, 24, 128))] + [
+    (
+        f"{part}.{i}.{leaf}",
+        (128, 1024 if (part, i) == ("proj1", 1) else 128) if leaf == "weight" else (128,),
+    )
+    for part in ("proj1", "proj2")
+    for i in (1, 4, 7, 10)
+    for leaf in ("weight", "bias")
+]
+RELEASED_2CLASS += [
+    ("head.0.weight", (128, 128)),
+    ("head.0.bias", (128,)),
+    ("head.3.weight", (128, 128)),
+    ("head.3.bias", (128,)),
+    ("head.6.weight", (1, 128)),
+    ("head.6.bias", (1,)),
+]
+
+
+def test_full_size_state_dict_is_the_released_file() -> None:
+    with torch.device("meta"):
+        m = RINE(random_init=True)
+    assert [(k, tuple(v.shape)) for k, v in m.state_dict().items()] == RELEASED_2CLASS
 
 
 def test_format_registered() -> None:
