@@ -11,8 +11,9 @@ HDF5, a pickled FaceForensics++ model). Several detectors can read one layout
 LGrad's classifier): inspect lists every candidate, and ``--verify`` loads each.
 
 ``sha256``: the checksums the authors published for their released files, where they
-published any (none of the repositories below does; the field is there for the day
-one does, and inspect says when a file matches one).
+published any, and inspect says when a file matches one. Only ClipBased's are known: its
+heads are Git LFS objects, and the LFS pointer committed in the repository is the
+file's SHA-256 (``oid sha256:``) and size; no other repository below publishes one.
 """
 
 from __future__ import annotations
@@ -245,6 +246,16 @@ FORMATS: tuple[WeightFormat, ...] = (
             _all(_has("fc.weight", "fc.bias"), _shape("fc.weight", 1, 1024)),
         ),
         released=("weights.pth",),
+        # the Git LFS pointers weights/<model>/weights.pth at commit c76ef7f (sizes 5227
+        # and 5155 bytes); the objects themselves are not mirrored
+        sha256={
+            "weights/clipdet_latent10k/weights.pth": (
+                "04b022c6990709acb132337d7e432fc57090cec9db3869577111b031d40c19f9"
+            ),
+            "weights/clipdet_latent10k_plus/weights.pth": (
+                "1c9c9f48a47d975bde67e9924983aa4e4ccda96a15e7e983b6305f0c56d9ee18"
+            ),
+        },
     ),
     WeightFormat(
         "MesoNet Keras weights",

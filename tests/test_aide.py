@@ -1,5 +1,6 @@
 """AIDE: the patch selection against the authors' pipeline and an independent DCT, the
-official checkpoint layout, an independent forward pass, training."""
+official checkpoint layout, an independent forward pass, the authors' whole model (made
+small) on the same file, training."""
 
 from __future__ import annotations
 
@@ -281,3 +282,39 @@ def test_a_checkpoint_trained_from_the_official_file_rebuilds(tmp_path: Path) ->
     x = torch.randn(1, 5, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded({"image": x})["logits"], det({"image": x})["logits"])
+
+
+def test_tiny_model_matches_the_authors_code(tmp_path: Path, monkeypatch) -> None:
+    """The authors' whole AIDE_Model and TestDataset, made small by tests/official/make_aide.py
+    --tiny (ResNets [1, 1, 1, 1], a two-stage-deep ConvNeXt that keeps its 3072 channels),
+    against load_detector on the same seeded file in the official container."""
+    tiny = REFERENCE["tiny_forward"]
+    real_create = timm.create_model
+
+    def create(name: str, *args, **kwargs):  # as the make script builds their trunk
+        if name == "convnext_xxlarge":
+            kwargs = {**kwargs, **tiny["trunk_kwargs"]}
+        return real_create(name, *args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    state = seeded_state_dict(tiny["keys"], seed=tiny["seed"])
+    state["hpf.hpf.weight"] = srm_filters()[:, None].repeat(1, 3, 1, 1)
+    path = tmp_path / "progan_train.pth"
+    args = argparse.Namespace(model="AIDE", resume="")
+    torch.save({"model": state, "optimizer": {}, "epoch": 1, "scaler": {}, "args": args}, path)
+    det = load_detector("aide", weights=path, resnet_layers=tiny["resnet_layers"]).eval()
+    chosen = [0, 1, 5]  # both frames and a crop, of the six (time budget)
+    pictures = [reference_images(0)[i] for i in chosen]
+    with torch.no_grad():
+        got = [
+            float(
+                det({"image": det.eval_transform({"image": Image.fromarray(a)})["image"][None]})[
+                    "logits"
+                ].reshape(())
+            )
+            for a in pictures
+        ]
+    z = np.array(tiny["class_logits"], dtype=np.float64)[chosen]
+    expected = z[:, 1] - z[:, 0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.ptp(expected) > 1e-2  # the seeded weights tell the pictures apart

@@ -292,3 +292,29 @@ def test_matches_the_authors_code(tmp_path: Path) -> None:
     prob = torch.tensor(tiny["prob"], dtype=torch.float64)
     torch.testing.assert_close(logits, torch.logit(prob), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.sigmoid(logits), prob, atol=1e-6, rtol=0)
+
+
+def test_kinetics_pretrained_file_matches_the_authors_code(tmp_path: Path) -> None:
+    """I3D_8x8_R50.pth read by DeepfakeBench's own ``I3DDetector.__init__`` (row 0 of the
+    400-way head kept, strict load), run by tests/official/make_deepfakebench_i3d.py."""
+    kin = AUTHORS["kinetics"]
+    spec = official_spec(kin["blocks"], kin["width"], kin["classes"])
+    assert len(spec) == kin["keys"]
+    path = tmp_path / "I3D_8x8_R50.pth"
+    torch.save(seeded_state_dict(spec, seed=kin["seed"]), path)
+    frames_, size = kin["frames"], kin["size"]
+    det = load_detector(
+        "i3d",
+        pretrained_file=str(path),
+        clip_len=frames_,
+        blocks=kin["blocks"],
+        width_per_group=kin["width"],
+        preprocessing={"size": size, "resize_to": size},
+    ).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, frames_, 3, size, size)
+    with torch.no_grad():
+        logits = det({"clip": x})["logits"].double()
+    prob = torch.tensor(kin["prob"], dtype=torch.float64)
+    torch.testing.assert_close(logits, torch.logit(prob), atol=1e-5, rtol=0)
+    assert float(prob.max() - prob.min()) > 1e-3  # the seeded weights tell the clips apart

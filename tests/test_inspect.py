@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+import detectors.inspect as inspect_module
 from detectors.formats import FORMATS, formats_for
 from detectors.inspect import inspect_file, main, verify
 from tests.official.weights import load_reference, reference_names, write_official_file
@@ -81,3 +82,22 @@ def test_each_official_reference_file_is_recognised(name: str, tmp_path: Path) -
     assert any(reference["detector"] in f.detectors for f in result.formats), (
         f"{name}: inspect found {[f.name for f in result.formats]}"
     )
+
+
+def test_published_checksums_are_sha256_of_released_files(tmp_path: Path, monkeypatch) -> None:
+    """Each published checksum is a SHA-256 named after one of its format's released files,
+    and a file with that digest is reported as the released one."""
+    assert any(f.sha256 for f in FORMATS)  # ClipBased's Git LFS pointers
+    for fmt in FORMATS:
+        for name, digest in fmt.sha256.items():
+            assert len(digest) == 64 and int(digest, 16) >= 0, (fmt.name, name)
+            assert Path(name).name in fmt.released, (fmt.name, name)
+    head = {"weight": torch.zeros(1, 1024), "bias": torch.zeros(1)}
+    path = tmp_path / "weights.pth"
+    torch.save(head, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert inspect_file(path).published is None
+    clipbased = next(f for f in FORMATS if f.sha256)
+    pretend = type(clipbased)(**{**clipbased.__dict__, "sha256": {"weights/x/weights.pth": digest}})
+    monkeypatch.setattr(inspect_module, "FORMATS", (pretend,))
+    assert inspect_file(path).published == f"{clipbased.name}: weights/x/weights.pth"

@@ -23,7 +23,19 @@ Shims for today's packages, none in their code: ``kornia`` (``data/datasets.py``
 builds its training perturbations at import; the test path never calls them) and
 ``clip`` (imported, unused, by ``models/AIDE.py``) are empty stand-ins.
 
-    python -m tests.official.make_aide --repo /path/to/AIDE [--forward]
+``--tiny`` (re)computes only ``tiny_forward`` and keeps the rest of the JSON: their whole
+``AIDE_Model`` -- ``TestDataset`` views, ``HPF``, both ResNets, the OpenCLIP trunk,
+``convnext_proj``, ``fc`` -- at a size the test suite can rebuild
+(``tests/test_aide.py``, ``test_tiny_model_matches_the_authors_code``). Two names in
+their modules are swapped for the run, no line of their code: ``ResNet._make_layer``
+of ``models/AIDE.py`` builds ``[1, 1, 1, 1]`` blocks instead of ``[3, 4, 6, 3]``, and
+``timm.create_model('convnext_xxlarge', ...)`` (which open_clip's ``TimmModel`` calls)
+gets ``depths``/``dims`` overrides that keep the final 3072 channels their forward
+asserts (timm's builder lets keyword arguments override its defaults; everything else
+is convnext_xxlarge's). The six pictures of ``images.py``, seeded weights (seed 1, SRM
+bank as it is), eval mode, float32.
+
+    python -m tests.official.make_aide --repo /path/to/AIDE [--forward | --tiny]
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ COMMIT = "6725b710d5c437ab2f59792908ce0377dfc907de"
 OUT = HERE / "aide" / f"{NAME}.json"
 SAMPLES = 16
 FORWARD_PICTURES = 2
+TINY_RESNET_LAYERS = [1, 1, 1, 1]
+TINY_TRUNK = {"depths": [1, 1, 2, 0], "dims": [16, 32, 64, 3072]}
+TINY_SEED = 1
 
 
 def sample_positions(seed: int = 0) -> list[list[int]]:
@@ -85,11 +100,19 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--commit", default=COMMIT)
     parser.add_argument("--forward", action="store_true", help="also run the full model")
+    parser.add_argument("--tiny", action="store_true", help="only the tiny whole model")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     sys.path.insert(0, str(args.repo.resolve()))
     torch.set_num_threads(1)
     install_shims()
+    if args.tiny:
+        reference = json.loads(args.out.read_text())
+        assert reference["commit"] == args.commit, "the JSON was made at another commit"
+        reference["tiny_forward"] = run_tiny()
+        args.out.write_text(json.dumps(reference, indent=None, separators=(",", ":")) + "\n")
+        print(args.out)
+        return
 
     from data.datasets import TestDataset  # their code
     from models.AIDE import HPF, AIDE_Model
@@ -171,6 +194,55 @@ def run_forward(model, keys, stacks, srm) -> dict:
         "seed": 0,
         "pictures": len(stacks),
         "class_logits": [[round(float(v), 7) for v in row] for row in z],
+    }
+
+
+def run_tiny() -> dict:
+    """Their whole AIDE_Model, made small by two swapped names (see the module docstring)."""
+    import models.AIDE as aide  # their code
+    import timm
+    from data.datasets import TestDataset
+
+    real_layer, real_create = aide.ResNet._make_layer, timm.create_model
+    stage = iter(TINY_RESNET_LAYERS * 2)  # two ResNets, four stages each
+
+    def make_layer(self, block, planes, blocks, stride=1):
+        return real_layer(self, block, planes, next(stage), stride)
+
+    def create(name: str, *args, **kwargs):
+        if name == "convnext_xxlarge":
+            kwargs = {**kwargs, **TINY_TRUNK}
+        return real_create(name, *args, **kwargs)
+
+    aide.ResNet._make_layer, timm.create_model = make_layer, create
+    try:
+        model = aide.AIDE_Model(None, None)
+    finally:
+        aide.ResNet._make_layer, timm.create_model = real_layer, real_create
+    keys = key_spec(model.state_dict())
+    state = seeded_state_dict(keys, seed=TINY_SEED)
+    state["hpf.hpf.weight"] = aide.HPF().hpf.weight.detach().clone()
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    pictures = reference_images(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for folder in ("0_real", "1_fake"):
+            (root / folder).mkdir()
+        for i, array in enumerate(pictures):
+            Image.fromarray(array).save(root / "0_real" / f"{i}.png")
+        dataset = TestDataset(False, argparse.Namespace(data_path=None, eval_data_path=str(root)))
+        by_index = {int(Path(s["image_path"]).stem): idx for idx, s in enumerate(dataset.data_list)}
+        stacks = [dataset[by_index[i]][0] for i in range(len(pictures))]
+    with torch.no_grad():
+        z = model(torch.stack(stacks))
+    return {
+        "seed": TINY_SEED,
+        "resnet_layers": TINY_RESNET_LAYERS,
+        "trunk_kwargs": TINY_TRUNK,
+        "pictures": len(pictures),
+        "keys": keys,
+        "class_logits": [[float(v) for v in row] for row in z],
     }
 
 

@@ -230,7 +230,11 @@ def make(name: str, root: Path, dtype_name: str) -> dict[str, Any]:
             "seed": 0,
             "images_seed": 0,
             "dtype": dtype_name,
-            "tolerance": {},
+            # the Xception family's random nets react little to their input: a wrong resize
+            # (bilinear for bicubic, Pillow for OpenCV) moves them by only 2e-3 to 1.4e-2, so
+            # 2e-3 could pass one; measured 4.5e-7 to 9.2e-7 (audit #12). Face X-ray runs in
+            # float64, where its logits of ~100 move far more.
+            "tolerance": {} if name == "deepfakebench_facexray" else {"logit": 1e-4, "prob": 1e-4},
         }
         if name == "deepfakebench_f3net":
             size = own["FAD_head._DCT_all"].shape[-1]
