@@ -221,46 +221,115 @@ def _other_clip_detectors() -> list[str]:
     return [name for name in clip_detectors() if name != "clip_mean"]
 
 
+WINDOW_STRIDE = 10  # the fixture cache's crops are 10 video frames apart
+
+
+def _face_video(path: Path, frames: int) -> Path:
+    """An MJPG video of ``frames`` frames holding the face :class:`DrawnFace` finds."""
+    import cv2
+
+    from benchmarks.clip_cost import DrawnFace, H, W
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
+    rng = np.random.default_rng(1)
+    outline = DrawnFace().face.landmarks[:17].astype(np.int32)
+    for _ in range(frames):
+        frame = rng.integers(60, 120, (H, W, 3), dtype=np.uint8)
+        cv2.fillConvexPoly(frame, outline, (180, 150, 130))
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def score_videos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a video long enough for every tiny clip detector's clip, one too short for any)."""
+    folder = tmp_path_factory.mktemp("score_videos")
+    return _face_video(folder / "long.avi", 61), _face_video(folder / "short.avi", 9)
+
+
+def _clip_args(name: str, overrides: dict) -> list[str]:
+    return [
+        f"detector={name}",
+        *(f"++detector.{k}={_hydra(v)}" for k, v in _flat(overrides).items()),
+        *[a for a in TINY if not a.startswith("detector")],
+    ]
+
+
 @pytest.mark.parametrize("name", _other_clip_detectors())
-def test_every_clip_detector_trains_through_the_pipeline(
-    name: str, celeb_cache: Path, tmp_path: Path
+def test_every_clip_detector_trains_evaluates_and_scores(
+    name: str,
+    celeb_cache: Path,
+    score_videos: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """train -> evaluate -> score.py on the trained checkpoint, in this process (the entry
+    points' configs composed as Hydra composes them: train.py and evaluate.py add only
+    ``hydra.main`` and the one-line errors, run as scripts by the clip_mean test above)."""
+    from benchmarks.clip_cost import DrawnFace
+    from deepsift.app import score_cli
+    from deepsift.app.evaluation import evaluate
+    from deepsift.app.training import train
+    from deepsift.core.configs import compose
+    from deepsift.scoring.faces import Fixed
     from detectors import detector_config, load_detector
     from tests.video_detectors import TINY as OVERRIDES
 
     if name not in OVERRIDES:
-        pytest.skip(f"{name}: no CPU-small overrides in tests/video_detectors.py TINY")
+        pytest.fail(f"{name}: add CPU-small overrides to tests/video_detectors.py TINY")
     overrides = OVERRIDES[name]
     config = {**detector_config(name), **overrides}
-    if clip_span_of(config) > FRAMES:
-        pytest.skip(f"{name}: a clip spans more than the fixture's {FRAMES} cached frames")
-    args = [
-        f"detector={name}",
-        *(f"++detector.{k}={_hydra(v)}" for k, v in _flat(overrides).items()),
-        *[a for a in TINY if not a.startswith("detector")],
-        *data_args(celeb_cache),
-        "eval_splits=[test]",
-        f"hydra.run.dir={tmp_path}",
-    ]
-    result = run_script("train.py", args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
+    assert clip_span_of(config) <= FRAMES, f"{name}: a clip spans more than {FRAMES} frames"
+    run_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    train(compose("train", [*_clip_args(name, overrides), *data_args(celeb_cache),
+                            "eval_splits=[test]"], run_dir))  # fmt: skip
+    report = json.loads((run_dir / "metrics_test.json").read_text())["metrics"]
     assert report["unit"] == "clip" and report["video"]["n"] == 6
-    if load_detector(name, **overrides).needs_mouth:  # LipForensics read the mouth crops
-        # it read them: the clip whose mouth crop was deleted is the one more skipped
-        assert report["frame"]["n"] == 10
-        skipped = [s["error"] for s in report["skipped"]]
-        assert any(f"id201_id1_0001/{MOUTH_DIR}/000070.png" in e for e in skipped), skipped
-        eval_dir = tmp_path / "eval"
-        result = run_script(
-            "evaluate.py",
-            [f"checkpoint={tmp_path / 'best.pt'}", *data_args(celeb_cache), "logger=none",
-             "trainer=cpu", "trainer.num_workers=0", "metrics.plots=false",
-             "metrics.clips_per_video=2", f"hydra.run.dir={eval_dir}"],
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
-        assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
+    mouths = load_detector(name, **overrides).needs_mouth  # LipForensics read the mouth crops
+    # 6 long-enough videos x 2 clips, minus the clip with the deleted crop (and the deleted
+    # mouth crop's clip for a mouth reader)
+    assert report["frame"]["n"] == (10 if mouths else 11)
+    skipped = {s["path"]: s["error"] for s in report["skipped"]}
+    assert "clip_len" in skipped["Celeb-real/id203_0001"]
+    if mouths:
+        assert any(f"id201_id1_0001/{MOUTH_DIR}/000070.png" in e for e in skipped.values())
+
+    evaluate(compose("eval", [f"checkpoint={run_dir / 'best.pt'}", *data_args(celeb_cache),
+                              "logger=none", "trainer=cpu", "trainer.num_workers=0",
+                              "metrics.plots=false", "metrics.clips_per_video=2"], eval_dir))  # fmt: skip
+    evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
+    assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
+    assert evaluated["frame"]["n"] == report["frame"]["n"]
+    assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
+
+    # score.py on videos with the checkpoint; the face detector is the drawn face's stub
+    monkeypatch.setattr(score_cli, "face_factory", lambda *a, **k: Fixed(DrawnFace()))
+    long, short = score_videos
+    out = tmp_path / "scores.jsonl"
+    summary = score_cli.main([str(long), str(short), "--checkpoint", str(run_dir / "best.pt"),
+                              "--clips", "2", "--out", str(out), "--workers", "0", "--quiet",
+                              "--no-provenance", "--no-pdq"])  # fmt: skip
+    assert summary["items"] == 2
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    clips = [r for r in records if r["kind"] == "clip"]
+    videos = {Path(r["path"]).name: r for r in records if r["kind"] == "video"}
+    clip_len, clip_stride = int(config["clip_len"]), int(config.get("clip_stride", 1))
+    assert len(clips) == 2 and all(Path(c["path"]).name == "long.avi" for c in clips)
+    for clip in clips:  # clip_len frames, spaced as training saw them, of the tracked face
+        frames = clip["clip"]["frames"]
+        assert len(frames) == clip_len
+        assert set(np.diff(frames).tolist()) <= {clip_stride * WINDOW_STRIDE}
+        assert len(clip["clip"]["boxes"]) == clip_len and 0 <= clip["score"] <= 1
+    video = videos["long.avi"]
+    assert video["error"] is None and video["n_frames"] == 61
+    assert [c["frames"] for c in video["clips"]] == [c["clip"]["frames"] for c in clips]
+    assert video["score"] == pytest.approx(np.mean([c["score"] for c in clips]), abs=1e-5)
+    # a video too short for the checkpoint's clip: recorded, with the fix, not fatal
+    too_short = videos["short.avi"]
+    assert too_short["score"] is None and too_short["error"] is None
+    assert f"window stride {WINDOW_STRIDE}" in too_short["not_applicable"]
+    assert "score videos of" in too_short["not_applicable"]
 
 
 def clip_span_of(config: dict) -> int:
