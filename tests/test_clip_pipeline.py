@@ -47,22 +47,28 @@ def _ids(in_val: bool, n: int) -> list[int]:
     return [k for k in range(100) if (bucket(f"id{k}") < VAL) == in_val][:n]
 
 
-def _write_video(crops: Path, rel: str, frames: int, label: int, rng, index: list) -> None:
+def _write_video(
+    crops: Path, rel: str, frames: int, label: int, rng, index: list, window_len: int = 0
+) -> None:
+    """``frames`` cached crops 10 video frames apart, in one window (or windows of
+    ``window_len``, 100 frames between windows), as ``datasets.preprocess`` writes them."""
     folder = crops / rel
     folder.mkdir(parents=True)
     for f in range(frames):
+        window = f // window_len if window_len else 0
+        number = 10 * f + 100 * window
         tone = 170 if label else 80
         pixels = np.clip(rng.normal(tone, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{f * 10:06d}.png")
+        Image.fromarray(pixels).save(folder / f"{number:06d}.png")
         # the mouth crop (datasets.preprocess mouths=true): 96 x 96 grayscale, in _mouth/
         (folder / MOUTH_DIR).mkdir(exist_ok=True)
         mouth = np.clip(rng.normal(tone, 30, (96, 96)), 0, 255).astype(np.uint8)
-        Image.fromarray(mouth).save(folder / MOUTH_DIR / f"{f * 10:06d}.png")
+        Image.fromarray(mouth).save(folder / MOUTH_DIR / f"{number:06d}.png")
         box = [10.0 + f, 10.0, 60.0 + f, 60.0]
         index.append(
-            {"video": f"{rel}.mp4", "run": "r1", "status": "ok", "frame": f * 10, "face": 0,
-             "crop": f"{rel}/{f * 10:06d}.png", "box": box, "window": 0, "window_stride": 10,
-             "mouth": f"{rel}/{MOUTH_DIR}/{f * 10:06d}.png"}
+            {"video": f"{rel}.mp4", "run": "r1", "status": "ok", "frame": number, "face": 0,
+             "crop": f"{rel}/{number:06d}.png", "box": box, "window": window,
+             "window_stride": 10, "mouth": f"{rel}/{MOUTH_DIR}/{number:06d}.png"}
         )  # fmt: skip
 
 
@@ -336,6 +342,85 @@ def clip_span_of(config: dict) -> int:
     from datasets.clips import clip_span
 
     return clip_span(int(config.get("clip_len", 1)), int(config.get("clip_stride", 1)))
+
+
+@pytest.fixture(scope="module")
+def windowed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Celeb-DF cache in windows: per split one real and one fake video with windows of 5
+    cached frames, and one of each with windows of 3 (cut for a shorter clip_len)."""
+    root = tmp_path_factory.mktemp("celebdf_windows")
+    crops = root / "deepsift_crops"
+    rng = np.random.default_rng(2)
+    index: list[dict] = []
+    tests = []
+    (train_long, train_short), (val_long, val_short) = _ids(False, 2), _ids(True, 2)
+    for k, window in ((train_long, 5), (train_short, 3), (val_long, 5), (val_short, 3),
+                      (300, 5), (301, 3)):  # fmt: skip
+        for rel, label in ((f"Celeb-real/id{k}_0000", 0), (f"Celeb-synthesis/id{k}_id1_0000", 1)):
+            _write_video(crops, rel, 2 * window, label, rng, index, window_len=window)
+            if k >= 300:
+                tests.append(f"{1 - label} {rel}.mp4")
+    (crops / "index.jsonl").write_text("".join(json.dumps(line) + "\n" for line in index))
+    (root / "YouTube-real").mkdir()
+    (root / "List_of_testing_videos.txt").write_text("\n".join(tests) + "\n")
+    return root
+
+
+def test_a_clip_longer_than_the_cache_windows_skips_those_videos_with_the_fix(
+    windowed_cache: Path, tmp_path: Path
+) -> None:
+    """A detector asked for 4 frames on a cache whose windows hold fewer: in train, val and
+    test each such video is recorded (clips_skipped_<split>.json, the report) with the fix
+    and skipped; the run goes on with the others. Only when no video is long enough is it
+    one line naming the fix."""
+    from deepsift.app.evaluation import evaluate
+    from deepsift.app.training import train
+    from deepsift.core.configs import compose
+    from deepsift.core.errors import UserError
+
+    clip4 = [a for a in TINY if not a.startswith("detector.clip")]
+    clip4 += ["detector.clip_len=4", "detector.clip_stride=1"]
+    run_dir = tmp_path / "train"
+    train(compose("train", [*clip4, *data_args(windowed_cache), "eval_splits=[test]"], run_dir))
+
+    def check(listing: Path, short: set[str]) -> None:
+        got = {v["video"]: v["reason"] for v in json.loads(listing.read_text())}
+        assert set(got) == short, got
+        for reason in got.values():
+            assert "longest window of consecutive frames has 3 cached frames" in reason
+            assert "clip_len=4 x clip_stride=1 needs 4" in reason
+            assert "python -m datasets.preprocess with longer windows" in reason
+            assert "detector.clip_len" in reason
+
+    def short_of(k: int) -> set[str]:
+        return {f"Celeb-real/id{k}_0000", f"Celeb-synthesis/id{k}_id1_0000"}
+
+    check(run_dir / "clips_skipped_train.json", short_of(_ids(False, 2)[1]))
+    check(run_dir / "clips_skipped_val.json", short_of(_ids(True, 2)[1]))
+    check(run_dir / "clips_skipped_test.json", short_of(301))
+    report = json.loads((run_dir / "metrics_test.json").read_text())["metrics"]
+    assert report["video"]["n"] == 2 and report["frame"]["n"] == 4  # 2 long videos x 2 clips
+    assert {s["path"] for s in report["skipped"]} == short_of(301)
+
+    eval_dir = tmp_path / "eval"
+    evaluate(compose("eval", [f"checkpoint={run_dir / 'best.pt'}", *data_args(windowed_cache),
+                              "logger=none", "trainer=cpu", "trainer.num_workers=0",
+                              "metrics.plots=false", "metrics.clips_per_video=2"], eval_dir))  # fmt: skip
+    check(eval_dir / "clips_skipped_test.json", short_of(301))
+    evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
+    assert evaluated["video"]["n"] == 2
+    assert {s["path"] for s in evaluated["skipped"]} == short_of(301)
+
+    # 6 frames: longer than every window of the cache, nothing to evaluate: one line, the fix
+    clip6 = ["detector=clip_mean", "detector.backbone=resnet10t", "detector.size=32",
+             "detector.clip_len=6", "detector.clip_stride=1", "logger=none", "trainer=cpu",
+             "trainer.num_workers=0", "metrics.plots=false", *data_args(windowed_cache)]  # fmt: skip
+    with pytest.raises(UserError) as refused:
+        evaluate(compose("eval", clip6, tmp_path / "eval6"))
+    message = str(refused.value)
+    assert "\n" not in message and "no video has a face track as long as one clip" in message
+    assert "has 5 cached frames" in message and "detector.clip_len" in message
+    assert "python -m datasets.preprocess with longer windows" in message
 
 
 def test_a_mouth_clip_detector_on_a_cache_without_mouths_is_refused_in_one_line(
