@@ -1,9 +1,19 @@
-"""Clip detectors through train.py and evaluate.py, on a face-crop cache written here.
+"""Clip detectors through datasets.preprocess, train, evaluate and score.py.
 
-The cache is a Celeb-DF layout (``<crops_root>/<folder>/<video>/<frame>.png`` plus
-``index.jsonl`` with boxes, as ``datasets.preprocess`` writes it); the videos themselves
-are absent, as after preprocessing. One video is shorter than one clip (skipped and
-listed), one has a crop file deleted (that clip skipped and listed, never fatal).
+Two caches in Celeb-DF's layout (``<crops_root>/<folder>/<video>/<frame>.png`` plus
+``index.jsonl``):
+
+* ``celeb_cache`` is written here line by line, as ``datasets.preprocess`` writes it (the
+  videos absent, as after preprocessing), for the exact-frame checks and the clip_mean run
+  of train.py / evaluate.py as scripts; one video is shorter than one clip (skipped and
+  listed), one has a crop file deleted (that clip skipped and listed, never fatal);
+* ``preprocessed_cache`` is a tree of videos of a drawn face run through
+  ``datasets.preprocess`` (windows and mouth crops; the face detector a stub returning the
+  drawn face's box and landmarks), one video shorter than one window, then one crop and
+  one mouth crop deleted; every clip detector of ``tests/video_detectors.py`` trains on
+  it, is evaluated and scores videos with score.py from its checkpoint.
+
+``windowed_cache`` has windows shorter than a detector's clip in some videos.
 """
 
 from __future__ import annotations
@@ -221,37 +231,97 @@ def _flat(overrides: dict, prefix: str = "") -> dict:
     return out
 
 
-def _other_clip_detectors() -> list[str]:
+def _clip_detectors() -> list[str]:
     from benchmarks.clip_cost import clip_detectors
 
-    return [name for name in clip_detectors() if name != "clip_mean"]
+    return clip_detectors()
 
 
-WINDOW_STRIDE = 10  # the fixture cache's crops are 10 video frames apart
+WINDOW_STRIDE = 5  # preprocessed_cache's crops are 5 video frames apart
 
 
-def _face_video(path: Path, frames: int) -> Path:
-    """An MJPG video of ``frames`` frames holding the face :class:`DrawnFace` finds."""
+def _face_frames(frames: int, tone: int = 150) -> list[np.ndarray]:
+    """``frames`` RGB 320 x 240 frames holding the face :class:`DrawnFace` finds."""
     import cv2
 
     from benchmarks.clip_cost import DrawnFace, H, W
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(tone)
     outline = DrawnFace().face.landmarks[:17].astype(np.int32)
+    out = []
     for _ in range(frames):
         frame = rng.integers(60, 120, (H, W, 3), dtype=np.uint8)
-        cv2.fillConvexPoly(frame, outline, (180, 150, 130))
-        writer.write(frame)
-    writer.release()
-    return path
+        cv2.fillConvexPoly(frame, outline, (tone + 30, tone, tone - 20))
+        out.append(frame)
+    return out
+
+
+class _DrawnFaces:
+    """datasets.preprocess's face detector here: the drawn face, with its 68 landmarks."""
+
+    name = "drawn_face"
+
+    def load(self) -> _DrawnFaces:
+        return self
+
+    def settings(self) -> dict:
+        return {"detector": self.name}
+
+    def detect(self, image: np.ndarray) -> list:
+        from benchmarks.clip_cost import DrawnFace
+
+        return [DrawnFace().face]
+
+
+PREPROCESS = ["clip_len=8", "clips_per_video=1", f"stride={WINDOW_STRIDE}", "mouths=true",
+              "size=64", "num_workers=0", "--quiet"]  # fmt: skip
+VIDEO_FRAMES = 7 * WINDOW_STRIDE + 1  # one window of 8 frames WINDOW_STRIDE apart
+
+
+@pytest.fixture(scope="module")
+def preprocessed_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Celeb-DF video tree (videos of a drawn face, brighter in the fakes) through
+    ``python -m datasets.preprocess`` with windows and mouth crops, the face detector a stub;
+    then, as in :func:`celeb_cache`, one crop and one mouth crop lost from the cache."""
+    from datasets import preprocess
+    from tests.test_preprocess import write_video
+
+    root = tmp_path_factory.mktemp("celebdf_videos")
+    tests = []
+    for k in [*_ids(False, 3), *_ids(True, 2), 200, 201, 202]:
+        n = 1 if k >= 200 else 0
+        for rel, label in (
+            (f"Celeb-real/id{k}_000{n}", 0),
+            (f"Celeb-synthesis/id{k}_id1_000{n}", 1),
+        ):
+            write_video(root / f"{rel}.mp4", _face_frames(VIDEO_FRAMES, 170 if label else 120))
+            if k >= 200:
+                tests.append(f"{1 - label} {rel}.mp4")
+    short = "Celeb-real/id203_0001"  # shorter than one window: preprocess lists it, no crops
+    write_video(root / f"{short}.mp4", _face_frames(20, 120))
+    tests.append(f"1 {short}.mp4")
+    (root / "YouTube-real").mkdir()
+    (root / "List_of_testing_videos.txt").write_text("\n".join(tests) + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocess, "face_detector", lambda **options: _DrawnFaces())
+        summary = preprocess.main(["data=celebdf_v2", f"data.root={root}", *PREPROCESS])
+    assert (summary["done"], summary["failed"], summary["too_short"]) == (16, 0, 1), summary
+    crops = root / "deepsift_crops"
+    sorted((crops / "Celeb-synthesis/id200_id1_0001").glob("*.png"))[0].unlink()
+    sorted((crops / f"Celeb-synthesis/id201_id1_0001/{MOUTH_DIR}").glob("*.png"))[-1].unlink()
+    return root
 
 
 @pytest.fixture(scope="module")
 def score_videos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a video long enough for every tiny clip detector's clip, one too short for any)."""
+    from tests.test_preprocess import write_video
+
     folder = tmp_path_factory.mktemp("score_videos")
-    return _face_video(folder / "long.avi", 61), _face_video(folder / "short.avi", 9)
+    return (
+        write_video(folder / "long.mp4", _face_frames(61)),
+        write_video(folder / "short.mp4", _face_frames(9)),
+    )
 
 
 def _clip_args(name: str, overrides: dict) -> list[str]:
@@ -262,10 +332,10 @@ def _clip_args(name: str, overrides: dict) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", _other_clip_detectors())
+@pytest.mark.parametrize("name", _clip_detectors())
 def test_every_clip_detector_trains_evaluates_and_scores(
     name: str,
-    celeb_cache: Path,
+    preprocessed_cache: Path,
     score_videos: tuple[Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -288,7 +358,7 @@ def test_every_clip_detector_trains_evaluates_and_scores(
     config = {**detector_config(name), **overrides}
     assert clip_span_of(config) <= FRAMES, f"{name}: a clip spans more than {FRAMES} frames"
     run_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    train(compose("train", [*_clip_args(name, overrides), *data_args(celeb_cache),
+    train(compose("train", [*_clip_args(name, overrides), *data_args(preprocessed_cache),
                             "eval_splits=[test]"], run_dir))  # fmt: skip
     report = json.loads((run_dir / "metrics_test.json").read_text())["metrics"]
     assert report["unit"] == "clip" and report["video"]["n"] == 6
@@ -297,11 +367,13 @@ def test_every_clip_detector_trains_evaluates_and_scores(
     # mouth crop's clip for a mouth reader)
     assert report["frame"]["n"] == (10 if mouths else 11)
     skipped = {s["path"]: s["error"] for s in report["skipped"]}
-    assert "clip_len" in skipped["Celeb-real/id203_0001"]
+    assert any("id200_id1_0001" in e and "missing" in e for e in skipped.values()), skipped
     if mouths:
-        assert any(f"id201_id1_0001/{MOUTH_DIR}/000070.png" in e for e in skipped.values())
+        assert any(
+            f"id201_id1_0001/{MOUTH_DIR}/{7 * WINDOW_STRIDE:06d}.png" in e for e in skipped.values()
+        )
 
-    evaluate(compose("eval", [f"checkpoint={run_dir / 'best.pt'}", *data_args(celeb_cache),
+    evaluate(compose("eval", [f"checkpoint={run_dir / 'best.pt'}", *data_args(preprocessed_cache),
                               "logger=none", "trainer=cpu", "trainer.num_workers=0",
                               "metrics.plots=false", "metrics.clips_per_video=2"], eval_dir))  # fmt: skip
     evaluated = json.loads((eval_dir / "metrics_test.json").read_text())["metrics"]
@@ -321,18 +393,18 @@ def test_every_clip_detector_trains_evaluates_and_scores(
     clips = [r for r in records if r["kind"] == "clip"]
     videos = {Path(r["path"]).name: r for r in records if r["kind"] == "video"}
     clip_len, clip_stride = int(config["clip_len"]), int(config.get("clip_stride", 1))
-    assert len(clips) == 2 and all(Path(c["path"]).name == "long.avi" for c in clips)
+    assert len(clips) == 2 and all(Path(c["path"]).name == "long.mp4" for c in clips)
     for clip in clips:  # clip_len frames, spaced as training saw them, of the tracked face
         frames = clip["clip"]["frames"]
         assert len(frames) == clip_len
         assert set(np.diff(frames).tolist()) <= {clip_stride * WINDOW_STRIDE}
         assert len(clip["clip"]["boxes"]) == clip_len and 0 <= clip["score"] <= 1
-    video = videos["long.avi"]
+    video = videos["long.mp4"]
     assert video["error"] is None and video["n_frames"] == 61
     assert [c["frames"] for c in video["clips"]] == [c["clip"]["frames"] for c in clips]
     assert video["score"] == pytest.approx(np.mean([c["score"] for c in clips]), abs=1e-5)
     # a video too short for the checkpoint's clip: recorded, with the fix, not fatal
-    too_short = videos["short.avi"]
+    too_short = videos["short.mp4"]
     assert too_short["score"] is None and too_short["error"] is None
     assert f"window stride {WINDOW_STRIDE}" in too_short["not_applicable"]
     assert "score videos of" in too_short["not_applicable"]
