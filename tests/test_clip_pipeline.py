@@ -127,6 +127,31 @@ def test_clip_records_follow_one_track_evenly_spaced(celeb_cache: Path) -> None:
     assert first.label == 0 and len(first.extra[CLIP_FRAMES]) == 3
 
 
+def test_videos_without_crops_are_listed_with_why_and_the_fix(tmp_path: Path) -> None:
+    crops = tmp_path / "deepsift_crops"
+    index: list[dict] = []
+    _write_video(crops, "Celeb-real/id300_0001", 3, 0, np.random.default_rng(0), index)
+    for rel, status in (
+        ("Celeb-real/id301_0001", "too_short"),
+        ("Celeb-real/id302_0001", "no_face"),
+    ):
+        index.append({"video": f"{rel}.mp4", "run": "r1", "status": status, "frame": None})
+    (crops / "index.jsonl").write_text("".join(json.dumps(line) + "\n" for line in index))
+    (tmp_path / "List_of_testing_videos.txt").write_text(
+        "".join(f"1 Celeb-real/id{k}_0001.mp4\n" for k in (300, 301, 302, 303))
+    )
+    why = dict(CelebDF(str(tmp_path), val_fraction=VAL).uncached("test"))
+    assert set(why) == {f"Celeb-real/id{k}_0001" for k in (301, 302, 303)}
+    assert "shorter than one preprocessing window" in why["Celeb-real/id301_0001"]
+    assert "lower clip_len or stride" in why["Celeb-real/id301_0001"]
+    assert "index status no_face" in why["Celeb-real/id302_0001"]
+    assert "datasets.summary" in why["Celeb-real/id302_0001"]
+    assert (
+        "not in the face-crop cache; run python -m datasets.preprocess"
+        in why["Celeb-real/id303_0001"]
+    )
+
+
 def test_face_tracks_split_two_faces_by_box_not_by_file_order() -> None:
     def crop(frame: int, face: int, x: float) -> Record:
         extra = {"frame": f"{frame:06d}_{face}", "face": face, "box": [x, 0.0, x + 10, 10.0]}
@@ -368,6 +393,9 @@ def test_every_clip_detector_trains_evaluates_and_scores(
     assert report["frame"]["n"] == (10 if mouths else 11)
     skipped = {s["path"]: s["error"] for s in report["skipped"]}
     assert any("id200_id1_0001" in e and "missing" in e for e in skipped.values()), skipped
+    # the video preprocessing found shorter than one window: no crops, recorded with the fix
+    assert "shorter than one preprocessing window" in skipped["Celeb-real/id203_0001"]
+    assert "lower clip_len or stride" in skipped["Celeb-real/id203_0001"]
     if mouths:
         assert any(
             f"id201_id1_0001/{MOUTH_DIR}/{7 * WINDOW_STRIDE:06d}.png" in e for e in skipped.values()
@@ -380,6 +408,8 @@ def test_every_clip_detector_trains_evaluates_and_scores(
     assert evaluated["unit"] == "clip" and evaluated["video"]["n"] == 6
     assert evaluated["frame"]["n"] == report["frame"]["n"]
     assert evaluated["frame"]["auc"] == pytest.approx(report["frame"]["auc"], abs=1e-6)
+    listed = json.loads((eval_dir / "clips_skipped_test.json").read_text())
+    assert [v["video"] for v in listed] == ["Celeb-real/id203_0001"]
 
     # score.py on videos with the checkpoint; the face detector is the drawn face's stub
     monkeypatch.setattr(score_cli, "face_factory", lambda *a, **k: Fixed(DrawnFace()))
