@@ -209,6 +209,30 @@ class VideoCropSource:
             self.records(split)
         return list(self._missing[split])
 
+    def uncached(self, split: str) -> list[tuple[str, str]]:
+        """``(video, reason)`` for each video of ``split`` without crops (:meth:`missing`),
+        ``video`` without its suffix (as a clip's ``Record.video``), the reason from its
+        index lines (shorter than one preprocessing window, no face, failed) with the fix."""
+        index = self.crop_index() or {}
+        out = []
+        for rel in self.missing(split):
+            statuses = sorted({str(line.get("status")) for line in index.get(rel, [])})
+            if "too_short" in statuses:
+                reason = (
+                    "shorter than one preprocessing window, no crops cached (index status "
+                    f"too_short); re-run {self.preprocess_command()} with shorter windows "
+                    "(lower clip_len or stride)"
+                )
+            elif statuses:
+                reason = (
+                    f"no face crop in the cache (index status {', '.join(statuses)}); "
+                    f"python -m datasets.summary data={self.name} lists why"
+                )
+            else:
+                reason = f"not in the face-crop cache; run {self.preprocess_command()}"
+            out.append((strip_suffix(rel), reason))
+        return out
+
     def records(self, split: str) -> list[Record]:
         """One record per cached face crop of every video of ``split``.
 

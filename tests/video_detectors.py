@@ -19,6 +19,8 @@ TINY: dict[str, dict[str, Any]] = {
         "alter_freq": 2,
         "preprocessing": {"size": 32, "resize_to": 32},
     },
+    # the frame-averaging baseline on a ResNet-10t, 3 frames 2 apart of 32 x 32
+    "clip_mean": {"backbone": "resnet10t", "size": 32, "clip_len": 3, "clip_stride": 2},
     # one bottleneck per stage, 8-channel stem, 4 frames of 32 x 32 (s5 map: 2 x 1 x 1)
     "i3d": {
         "clip_len": 4,

@@ -27,6 +27,7 @@ from deepsift.app.pipeline import (
     setup_run,
     split_records,
     summary_table,
+    uncached_videos,
 )
 from deepsift.app.robustness import make_sweeper
 from deepsift.core import distributed as dist
@@ -76,7 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     splits = [cfg.split] if isinstance(cfg.split, str) else list(cfg.split)
     results = {}
     for split in splits:
-        records, skipped = detector_records(detector, split_records(data, split), cfg, ctx, split)
+        records, skipped = detector_records(
+            detector, split_records(data, split), cfg, ctx, split, uncached_videos(data, split)
+        )
         metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)
         if sweeper is not None:

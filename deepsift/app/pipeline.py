@@ -131,7 +131,9 @@ def evaluate_data_sets(
     results: dict[str, dict[str, Any]] = {}
     for label, source, split in eval_data_sets(cfg) if sets is None else sets:
         name, set_info = f"{label}-{split}", {**info, "data": label}
-        records, skipped = detector_records(detector, split_records(source, split), cfg, ctx, name)
+        records, skipped = detector_records(
+            detector, split_records(source, split), cfg, ctx, name, uncached_videos(source, split)
+        )
         metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, name, metrics, result, records, set_info, logger)
         if after is not None:
@@ -165,16 +167,30 @@ def split_records(data: Any, split: str) -> list[Record]:
     return records
 
 
+def uncached_videos(data: Any, split: str) -> list[tuple[str, str]]:
+    """``(video, reason)`` of the videos of ``split`` that a face-crop cache holds no crop of
+    (``data.uncached``; none for other sources)."""
+    uncached = getattr(data, "uncached", None)
+    return list(uncached(split)) if callable(uncached) else []
+
+
 def detector_records(
-    detector: Any, records: Sequence[Record], cfg: DictConfig, ctx: Context, name: str
+    detector: Any,
+    records: Sequence[Record],
+    cfg: DictConfig,
+    ctx: Context,
+    name: str,
+    uncached: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[Record], list[tuple[str, str]]]:
     """The records ``detector`` reads: ``records`` themselves for an image detector; for a
     clip detector (``input_kind == "clip"``) clips of ``clip_len`` crops of one face track,
     ``metrics.clips_per_video`` evenly spaced per video (:func:`datasets.clips.clip_records`).
 
-    Returns ``(records, skipped)``: the videos too short for one clip, as ``(video, reason)``,
-    logged in one line, written to ``clips_skipped_<name>.json`` in the run directory and
-    counted in the split's report; an error only when no video is long enough.
+    Returns ``(records, skipped)``: the videos too short for one clip, and for a clip
+    detector the ``uncached`` videos (:func:`uncached_videos`: no crops, e.g. shorter than
+    one preprocessing window), as ``(video, reason)``, logged in one line, written to
+    ``clips_skipped_<name>.json`` in the run directory and counted in the split's report;
+    an error only when no video is long enough.
     """
     if getattr(detector, "input_kind", "image") != "clip":
         return list(records), []
@@ -183,6 +199,7 @@ def detector_records(
     clips, skipped = clip_records(
         records, detector.clip_len, detector.clip_stride, per_video, mouths=mouths
     )
+    skipped = [*uncached, *skipped]
     n_videos = len({r.video for r in clips})
     if dist.is_main():
         log.info(
@@ -196,8 +213,8 @@ def detector_records(
                 json.dumps([{"video": v, "reason": r} for v, r in skipped], indent=1)
             )
             log.warning(
-                "%s: %d videos skipped, too short for one clip or without mouth crops "
-                "(listed in %s); first: %s: %s",
+                "%s: %d videos skipped, too short for one clip, without crops or without "
+                "mouth crops (listed in %s); first: %s: %s",
                 name, len(skipped), listing.name, skipped[0][0], skipped[0][1],
             )  # fmt: skip
     if not clips:

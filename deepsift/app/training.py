@@ -39,6 +39,7 @@ from deepsift.app.pipeline import (
     setup_run,
     split_records,
     summary_table,
+    uncached_videos,
 )
 from deepsift.core import distributed as dist
 from deepsift.core.checkpoint import (
@@ -119,8 +120,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     detector = build_detector(cfg.detector, name).to(ctx.device)
     # a clip detector reads clips of one face track (input_kind dispatch, no per-detector case)
-    train_records, _ = detector_records(detector, train_records, cfg, ctx, "train")
-    val_records, val_skipped = detector_records(detector, val_records, cfg, ctx, "val")
+    train_records, _ = detector_records(
+        detector, train_records, cfg, ctx, "train", uncached_videos(data, "train")
+    )
+    val_records, val_skipped = detector_records(
+        detector, val_records, cfg, ctx, "val", uncached_videos(data, "val")
+    )
     if ctx.channels_last:
         detector = detector.to(memory_format=torch.channels_last)
     optimizer, scheduler = detector.configure_optimizers()
@@ -291,7 +296,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             records, skipped = val_records, val_skipped
         else:
             records, skipped = detector_records(
-                detector, split_records(data, split), cfg, ctx, split
+                detector, split_records(data, split), cfg, ctx, split, uncached_videos(data, split)
             )
         metrics, result = evaluate_split(detector, records, cfg, ctx, split, skipped=skipped)
         report_split(cfg, ctx, split, metrics, result, records, info, logger)

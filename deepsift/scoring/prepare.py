@@ -58,6 +58,11 @@ class MemberSpec:
     clip: tuple[int, int] | None = None
     #: a lip-motion clip detector (``needs_mouth``): mouth crops too, from the landmarks
     mouth: bool = False
+    #: the training cache's window stride a checkpoint's clips are spaced by (``clip[1]`` is
+    #: ``clip_stride`` times it)
+    frame_step: int = 1
+    #: from a checkpoint: its clip is fixed by training (``--set`` is refused)
+    checkpoint: bool = False
 
 
 @dataclass
@@ -355,12 +360,7 @@ def _prepare_clips(path: str, ctx: PrepareContext, out: Prepared) -> None:
         n_frames=video.frame_count,
     )
     if not video.windows:
-        span = (clip_len - 1) * clip_stride + 1
-        out.reason = (
-            f"video too short for one clip: {video.frame_count} frames, one clip of "
-            f"{member.label} (clip_len={clip_len} x clip_stride={clip_stride}) needs {span}; "
-            "lower them (--set clip_len=... clip_stride=...) to score it"
-        )
+        out.reason = _too_short(member, video.frame_count)
         return
     reasons: list[str] = []
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -390,6 +390,28 @@ def _prepare_clips(path: str, ctx: PrepareContext, out: Prepared) -> None:
             else "no face track spans a clip"
         )
     out.stacks = _stack(member.label, rows)
+
+
+def _too_short(member: MemberSpec, frames: int) -> str:
+    """Why a video of ``frames`` frames gives no clip of ``member``, and the fix."""
+    assert member.clip is not None
+    clip_len, step = member.clip
+    span = (clip_len - 1) * step + 1
+    head = f"video too short for one clip: {frames} frames, one clip of {member.label} "
+    if not member.checkpoint:
+        return (
+            f"{head}(clip_len={clip_len} x clip_stride={step}) needs {span}; "
+            "lower them (--set clip_len=... clip_stride=...) to score it"
+        )
+    stride = step // max(member.frame_step, 1)
+    cache = f" x the training cache's window stride {member.frame_step}"
+    return (
+        f"{head}(clip_len={clip_len} x clip_stride={stride}"
+        f"{cache if member.frame_step > 1 else ''}) needs {span}; a checkpoint's clip is "
+        f"fixed by its training: score videos of {span} frames or more, or train on a cache "
+        "with a smaller window stride (python -m datasets.preprocess stride=...) or with a "
+        "lower detector.clip_len"
+    )
 
 
 def _window_clips(

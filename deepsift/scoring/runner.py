@@ -204,6 +204,8 @@ class Scorer:
                     m.face_crop,
                     _clip_spec(m.detector, m.frame_step),
                     bool(getattr(m.detector, "needs_mouth", False)),
+                    m.frame_step,
+                    "checkpoint" in m.identity,
                 )
                 for m in ensemble.members
             ],
