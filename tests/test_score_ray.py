@@ -470,3 +470,94 @@ def test_ray_init_failures_are_one_line_and_write_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists() and not (tmp_path / "r.jsonl.shards").exists()
+
+
+# -- poison items, decode tasks without the network ------------------------------------------
+class _CountingLoad:
+    """A picklable ensemble loader that appends a line to ``log`` each time it builds one."""
+
+    def __init__(self, log: Path, **kwargs: Any) -> None:
+        self.log = str(log)
+        self.kwargs = kwargs
+
+    def __call__(self) -> Any:
+        import os
+
+        with open(self.log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return stub_ensemble(**self.kwargs)
+
+
+def test_decode_tasks_get_the_transform_without_the_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """member_specs pickles each member's eval_transform bound to a copy of the detector
+    with no parameters, buffers or submodules: unpickling it runs no Module.__init__, and
+    it preprocesses as the detector does."""
+    import pickle
+
+    import torch
+    from PIL import Image
+
+    from deepsift.scoring.ray_engine import member_specs
+    from tests.scoring_fixtures import StubDetector, noise
+
+    ensemble = stub_ensemble()
+    detector = ensemble.members[0].detector
+    detector.extra = torch.nn.Linear(512, 512)  # a submodule the decode side must not get
+    blob = pickle.dumps(member_specs(ensemble))
+    assert len(blob) < 0.1 * len(pickle.dumps(detector))
+    built = []
+    monkeypatch.setattr(StubDetector, "__init__", lambda *a, **k: built.append(a))
+    real_init = torch.nn.Module.__init__
+    monkeypatch.setattr(
+        torch.nn.Module, "__init__", lambda self, *a, **k: built.append(self) or real_init(self)
+    )
+    (spec,) = pickle.loads(blob)
+    assert built == []  # no network constructed
+    shell = spec.transform.__self__
+    assert list(shell.parameters()) == [] and list(shell.children()) == []
+    image = Image.fromarray(noise(3, 20, 28))
+    got = spec.transform({"image": image, "record": None})["image"]
+    want = detector.eval_transform({"image": image, "record": None})["image"]
+    assert torch.equal(got, want)
+
+
+def test_a_poison_item_gets_an_error_record_and_the_rest_is_scored_once(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two items kill their worker every time: ``wide.png`` its decode task (the stub's
+    transform exits on width 30), ``005.png`` its model actor (test hook). Each costs two
+    deaths, then gets one error record naming it; every other item is scored once, and
+    only the driver and the model actors (one per restart) build the ensemble."""
+    from PIL import Image
+
+    from deepsift.scoring.ray_engine import POISON_ENV, score_ray
+    from tests.scoring_fixtures import noise
+
+    paths = _pngs(tmp_path / "in", 10)
+    wide = tmp_path / "in" / "wide.png"
+    Image.fromarray(noise(99, 24, 30)).save(wide)
+    monkeypatch.setenv(POISON_ENV, "score:005.png")
+    log = tmp_path / "loads.txt"
+    options = RunOptions(inputs=[str(tmp_path / "in")], workers=0, batch_size=4, progress=False)
+    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
+    score_ray(
+        _CountingLoad(log, crash_width=30),
+        DEFAULT_BANDS,
+        options,
+        sink,
+        shard_dir=tmp_path / "s",
+        items_per_shard=4,
+    )
+    sink.close()
+    records = read_jsonl(tmp_path / "r.jsonl")
+    assert sorted(r["path"] for r in records) == sorted([*paths, str(wide)])  # each once
+    errors = {Path(r["path"]).name: r["error"] for r in records if r["error"]}
+    assert errors == {
+        "wide.png": f"the decoding worker died while scoring it ({wide}), twice; not retried",
+        "005.png": f"the model worker died while scoring it ({paths[5]}), twice; not retried",
+    }
+    assert all(r["score"] is not None for r in records if not r["error"])
+    # the driver once, the model actor three times (started, restarted after each death)
+    assert len(log.read_text().split()) == 4

@@ -614,6 +614,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             items_per_shard=args.items_per_shard,
             precision=args.precision,
             on_record=stats.add,
+            ensemble=ensemble,
         )
         if hasattr(sink, "finish"):
             sink.finish()  # parquet: merged records -> --out, atomically
