@@ -157,9 +157,13 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One model actor os._exit()s mid-run, after committing a shard but before returning
-    it: Ray restarts the actor and retries the block, which rewrites the same shard."""
+    it: Ray restarts the actor and retries the block, which rewrites the same shard.
+    And ``gray.png`` kills the model actor every time it is scored (a poison item): after
+    two deaths it gets one error record naming it, and every other item is scored once.
+    Only the driver and the model actors (once per start) build the ensemble, not the
+    decode tasks."""
     from deepsift.scoring.output import ParquetOutput
-    from deepsift.scoring.ray_engine import KILL_ENV, score_ray
+    from deepsift.scoring.ray_engine import KILL_ENV, POISON_ENV, score_ray
 
     root = make_zoo(tmp_path / "in")["root"]
     options = RunOptions(
@@ -174,10 +178,12 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     sink.close()
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_ENV, str(marker))
+    monkeypatch.setenv(POISON_ENV, "score:gray.png")
+    log = tmp_path / "loads.txt"
     jsonl = OutputFile(tmp_path / "r.jsonl", overwrite=True)
     parquet = ParquetOutput(tmp_path / "r.parquet")  # --format parquet of the same run
     run = score_ray(
-        stub_ensemble,
+        _CountingLoad(log),
         DEFAULT_BANDS,
         options,
         _Tee(jsonl, parquet),
@@ -193,6 +199,17 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     assert run["shards"] > 1
     assert len(remote) == len({_key(r) for r in remote})  # no duplicate
     assert sorted(map(_key, remote)) == sorted(map(_key, local))  # no loss
+    gray = str(root / "gray.png")
+    (poisoned,) = [r for r in remote if r["path"] == gray]
+    assert poisoned["error"] == (
+        f"the model worker died while scoring it ({gray}), twice; not retried"
+    )
+    by_key = {_key(r): r for r in local}
+    for record in remote:
+        if record["path"] != gray:
+            assert _same(record, by_key[_key(record)]), record
+    # the driver once, the model actor four times (started, then after each of 3 deaths)
+    assert len(log.read_text().split()) == 5
 
 
 def _escaped(value: Any) -> Any:
@@ -523,41 +540,48 @@ def test_decode_tasks_get_the_transform_without_the_network(
     assert torch.equal(got, want)
 
 
-def test_a_poison_item_gets_an_error_record_and_the_rest_is_scored_once(
-    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two items kill their worker every time: ``wide.png`` its decode task (the stub's
-    transform exits on width 30), ``005.png`` its model actor (test hook). Each costs two
-    deaths, then gets one error record naming it; every other item is scored once, and
-    only the driver and the model actors (one per restart) build the ensemble."""
+def test_a_decode_task_that_dies_twice_on_an_item_writes_its_error_record(tmp_path: Path) -> None:
+    """Ray retries a dead decode task with the same chunk: two forked attempts die on
+    ``wide.png`` (the stub's transform exits on width 30; the second attempt logs each
+    item before it starts), the third writes that item's error record and prepares the
+    rest. (The model actors' side runs on Ray in the killed-actor test.)"""
+    import os
+    import pickle
+
+    import pyarrow as pa
     from PIL import Image
 
-    from deepsift.scoring.ray_engine import POISON_ENV, score_ray
+    from deepsift.scoring.inputs import iter_items
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.ray_engine import _chunk_row, _prepare_chunk, member_specs
     from tests.scoring_fixtures import noise
 
-    paths = _pngs(tmp_path / "in", 10)
+    paths = _pngs(tmp_path / "in", 3)
     wide = tmp_path / "in" / "wide.png"
     Image.fromarray(noise(99, 24, 30)).save(wide)
-    monkeypatch.setenv(POISON_ENV, "score:005.png")
-    log = tmp_path / "loads.txt"
-    options = RunOptions(inputs=[str(tmp_path / "in")], workers=0, batch_size=4, progress=False)
-    sink = OutputFile(tmp_path / "r.jsonl", overwrite=True)
-    score_ray(
-        _CountingLoad(log, crash_width=30),
-        DEFAULT_BANDS,
-        options,
-        sink,
-        shard_dir=tmp_path / "s",
-        items_per_shard=4,
-    )
-    sink.close()
-    records = read_jsonl(tmp_path / "r.jsonl")
-    assert sorted(r["path"] for r in records) == sorted([*paths, str(wide)])  # each once
-    errors = {Path(r["path"]).name: r["error"] for r in records if r["error"]}
+    items = list(enumerate(iter_items([str(tmp_path / "in")], InputOptions())))
+    batch = pa.Table.from_pylist([_chunk_row(items)])
+    specs = pickle.dumps(member_specs(stub_ensemble(crash_width=30)))
+    shards = tmp_path / "s"
+    shards.mkdir()
+
+    def attempt() -> Any:
+        options = PrepareOptions(provenance=False, pdq=False)
+        return _prepare_chunk(batch, specs, options, str(shards), "t")
+
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child exits
+            try:
+                attempt()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3  # died on wide.png
+    prepared = pickle.loads(attempt().column("prepared")[0].as_py())
+    errors = {Path(p.item.path).name: p.record["error"] for _, p in prepared}
     assert errors == {
+        **{Path(p).name: None for p in paths},
         "wide.png": f"the decoding worker died while scoring it ({wide}), twice; not retried",
-        "005.png": f"the model worker died while scoring it ({paths[5]}), twice; not retried",
     }
-    assert all(r["score"] is not None for r in records if not r["error"])
-    # the driver once, the model actor three times (started, restarted after each death)
-    assert len(log.read_text().split()) == 4
+    assert all(p.stacks for _, p in prepared if p.record["error"] is None)
