@@ -45,9 +45,24 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Path) -> None:
+    """The bad-input zoo plus a picture with two faces, scored by a face member and a
+    whole-image member (the faces found by a stub face detector, in the decode tasks)."""
+    import functools
+
+    import numpy as np
+    from PIL import Image
+
+    from deepsift.scoring.faces import Fixed
     from deepsift.scoring.ray_engine import score_ray
+    from tests.scoring_fixtures import BoxFaces
 
     zoo = make_zoo(tmp_path / "in")
+    canvas = np.full((160, 200, 3), 128, np.uint8)
+    canvas[20:100, 20:100] = 250  # a bright "face"
+    canvas[110:150, 130:170] = 5  # a dark one
+    Image.fromarray(canvas).save(zoo["root"] / "two_faces.png")
+    faces = Fixed(BoxFaces({200: [(130, 110, 170, 150), (20, 20, 100, 100)]}))
+    load = functools.partial(stub_ensemble, "brightness", "width", faces=(True, False))
     options = RunOptions(
         inputs=[str(zoo["root"])],
         batch_size=4,
@@ -56,17 +71,18 @@ def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Pat
         input_options=InputOptions(max_member_bytes=1_000_000),
     )
     sink = OutputFile(tmp_path / "local.jsonl", overwrite=True)
-    Scorer(stub_ensemble(), DEFAULT_BANDS, options, sink).run()
+    Scorer(load(), DEFAULT_BANDS, options, sink, faces).run()
     sink.close()
     sink = OutputFile(tmp_path / "ray.jsonl", overwrite=True)
     # blocks of 12 items: several shards, so duplicates are resolved across shards too
     run = score_ray(
-        stub_ensemble,
+        load,
         DEFAULT_BANDS,
         options,
         sink,
         shard_dir=tmp_path / "shards",
         items_per_shard=12,
+        face_factory=faces,
     )
     sink.close()
     local = {_key(r): r for r in read_jsonl(tmp_path / "local.jsonl")}
@@ -82,6 +98,11 @@ def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Pat
     assert sum(r["score"] is not None for r in remote) > 10
     assert any(r.get("duplicate_of") for r in remote)
     assert not (tmp_path / "shards").exists()  # merged shards are cleaned up
+    (two,) = [r for r in remote if Path(r["path"]).name == "two_faces.png"]
+    # the 80-px face is scored, the 40-px one is below the default --min-face 64
+    assert [f["box"] for f in two["faces"]] == [[20.0, 20.0, 100.0, 100.0]]
+    assert two["scores"]["stub_brightness"] == two["faces"][0]["score"]
+    assert sum(r["scores"]["stub_brightness"] is None for r in remote if r["scores"]) > 10
 
 
 @pytest.mark.parametrize(
@@ -561,7 +582,7 @@ def test_a_decode_task_that_dies_twice_on_an_item_writes_its_error_record(tmp_pa
     Image.fromarray(noise(99, 24, 30)).save(wide)
     items = list(enumerate(iter_items([str(tmp_path / "in")], InputOptions())))
     batch = pa.Table.from_pylist([_chunk_row(items)])
-    specs = pickle.dumps(member_specs(stub_ensemble(crash_width=30)))
+    specs = pickle.dumps((member_specs(stub_ensemble(crash_width=30)), None))
     shards = tmp_path / "s"
     shards.mkdir()
 

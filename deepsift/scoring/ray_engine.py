@@ -319,7 +319,8 @@ _CONTEXTS: dict[int, Any] = {}
 
 
 def _context(specs: bytes, prepare_options: Any) -> Any:
-    """The PrepareContext of this worker process, built once from the pickled member specs."""
+    """The PrepareContext of this worker process, built once from the pickled member specs
+    and face detector factory (``(member_specs, face_factory)``)."""
     from deepsift.scoring.prepare import PrepareContext
 
     key = hash(specs)
@@ -330,7 +331,8 @@ def _context(specs: bytes, prepare_options: Any) -> Any:
         torch.set_num_threads(1)
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, prepare_options.max_pixels)
         _CONTEXTS.clear()
-        _CONTEXTS[key] = PrepareContext(pickle.loads(specs), prepare_options)
+        members, face_factory = pickle.loads(specs)
+        _CONTEXTS[key] = PrepareContext(members, prepare_options, face_factory)
     return _CONTEXTS[key]
 
 
@@ -343,7 +345,8 @@ def _prepare_chunk(
     poison: str | None = None,
 ) -> Any:  # pyarrow.Table -> pyarrow.Table
     """One chunk's items through the local engine's :func:`prepare` (as a pool worker runs
-    them), in one CPU task. ``specs``: the pickled :func:`member_specs` (no network)."""
+    them), in one CPU task. ``specs``: the pickled :func:`member_specs` (no network) and
+    face detector factory."""
     import pyarrow as pa
 
     from deepsift.scoring.pool import _to_numpy
@@ -577,6 +580,7 @@ def score_ray(
     resume: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     ensemble: Ensemble | None = None,
+    face_factory: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Score ``options.inputs`` on the Ray cluster :func:`start_ray` connected to; write the
     merged records to ``sink`` and return a summary like the local engine's ``this_run``.
@@ -584,7 +588,8 @@ def score_ray(
     ``load`` builds the ensemble (it must be picklable): once in each model actor, and
     here when ``ensemble`` (its result on the driver) is not given, for the members'
     transforms. Decode tasks get the transforms only (:func:`member_specs`), not the
-    network.
+    network. ``face_factory``: the picklable face detector factory of face members, as
+    the local engine's workers get it (it runs in the decode tasks).
     ``resume``: the shards a killed run committed in ``shard_dir`` are kept and their
     items are not listed again (not even read); the rest is scored, then all are merged.
     Shards that a killed run's actors commit after this run has started are ignored.
@@ -616,7 +621,7 @@ def score_ray(
     ds = ds.map_batches(
         _prepare_chunk,
         fn_kwargs={
-            "specs": pickle.dumps(member_specs(ensemble or load())),
+            "specs": pickle.dumps((member_specs(ensemble or load()), face_factory)),
             "prepare_options": options.prepare_options,
             "shard_dir": str(shard_dir),
             "tag": tag,
