@@ -223,7 +223,7 @@ def test_a_killed_model_actor_is_restarted_and_every_item_written_once(
     gray = str(root / "gray.png")
     (poisoned,) = [r for r in remote if r["path"] == gray]
     assert poisoned["error"] == (
-        f"the model worker died while scoring it ({gray}), twice; not retried"
+        f"the model worker died while scoring it ({gray}) on a retry of its chunk; not scored again"
     )
     by_key = {_key(r): r for r in local}
     for record in remote:
@@ -602,6 +602,6 @@ def test_a_decode_task_that_dies_twice_on_an_item_writes_its_error_record(tmp_pa
     errors = {Path(p.item.path).name: p.record["error"] for _, p in prepared}
     assert errors == {
         **{Path(p).name: None for p in paths},
-        "wide.png": f"the decoding worker died while scoring it ({wide}), twice; not retried",
+        "wide.png": f"the decoding worker died while scoring it ({wide}) on a retry of its chunk; not scored again",
     }
     assert all(p.stacks for _, p in prepared if p.record["error"] is None)

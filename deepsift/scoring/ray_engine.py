@@ -36,8 +36,8 @@ item that kills its worker every time does not stall the run: each stage counts 
 attempts at a chunk in marker files in the shard folder (:class:`_Attempts`); a retry
 handles the chunk's items one at a time, logging each before it starts, so the item a
 retry died on is known, and the next attempt writes an error record for it ("the model
-worker died while scoring it (<item>), twice; not retried", as the local engine's
-dead-decoder records) and scores the rest once. Decode tasks get the members'
+worker died while scoring it (<item>) on a retry of its chunk; not scored again", as
+the local engine's dead-decoder records) and scores the rest once. Decode tasks get the members'
 transforms detached from their networks (:func:`transform_only`): only the model
 actors build the detector.
 
@@ -224,9 +224,11 @@ class _Attempts:
     marker is a retry (the worker of an earlier attempt died): it handles the items one
     at a time and appends each item's index to its marker before starting on it, then
     ``done`` at the end. An earlier logged attempt that did not end with ``done`` died
-    on its last item: that item is :meth:`blamed` and gets an error record instead of
+    on its last item: that item is in ``blamed`` and gets an error record instead of
     being scored again. An item that kills its worker every time thus costs two worker
-    deaths (within Ray's default 3 task retries); every other item is scored once.
+    deaths, and each further one in the same chunk one more; every other item is scored
+    once. Model actors are retried without limit; a decode task has Ray's 3 retries, so
+    a chunk with more than two such items fails the run (Ray's error names the task).
     """
 
     def __init__(self, shard_dir: str, stage: str, first: int, tag: str) -> None:
@@ -263,7 +265,8 @@ def _died_on(item: Any, stage: str) -> Any:
 
     return error_prepared(
         item,
-        f"the {stage} worker died while scoring it ({_item_name(item)}), twice; not retried"[:300],
+        f"the {stage} worker died while scoring it ({_item_name(item)}) on a retry of its "
+        "chunk; not scored again"[:300],
     )
 
 
