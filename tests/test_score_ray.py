@@ -536,6 +536,7 @@ def test_decode_tasks_get_the_transform_without_the_network(
     import torch
     from PIL import Image
 
+    from deepsift.scoring.models import Ensemble, Member
     from deepsift.scoring.ray_engine import member_specs
     from tests.scoring_fixtures import StubDetector, noise
 
@@ -558,6 +559,17 @@ def test_decode_tasks_get_the_transform_without_the_network(
     got = spec.transform({"image": image, "record": None})["image"]
     want = detector.eval_transform({"image": image, "record": None})["image"]
     assert torch.equal(got, want)
+
+    class NeedsItsNetwork(StubDetector):  # a transform that runs a submodule
+        def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
+            out = super().transform(sample, train)
+            return {"image": out["image"] * self.scale.weight}
+
+    monkeypatch.undo()
+    needy = NeedsItsNetwork("brightness")
+    needy.scale = torch.nn.Linear(1, 1)
+    (spec,) = member_specs(Ensemble([Member("needy", needy, False, {})]))
+    assert spec.transform.__self__ is needy  # falls back to the whole detector
 
 
 def test_a_decode_task_that_dies_twice_on_an_item_writes_its_error_record(tmp_path: Path) -> None:

@@ -284,8 +284,10 @@ def _poison_hook(stage: str, item: Any, wanted: str | None) -> None:
 def transform_only(detector: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """``detector.eval_transform`` bound to a copy of the detector without its network
     (no parameters, buffers or submodules), so that a decode task gets the preprocessing
-    only: unpickling it builds no layer and holds no weight."""
+    only: unpickling it builds no layer and holds no weight. Checked on a probe picture:
+    where the copy's output differs from the detector's, the detector's own transform."""
     import torch
+    from PIL import Image
 
     shell = object.__new__(type(detector))
     state = dict(detector.__dict__)
@@ -296,7 +298,18 @@ def transform_only(detector: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     shell.__dict__.update(state)
     if any(isinstance(v, torch.nn.Module) for v in shell.__dict__.values()):
         return detector.eval_transform  # a network held outside _modules: keep the detector
-    return shell.eval_transform
+    # a transform that needs the network (a submodule, a property over one) differs or
+    # fails on the shell: then the decode tasks get the whole detector, as before
+    probe = {"image": Image.new("RGB", (64, 48), (120, 60, 30)), "record": None}
+    try:
+        got, want = shell.eval_transform(dict(probe)), detector.eval_transform(dict(probe))
+        same = got.keys() == want.keys() and all(
+            torch.equal(got[k], want[k]) if torch.is_tensor(want[k]) else got[k] == want[k]
+            for k in want
+        )
+    except Exception:
+        same = False
+    return shell.eval_transform if same else detector.eval_transform
 
 
 def member_specs(ensemble: Ensemble) -> list[Any]:
