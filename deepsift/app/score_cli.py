@@ -586,8 +586,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         raise UserError(
             "--engine ray does not score clips (clip detectors) yet; use --engine local"
         )
-    if any(m.faces for m in ensemble.members):
-        raise UserError("--engine ray does not score face crops yet; use --engine local")
+    faces = face_factory(ensemble, args.face_detector)  # face members: as the local engine
     bands = (
         load_calibration(args.calibration, ensemble.identity())
         if args.calibration
@@ -614,6 +613,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             items_per_shard=args.items_per_shard,
             precision=args.precision,
             on_record=stats.add,
+            ensemble=ensemble,
+            face_factory=faces,
         )
         if hasattr(sink, "finish"):
             sink.finish()  # parquet: merged records -> --out, atomically

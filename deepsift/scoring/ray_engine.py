@@ -6,7 +6,8 @@
       chunks of --items-per-shard items; a chunk is one row (its first and last item
       index, the pickled items) and one block, streamed out as it is listed
       -> map_batches task per chunk (num_cpus=1): prepare() per item (decode, limits,
-         error records), as a local pool worker runs it; as many at once as free CPUs
+         error records), as a local pool worker runs it, with the members' transforms
+         only (no network); as many at once as free CPUs
       -> map_batches(_ScoreShard, ActorPoolStrategy(size=--model-workers),
          num_gpus=--gpus-per-worker): each actor loads the weights once, batches,
          forwards and assembles records with the local engine's
@@ -30,8 +31,15 @@ Scorer and across shards by the driver while merging, as the local engine does
 
 Retries: Ray Data's defaults restart a dead model actor and retry its chunk without
 limit (``max_restarts=-1``, ``max_task_retries=-1``); nothing is passed through the
-``ray_remote_args`` that Ray 2.60 deprecates. A chunk whose decoding or scoring
-kills its worker every time is therefore retried until the run is interrupted.
+``ray_remote_args`` that Ray 2.60 deprecates (decode tasks keep Ray's 3 retries). An
+item that kills its worker every time does not stall the run: each stage counts its
+attempts at a chunk in marker files in the shard folder (:class:`_Attempts`); a retry
+handles the chunk's items one at a time, logging each before it starts, so the item a
+retry died on is known, and the next attempt writes an error record for it ("the model
+worker died while scoring it (<item>) on a retry of its chunk; not scored again", as
+the local engine's dead-decoder records) and scores the rest once. Decode tasks get the members'
+transforms detached from their networks (:func:`transform_only`): only the model
+actors build the detector.
 
 Known limits: a duplicate video keeps its frame records when its original is in
 another shard; ``--resume`` continues from the committed shards (``<out>.shards``)
@@ -70,6 +78,9 @@ KILL_ENV = "DEEPSIFT_RAY_TEST_KILL_ACTOR"
 #: test hook: seconds each model actor sleeps after committing a shard (slows a run
 #: down so that a test can kill the driver between two commits)
 DELAY_ENV = "DEEPSIFT_RAY_TEST_SHARD_DELAY"
+#: test hook: ``stage:name,...`` (stage decode or score); that stage's worker exits on
+#: every item named ``name`` (a poison item)
+POISON_ENV = "DEEPSIFT_RAY_TEST_POISON"
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -200,54 +211,183 @@ def _list_chunks(
         yield _chunk_row(chunk)
 
 
+# -- poison items ---------------------------------------------------------------------------
+def _item_name(item: Any) -> str:
+    return f"{item.path}!{item.member}" if item.member is not None else str(item.path)
+
+
+class _Attempts:
+    """The attempts of one stage (``decode`` or ``score``) at one chunk, as marker files in
+    the shard folder, so that an item that kills its worker every time cannot stall the run.
+
+    The first attempt only creates its (empty) marker. An attempt that finds an earlier
+    marker is a retry (the worker of an earlier attempt died): it handles the items one
+    at a time and appends each item's index to its marker before starting on it, then
+    ``done`` at the end. An earlier logged attempt that did not end with ``done`` died
+    on its last item: that item is in ``blamed`` and gets an error record instead of
+    being scored again. An item that kills its worker every time thus costs two worker
+    deaths, and each further one in the same chunk one more; every other item is scored
+    once. Model actors are retried without limit; a decode task has Ray's 3 retries, so
+    a chunk with more than two such items fails the run (Ray's error names the task).
+    """
+
+    def __init__(self, shard_dir: str, stage: str, first: int, tag: str) -> None:
+        prefix = os.path.join(shard_dir, f".attempt-{stage}-{first:012d}-{tag or 'run'}")
+        number = 0
+        while True:
+            try:
+                self.fd = os.open(
+                    f"{prefix}-{number}", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND
+                )
+                break
+            except FileExistsError:
+                number += 1
+        self.retry = number > 0
+        self.blamed: set[int] = set()
+        for earlier in range(1, number):
+            with open(f"{prefix}-{earlier}", "rb") as handle:
+                lines = handle.read().split()
+            if lines and lines[-1] != b"done":
+                self.blamed.add(int(lines[-1]))
+
+    def start(self, index: int) -> None:
+        if self.retry:
+            os.write(self.fd, b"%d\n" % index)
+
+    def close(self) -> None:
+        if self.retry:
+            os.write(self.fd, b"done\n")
+        os.close(self.fd)
+
+
+def _died_on(item: Any, stage: str) -> Any:
+    from deepsift.scoring.prepare import error_prepared
+
+    return error_prepared(
+        item,
+        f"the {stage} worker died while scoring it ({_item_name(item)}) on a retry of its "
+        "chunk; not scored again"[:300],
+    )
+
+
+def _poison_hook(stage: str, item: Any, wanted: str | None) -> None:
+    """Test hook (:data:`POISON_ENV`, ``stage:name,...``): the worker of ``stage`` exits
+    whenever it reaches an item whose file (or member) is named ``name``."""
+    if not wanted:
+        return
+    name = os.path.basename(str(item.member if item.member is not None else item.path))
+    if f"{stage}:{name}" in wanted.split(","):
+        os._exit(1)
+
+
 # -- decode tasks ---------------------------------------------------------------------------
+def transform_only(detector: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``detector.eval_transform`` bound to a copy of the detector without its network
+    (no parameters, buffers or submodules), so that a decode task gets the preprocessing
+    only: unpickling it builds no layer and holds no weight. Checked on a probe picture:
+    where the copy's output differs from the detector's, the detector's own transform."""
+    import torch
+    from PIL import Image
+
+    shell = object.__new__(type(detector))
+    state = dict(detector.__dict__)
+    state.update(_parameters={}, _buffers={}, _modules={})
+    for name in ("optimizer_factory", "scheduler_factory"):
+        if name in state:
+            state[name] = None
+    shell.__dict__.update(state)
+    if any(isinstance(v, torch.nn.Module) for v in shell.__dict__.values()):
+        return detector.eval_transform  # a network held outside _modules: keep the detector
+    # a transform that needs the network (a submodule, a property over one) differs or
+    # fails on the shell: then the decode tasks get the whole detector, as before
+    probe = {"image": Image.new("RGB", (64, 48), (120, 60, 30)), "record": None}
+    try:
+        got, want = shell.eval_transform(dict(probe)), detector.eval_transform(dict(probe))
+        same = got.keys() == want.keys() and all(
+            torch.equal(got[k], want[k]) if torch.is_tensor(want[k]) else got[k] == want[k]
+            for k in want
+        )
+    except Exception:
+        same = False
+    return shell.eval_transform if same else detector.eval_transform
+
+
+def member_specs(ensemble: Ensemble) -> list[Any]:
+    """What the decode tasks need of each member (as the local engine's workers get it),
+    with the transform detached from the network (:func:`transform_only`)."""
+    from deepsift.scoring.prepare import MemberSpec
+    from deepsift.scoring.runner import _clip_spec
+
+    return [
+        MemberSpec(
+            m.label,
+            transform_only(m.detector),
+            m.faces,
+            m.face_crop,
+            _clip_spec(m.detector, m.frame_step),
+            bool(getattr(m.detector, "needs_mouth", False)),
+        )
+        for m in ensemble.members
+    ]
+
+
 _CONTEXTS: dict[int, Any] = {}
 
 
-def _context(load: Callable[[], Ensemble], prepare_options: Any) -> Any:
-    """The PrepareContext of this worker process, built once (the members' transforms)."""
-    from deepsift.scoring.prepare import MemberSpec, PrepareContext
+def _context(specs: bytes, prepare_options: Any) -> Any:
+    """The PrepareContext of this worker process, built once from the pickled member specs
+    and face detector factory (``(member_specs, face_factory)``)."""
+    from deepsift.scoring.prepare import PrepareContext
 
-    key = id(load)
+    key = hash(specs)
     if key not in _CONTEXTS:
         import torch
         from PIL import Image
 
         torch.set_num_threads(1)
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, prepare_options.max_pixels)
-        ensemble = load()
         _CONTEXTS.clear()
-        _CONTEXTS[key] = PrepareContext(
-            [
-                MemberSpec(m.label, m.detector.eval_transform, m.faces, m.face_crop)
-                for m in ensemble.members
-            ],
-            prepare_options,
-        )
+        members, face_factory = pickle.loads(specs)
+        _CONTEXTS[key] = PrepareContext(members, prepare_options, face_factory)
     return _CONTEXTS[key]
 
 
 def _prepare_chunk(
-    batch: Any, load: Callable[[], Ensemble], prepare_options: Any
+    batch: Any,
+    specs: bytes,
+    prepare_options: Any,
+    shard_dir: str = "",
+    tag: str = "",
+    poison: str | None = None,
 ) -> Any:  # pyarrow.Table -> pyarrow.Table
     """One chunk's items through the local engine's :func:`prepare` (as a pool worker runs
-    them), in one CPU task."""
+    them), in one CPU task. ``specs``: the pickled :func:`member_specs` (no network) and
+    face detector factory."""
     import pyarrow as pa
 
     from deepsift.scoring.pool import _to_numpy
     from deepsift.scoring.prepare import error_prepared, prepare
 
-    ctx = _context(load, prepare_options)
+    ctx = _context(specs, prepare_options)
     rows = batch.to_pylist()
     out = []
     for row in rows:
+        attempts = _Attempts(shard_dir, "decode", row["first"], tag) if shard_dir else None
         prepared = []
         for index, item in pickle.loads(row["items"]):
+            if attempts is not None and index in attempts.blamed:
+                prepared.append((index, _to_numpy(_died_on(item, "decoding"))))
+                continue
+            if attempts is not None:
+                attempts.start(index)
+            _poison_hook("decode", item, poison)
             try:
                 ready = prepare(item, ctx)
             except Exception as exc:  # as in the local pool: the item gets an error record
                 ready = error_prepared(item, f"internal error ({type(exc).__name__}: {exc})"[:200])
             prepared.append((index, _to_numpy(ready)))
+        if attempts is not None:
+            attempts.close()
         out.append(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
     return pa.table(
         {
@@ -278,6 +418,7 @@ class _ScoreShard:
         precision: str = "auto",
         kill_marker: str | None = None,
         delay_s: float = 0.0,
+        poison: str | None = None,
     ) -> None:
         import torch
 
@@ -294,6 +435,7 @@ class _ScoreShard:
         self.tag = tag
         self.kill_marker = kill_marker
         self.delay_s = delay_s
+        self.poison = poison
 
     def _maybe_die(self, first: int) -> None:
         """Test hook (:data:`KILL_ENV`): the first actor to score a chunk other than the
@@ -317,9 +459,16 @@ class _ScoreShard:
             prepared = pickle.loads(row["prepared"])
             sink = MemorySink()
             scorer = Scorer(self.ensemble, self.bands, self.options, sink)
-            for _, ready in prepared:
+            attempts = _Attempts(self.shard_dir, "score", row["first"], self.tag)
+            for index, ready in prepared:
+                if index in attempts.blamed:
+                    scorer._accept(_died_on(ready.item, "model"))
+                    continue
+                attempts.start(index)
+                _poison_hook("score", ready.item, self.poison)
                 scorer._accept(ready)
-                scorer._forward_ready(partial=False)
+                # a retry scores its items one at a time, so a death names its item
+                scorer._forward_ready(partial=attempts.retry)
             scorer._forward_ready(partial=True)
             name = shard_name(row["first"], row["last"], self.tag)
             final = os.path.join(self.shard_dir, name)
@@ -330,6 +479,7 @@ class _ScoreShard:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, final)  # committed: a retried chunk rewrites the same name
+            attempts.close()
             if self.delay_s:
                 time.sleep(self.delay_s)
             self._maybe_die(row["first"])
@@ -445,11 +595,17 @@ def score_ray(
     precision: str = "auto",
     resume: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    ensemble: Ensemble | None = None,
+    face_factory: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Score ``options.inputs`` on the Ray cluster :func:`start_ray` connected to; write the
     merged records to ``sink`` and return a summary like the local engine's ``this_run``.
 
-    ``load`` builds the ensemble (it runs in every worker: it must be picklable).
+    ``load`` builds the ensemble (it must be picklable): once in each model actor, and
+    here when ``ensemble`` (its result on the driver) is not given, for the members'
+    transforms. Decode tasks get the transforms only (:func:`member_specs`), not the
+    network. ``face_factory``: the picklable face detector factory of face members, as
+    the local engine's workers get it (it runs in the decode tasks).
     ``resume``: the shards a killed run committed in ``shard_dir`` are kept and their
     items are not listed again (not even read); the rest is scored, then all are merged.
     Shards that a killed run's actors commit after this run has started are ignored.
@@ -472,6 +628,7 @@ def score_ray(
         shard_dir.mkdir(parents=True)
         resumed = []
     tag = secrets.token_hex(4)  # this run's shards: apart from a killed run's late commits
+    poison = os.environ.get(POISON_ENV) or None
     ds = listing_dataset(options, shard_dir, resumed, items_per_shard)
     # decode tasks: at most one per cluster CPU; a task pool whose size differs from the
     # actor pool's, so Ray does not fuse decoding into the model actors (their CPU would
@@ -479,7 +636,13 @@ def score_ray(
     decoders = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ds.map_batches(
         _prepare_chunk,
-        fn_kwargs={"load": load, "prepare_options": options.prepare_options},
+        fn_kwargs={
+            "specs": pickle.dumps((member_specs(ensemble or load()), face_factory)),
+            "prepare_options": options.prepare_options,
+            "shard_dir": str(shard_dir),
+            "tag": tag,
+            "poison": poison,
+        },
         batch_size=1,
         batch_format="pyarrow",
         compute=TaskPoolStrategy(size=decoders + (decoders == model_workers)),
@@ -497,6 +660,7 @@ def score_ray(
             "precision": precision,
             "kill_marker": os.environ.get(KILL_ENV) or None,
             "delay_s": float(os.environ.get(DELAY_ENV) or 0),
+            "poison": poison,
         },
         batch_size=1,
         batch_format="pyarrow",
