@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
+from detectors.layers.clips import channels_first_clip, clip_sampling, cv2_normalised_clip
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -159,17 +159,12 @@ class AltFreezing(Detector):
             optimizer=optimizer or _sgd,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
-            )
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
         if alter_freq < 0 or alter_start not in ("spatial", "temporal"):
             raise UserError(
                 "detector.alter_freq must be >= 0 and detector.alter_start 'spatial' or "
                 f"'temporal', got {alter_freq}, {alter_start!r}"
             )
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
         self.alter_freq = int(alter_freq)
         self.alter_start: Phase = alter_start
         self.train_augment = bool(train_augment)

@@ -23,6 +23,7 @@ from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.clips import (
     channels_first_clip,
+    clip_sampling,
     cv2_normalised_clip,
     deepfakebench_clip_augment,
 )
@@ -115,12 +116,7 @@ class I3D(Detector):
             optimizer=optimizer or DEEPFAKEBENCH_ADAM,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
-            )
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
         self.train_augment = bool(train_augment)
         self.resnet = I3DResNet(blocks, width_per_group, num_classes=1, dropout=dropout)
         if pretrained_file:
