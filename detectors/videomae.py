@@ -25,10 +25,10 @@ from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, st
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.clips import checked_clip, clip_sampling, deepfakebench_clip_augment
+from detectors.layers.hf_files import hf_weight_file
 from detectors.layers.hf_video import (
     check_start,
     face_clip,
-    hf_weight_file,
     start_backbone,
     two_class_head_as_fake_logit,
 )

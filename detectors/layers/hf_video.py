@@ -16,9 +16,6 @@ from detectors.layers.clips import cv2_normalised_clip
 
 log = logging.getLogger(__name__)
 
-#: the file names ``save_pretrained`` writes, in the order a folder is searched
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
 
 def check_start(
     backbone: Mapping[str, Any] | None,
@@ -52,21 +49,6 @@ def start_backbone(
         log.warning(
             "detector.backbone_file=%s is ignored: detector.pretrained=false", backbone_file
         )
-
-
-def hf_weight_file(path: str | Path, hint: str) -> Path:
-    """``detector.backbone_file``: a transformers weight file, or the folder holding one."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        found = [file / n for n in HF_WEIGHT_FILES if (file / n).is_file()]
-        if not found:
-            raise UserError(
-                f"detector.backbone_file {file} holds no {' or '.join(HF_WEIGHT_FILES)}; {hint}"
-            )
-        file = found[0]
-    if not file.is_file():
-        raise UserError(f"detector.backbone_file {file} does not exist; {hint}")
-    return file
 
 
 def face_clip(
