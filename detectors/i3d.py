@@ -24,6 +24,7 @@ from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.clips import (
     channels_first_clip,
     clip_sampling,
+    cv2_clip_preprocessing,
     cv2_normalised_clip,
     deepfakebench_clip_augment,
 )
@@ -33,16 +34,9 @@ from detectors.preprocessing import Preprocessing, merge_preprocessing
 log = logging.getLogger(__name__)
 
 #: ``i3d.yaml``: clips of ``clip_size`` 16 consecutive frames, 224 x 224, Normalize(0.5, 0.5)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+)
 
 
 class I3D(Detector):

@@ -23,7 +23,7 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.layers.clips import checked_clip, clip_sampling
+from detectors.layers.clips import checked_clip, clip_sampling, cv2_clip_preprocessing
 from detectors.layers.hf_files import hf_weight_file
 from detectors.layers.hf_video import (
     check_start,
@@ -37,16 +37,9 @@ log = logging.getLogger(__name__)
 
 #: DeepfakeBench ``xclip.yaml``: ``resolution`` 224, ``mean`` = ``std`` = 0.5; frames resized
 #: by ``cv2.resize`` (``INTER_CUBIC``)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+)
 
 #: what to pass when the X-CLIP start is asked for (nothing is downloaded)
 BACKBONE_HINT = (

@@ -126,6 +126,23 @@ class ClipPreprocessing:
 CV2_INTERPOLATION = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC"}
 
 
+def cv2_clip_preprocessing(
+    interpolation: str, mean: Sequence[float], std: Sequence[float], size: int = 224
+) -> dict[str, Any]:
+    """The preprocessing fields of a clip detector read by :func:`cv2_normalised_clip`: every
+    frame ``cv2.resize``-d to ``size`` x ``size`` (``interpolation``), no crop, ``mean``/``std``."""
+    return {
+        "size": size,
+        "resize": "square",
+        "resize_to": size,
+        "resize_backend": "cv2",
+        "interpolation": interpolation,
+        "crop": "none",
+        "mean": tuple(mean),
+        "std": tuple(std),
+    }
+
+
 def cv2_normalised_clip(
     frames: Sequence[Image.Image] | None,
     size: int,
