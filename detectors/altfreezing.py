@@ -23,7 +23,12 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
+from detectors.layers.clips import (
+    channels_first_clip,
+    clip_sampling,
+    cv2_clip_preprocessing,
+    cv2_normalised_clip,
+)
 from detectors.layers.slowfast import STAGE_DEPTH, I3DResNet
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -33,16 +38,9 @@ Phase = Literal["spatial", "temporal"]
 
 #: ``demo.py``: 224 x 224 aligned face crops (``imsize`` 224), ImageNet mean/std on 0-255
 #: values (= on [0, 1] values)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+)
 
 
 #: ``i3d_ori.yaml`` ``SOLVER``: SGD lr 0.05, momentum 0.9, weight decay 1e-4
@@ -159,17 +157,12 @@ class AltFreezing(Detector):
             optimizer=optimizer or _sgd,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
-            )
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
         if alter_freq < 0 or alter_start not in ("spatial", "temporal"):
             raise UserError(
                 "detector.alter_freq must be >= 0 and detector.alter_start 'spatial' or "
                 f"'temporal', got {alter_freq}, {alter_start!r}"
             )
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
         self.alter_freq = int(alter_freq)
         self.alter_start: Phase = alter_start
         self.train_augment = bool(train_augment)

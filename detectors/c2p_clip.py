@@ -34,6 +34,7 @@ from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, st
 from deepsift.core.errors import UserError
 from detectors.base import Detector
 from detectors.layers.clip import CLIP_MEAN, CLIP_STD
+from detectors.layers.hf_files import read_hf_clip_vision
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
@@ -123,31 +124,19 @@ def load_clip_vision(net: C2PCLIPNet, clip_file: str | None) -> None:
     and ``visual_projection.weight`` tensors are kept. Its SHA-256 is logged (no checksum
     is published to check it against).
     """
-    from deepsift.core.hub import sha256_file
-
-    hint = CLIP_HINT
     if not clip_file:
-        raise UserError(f"detector.pretrained=true needs CLIP ViT-L/14 from a local file: {hint}")
-    path = Path(clip_file).expanduser()
-    if path.is_dir():
-        found = [
-            path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()
-        ]
-        if not found:
-            raise UserError(f"detector.clip_file {path} holds no model.safetensors; {hint}")
-        path = found[0]
-    if not path.is_file():
-        raise UserError(f"detector.clip_file {path} does not exist; {hint}")
-    keep = {
-        k: v
-        for k, v in read_state_dict(path).items()
-        if k.startswith(("vision_model.", "visual_projection.")) and not k.endswith("position_ids")
-    }
-    if not keep:
-        raise UserError(f"detector.clip_file {path} has no 'vision_model.*' tensors; {hint}")
+        raise UserError(
+            f"detector.pretrained=true needs CLIP ViT-L/14 from a local file: {CLIP_HINT}"
+        )
+    path, keep = read_hf_clip_vision(
+        clip_file,
+        "detector.clip_file",
+        CLIP_HINT,
+        "C2P-CLIP",
+        prefixes=("vision_model.", "visual_projection."),
+    )
     keep.update({f"fc.{k}": v for k, v in net.fc.state_dict().items()})
     load_state_dict_strict(net, keep, f"detector.clip_file {path}")
-    log.info("C2P-CLIP: CLIP weights %s (sha256 %s)", path, sha256_file(path))
 
 
 class C2PCLIP(Detector):

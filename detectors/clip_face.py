@@ -64,7 +64,7 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from detectors.base import DEEPFAKEBENCH_ADAM
 from detectors.layers.clip import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 #: CLIP's preprocessing: bicubic resize of the shorter side to 224, centre crop, CLIP mean/std
@@ -136,11 +136,7 @@ class ClipFace(ClipLinearProbe):
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """Resize, then (training) blur/JPEG, crop and flip, then CLIP normalisation."""
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def load_weights(self, path: str | Path) -> None:
         """This detector's state dict (``fc.weight``, ``fc.bias``) or a bare ``{weight, bias}`` head."""

@@ -26,7 +26,7 @@ from torchvision.models import resnet50
 from deepsift.core.checkpoint import read_state_dict
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -207,11 +207,7 @@ class CNNSpot(Detector):
         log.info("CNNSpot: ImageNet weights from %s", path)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(batch["image"]))))

@@ -92,6 +92,7 @@ from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, st
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.clip import CLIP_MEAN, CLIP_STD
+from detectors.layers.hf_files import read_hf_clip_vision
 from detectors.preprocessing import (
     DEEPFAKEBENCH_FACE_PREPROCESSING,
     Preprocessing,
@@ -286,31 +287,6 @@ def svd_attention(tower: nn.Module, residual_rank: int, decompose: bool) -> None
             setattr(module, child_name, new)
 
 
-def read_hf_clip_vision(path: str | Path, option: str, hint: str) -> dict[str, torch.Tensor]:
-    """``vision_model.*`` tensors (prefix removed) of a Hugging Face CLIP file or folder."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        found = [p for n in ("model.safetensors", "pytorch_model.bin") if (p := path / n).is_file()]
-        if not found:
-            raise UserError(f"{option} {path} holds no model.safetensors; {hint}")
-        path = found[0]
-    if not path.is_file():
-        raise UserError(f"{option} {path} does not exist; {hint}")
-    state = read_state_dict(path)
-    prefix = "vision_model."
-    vision = {
-        k[len(prefix) :]: v
-        for k, v in state.items()
-        if k.startswith(prefix) and not k.endswith("position_ids")
-    }
-    if not vision:
-        raise UserError(f"{option} {path} has no 'vision_model.*' tensors; {hint}")
-    from deepsift.core.hub import sha256_file
-
-    log.info("Effort: CLIP weights %s (sha256 %s)", path, sha256_file(path))
-    return vision
-
-
 class Effort(Detector):
     """CLIP ViT-L/14 with SVD-residual attention (Effort) and a 2-class head; one fake logit.
 
@@ -413,7 +389,10 @@ class Effort(Detector):
             raise UserError(
                 f"detector.pretrained=true needs CLIP ViT-L/14 from a local file: {BACKBONE_HINT}"
             )
-        vision = read_hf_clip_vision(self.backbone_file, "detector.backbone_file", BACKBONE_HINT)
+        _, tower = read_hf_clip_vision(
+            self.backbone_file, "detector.backbone_file", BACKBONE_HINT, "Effort"
+        )
+        vision = {k.removeprefix("vision_model."): v for k, v in tower.items()}
         plain = {}
         for name, module in self.backbone.named_modules():
             if isinstance(module, SVDResidualLinear):

@@ -23,7 +23,7 @@ from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.layers.forensynths import (
     FORENSYNTHS_PREPROCESSING,
     FORENSYNTHS_TRAIN_PREPROCESSING,
@@ -186,11 +186,7 @@ class FreqNet(Detector):
         init_resnet_weights(self)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def _pointwise(self, x: torch.Tensor, i: int, stride: int) -> torch.Tensor:
         weight, bias = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.clips import channels_first_clip, cv2_normalised_clip
+from detectors.layers.clips import channels_first_clip, cv2_clip_preprocessing, cv2_normalised_clip
 from detectors.layers.slowfast import BasicStem, Bottleneck, Pathway, ResBlock
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
@@ -38,16 +38,9 @@ STAGE_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = ((3,), (3, 1), (3, 1))
 
 #: ``test_on_raw_video.py``: 224 x 224 aligned face crops (``imsize`` 224), ImageNet mean/std
 #: on 0-255 values (= on [0, 1] values)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bilinear",
-    "crop": "none",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+)
 
 
 #: ``root_setting.yaml`` trainer ``optim: adam``, ``init_lr`` 3e-4

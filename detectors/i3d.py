@@ -23,6 +23,8 @@ from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
 from detectors.layers.clips import (
     channels_first_clip,
+    clip_sampling,
+    cv2_clip_preprocessing,
     cv2_normalised_clip,
     deepfakebench_clip_augment,
 )
@@ -32,16 +34,9 @@ from detectors.preprocessing import Preprocessing, merge_preprocessing
 log = logging.getLogger(__name__)
 
 #: ``i3d.yaml``: clips of ``clip_size`` 16 consecutive frames, 224 x 224, Normalize(0.5, 0.5)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+)
 
 
 class I3D(Detector):
@@ -115,12 +110,7 @@ class I3D(Detector):
             optimizer=optimizer or DEEPFAKEBENCH_ADAM,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
-            )
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
         self.train_augment = bool(train_augment)
         self.resnet = I3DResNet(blocks, width_per_group, num_classes=1, dropout=dropout)
         if pretrained_file:

@@ -24,7 +24,7 @@ from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.layers.forensynths import (
     FORENSYNTHS_PREPROCESSING,
     FORENSYNTHS_TRAIN_PREPROCESSING,
@@ -180,11 +180,7 @@ class LaDeDa(Detector):
         nn.init.normal_(self.fc.weight, 0.0, 0.02)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """The last feature map (B, 2048, H', W'); each position sees a 9 x 9 input patch."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.layers.forensynths import (
     FORENSYNTHS_PREPROCESSING,
     FORENSYNTHS_TRAIN_PREPROCESSING,
@@ -132,11 +132,7 @@ class NPR(Detector):
         init_resnet_weights(self)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = npr_residual(batch["image"])

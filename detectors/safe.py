@@ -23,7 +23,7 @@ from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict
 from detectors.base import Detector
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.layers.resnet import bottleneck_layer, init_resnet_weights
 from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
@@ -146,11 +146,7 @@ class SAFE(Detector):
         init_resnet_weights(self)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def class_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``fc1``'s two outputs (real, fake), as the reference model returns them."""

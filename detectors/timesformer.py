@@ -26,23 +26,23 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import Detector
-from detectors.layers.clips import cv2_normalised_clip
+from detectors.layers.clips import checked_clip, clip_sampling, cv2_clip_preprocessing
+from detectors.layers.hf_files import hf_weight_file
+from detectors.layers.hf_video import (
+    check_start,
+    face_clip,
+    start_backbone,
+    two_class_head_as_fake_logit,
+)
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench ``timesformer.yaml`` (commit 0356f95): ``resolution`` 224,
 #: ``mean`` 0.45, ``std`` 0.225; frames resized by ``cv2.resize`` (``INTER_CUBIC``)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.45, 0.45, 0.45),
-    "std": (0.225, 0.225, 0.225),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+)
 
 #: what to pass when the Kinetics-400 start is asked for (nothing is downloaded)
 BACKBONE_HINT = (
@@ -125,24 +125,13 @@ class TimeSformer(Detector):
             optimizer=optimizer or TIMESFORMER_ADAM,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, "
-                f"{clip_stride}"
-            )
-        if backbone and pretrained:
-            raise UserError(
-                "detector.backbone changes the architecture, so the Kinetics-400 TimeSformer "
-                "would not fit; set detector.pretrained=false or drop detector.backbone"
-            )
-        if pretrained and not backbone_file:  # before building the 121M-parameter model
-            raise UserError(
-                f"detector.pretrained=true needs the Kinetics-400 TimeSformer: {BACKBONE_HINT}"
-            )
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
+        # before building the 121M-parameter model
+        check_start(
+            backbone, pretrained, backbone_file, "the Kinetics-400 TimeSformer", BACKBONE_HINT
+        )
         from transformers import TimesformerConfig, TimesformerModel
 
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
         config = TimesformerConfig(**dict(backbone or {}))
         if config.image_size != self.preprocessing.size:
             log.warning(
@@ -153,12 +142,7 @@ class TimeSformer(Detector):
             )
         self.backbone = TimesformerModel(config)
         self.head = nn.Linear(config.hidden_size, 1)
-        if pretrained:
-            self.load_backbone(str(backbone_file))
-        elif backbone_file:
-            log.warning(
-                "detector.backbone_file=%s is ignored: detector.pretrained=false", backbone_file
-            )
+        start_backbone(self.load_backbone, pretrained, backbone_file)
 
     # -- data ------------------------------------------------------------------
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
@@ -166,30 +150,14 @@ class TimeSformer(Detector):
 
         The same at training time: DeepfakeBench trains TimeSformer without augmentation.
         """
-        frames = sample.get("frames")
-        if frames is not None and len(frames) != self.clip_len:
-            raise UserError(
-                f"TimeSformer: got {len(frames)} frames, the config says "
-                f"detector.clip_len={self.clip_len}"
-            )
-        clip = cv2_normalised_clip(
-            frames,
-            self.preprocessing.size,
-            "bicubic",
-            self.preprocessing.mean,
-            self.preprocessing.std,
-            None,
-            "TimeSformer",
-        )
-        return {"clip": clip}
+        p = self.preprocessing
+        return {
+            "clip": face_clip(sample, self.clip_len, p.size, p.mean, p.std, None, "TimeSformer")
+        }
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clip = batch["clip"]
-        if clip.ndim != 5 or clip.shape[2] != 3:
-            raise UserError(
-                f"TimeSformer expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
-            )
+        clip = checked_clip(batch["clip"], "TimeSformer")
         cls = self.backbone(pixel_values=clip).last_hidden_state[:, 0]
         return {"logits": self.head(cls)[:, 0]}
 
@@ -198,18 +166,7 @@ class TimeSformer(Detector):
         """The Kinetics-400 ``TimesformerForVideoClassification`` file into ``backbone``, strictly."""
         from deepsift.core.hub import sha256_file
 
-        file = Path(path).expanduser()
-        if file.is_dir():
-            found = [
-                file / n for n in ("model.safetensors", "pytorch_model.bin") if (file / n).is_file()
-            ]
-            if not found:
-                raise UserError(
-                    f"detector.backbone_file {file} holds no model.safetensors or pytorch_model.bin; {BACKBONE_HINT}"
-                )
-            file = found[0]
-        if not file.is_file():
-            raise UserError(f"detector.backbone_file {file} does not exist; {BACKBONE_HINT}")
+        file = hf_weight_file(path, BACKBONE_HINT)
         state = read_state_dict(file)
         keep = {
             k.removeprefix("timesformer."): v
@@ -234,10 +191,5 @@ class TimeSformer(Detector):
                 f"{source} is not a TimeSformer file: no backbone.embeddings.* and head.weight "
                 "as in DeepfakeBench's timesformer_best.pth"
             )
-        if head.ndim == 2 and head.shape[0] == 2:
-            state["head.weight"] = (head[1] - head[0])[None]
-            bias = state.get("head.bias")
-            if torch.is_tensor(bias) and bias.shape == (2,):
-                state["head.bias"] = bias[1:] - bias[:1]
-            log.info("TimeSformer: DeepfakeBench weights %s (2-class head -> fake logit)", path)
+        two_class_head_as_fake_logit(state, "TimeSformer", path)
         load_state_dict_strict(self, state, source)

@@ -22,7 +22,7 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.layers.clip import CLIP_MEAN, CLIP_STD, ClipLinearProbe
-from detectors.layers.cnndetection import cnndetection_train_transform
+from detectors.layers.cnndetection import cnndetection_sample
 from detectors.preprocessing import Preprocessing, merge_preprocessing, train_variant
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,7 @@ class UnivFD(ClipLinearProbe):
         nn.init.zeros_(self.fc.bias)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
-        if train:
-            return {
-                "image": cnndetection_train_transform(sample["image"], self.train_preprocessing)
-            }
-        return {"image": self.preprocessing(sample["image"], train=False)}
+        return cnndetection_sample(sample, train, self.preprocessing, self.train_preprocessing)
 
     def load_weights(self, path: str | Path) -> None:
         """The official head (``weight`` (1, 768), ``bias`` (1,)) or this detector's state dict."""

@@ -24,23 +24,28 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.layers.clips import cv2_normalised_clip, deepfakebench_clip_augment
+from detectors.layers.clips import (
+    checked_clip,
+    clip_sampling,
+    cv2_clip_preprocessing,
+    deepfakebench_clip_augment,
+)
+from detectors.layers.hf_files import hf_weight_file
+from detectors.layers.hf_video import (
+    check_start,
+    face_clip,
+    start_backbone,
+    two_class_head_as_fake_logit,
+)
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench ``videomae.yaml``: ``resolution`` 224, ``mean`` = ``std`` = 0.5; frames
 #: resized by ``cv2.resize`` (``INTER_CUBIC``)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+)
 
 #: what to pass when the self-supervised start is asked for (nothing is downloaded)
 BACKBONE_HINT = (
@@ -137,24 +142,11 @@ class VideoMAE(Detector):
             optimizer=optimizer or DEEPFAKEBENCH_ADAM,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, "
-                f"{clip_stride}"
-            )
-        if backbone and pretrained:
-            raise UserError(
-                "detector.backbone changes the architecture, so videomae-base's weights would "
-                "not fit; set detector.pretrained=false or drop detector.backbone"
-            )
-        if pretrained and not backbone_file:  # before building the 86M-parameter model
-            raise UserError(
-                f"detector.pretrained=true needs MCG-NJU/videomae-base: {BACKBONE_HINT}"
-            )
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
+        # before building the 86M-parameter model
+        check_start(backbone, pretrained, backbone_file, "MCG-NJU/videomae-base", BACKBONE_HINT)
         from transformers import VideoMAEConfig, VideoMAEModel
 
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
         self.train_augment = bool(train_augment)
         fields = {"use_mean_pooling": False, **dict(backbone or {})}
         for key, value in (("num_frames", self.clip_len), ("image_size", self.preprocessing.size)):
@@ -174,41 +166,20 @@ class VideoMAE(Detector):
         self.fc_norm = nn.LayerNorm(config.hidden_size)
         self.head = nn.Linear(config.hidden_size, 1)
         self._augment = deepfakebench_clip_augment()
-        if pretrained:
-            self.load_backbone(str(backbone_file))
-        elif backbone_file:
-            log.warning(
-                "detector.backbone_file=%s is ignored: detector.pretrained=false", backbone_file
-            )
+        start_backbone(self.load_backbone, pretrained, backbone_file)
 
     # -- data ------------------------------------------------------------------
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """``sample["frames"]`` (T PIL RGB face crops) -> ``{"clip": (T, 3, size, size)}``."""
-        frames = sample.get("frames")
-        if frames is not None and len(frames) != self.clip_len:
-            raise UserError(
-                f"VideoMAE: got {len(frames)} frames, the config says "
-                f"detector.clip_len={self.clip_len}"
-            )
         augment = self._augment if train and self.train_augment else None
-        clip = cv2_normalised_clip(
-            frames,
-            self.preprocessing.size,
-            "bicubic",
-            self.preprocessing.mean,
-            self.preprocessing.std,
-            augment,
-            "VideoMAE",
-        )
-        return {"clip": clip}
+        p = self.preprocessing
+        return {
+            "clip": face_clip(sample, self.clip_len, p.size, p.mean, p.std, augment, "VideoMAE")
+        }
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clip = batch["clip"]
-        if clip.ndim != 5 or clip.shape[2] != 3:
-            raise UserError(
-                f"VideoMAE expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
-            )
+        clip = checked_clip(batch["clip"], "VideoMAE")
         tokens = self.backbone(pixel_values=clip).last_hidden_state
         return {"logits": self.head(self.fc_norm(tokens.mean(1)))[:, 0]}
 
@@ -217,19 +188,7 @@ class VideoMAE(Detector):
         """``MCG-NJU/videomae-base``'s pre-training file into ``backbone``, strictly."""
         from deepsift.core.hub import sha256_file
 
-        file = Path(path).expanduser()
-        if file.is_dir():
-            found = [
-                file / n for n in ("model.safetensors", "pytorch_model.bin") if (file / n).is_file()
-            ]
-            if not found:
-                raise UserError(
-                    f"detector.backbone_file {file} holds no model.safetensors or "
-                    f"pytorch_model.bin; {BACKBONE_HINT}"
-                )
-            file = found[0]
-        if not file.is_file():
-            raise UserError(f"detector.backbone_file {file} does not exist; {BACKBONE_HINT}")
+        file = hf_weight_file(path, BACKBONE_HINT)
         state = read_state_dict(file)
         if not any(k.startswith("videomae.") for k in state):
             raise UserError(
@@ -263,10 +222,5 @@ class VideoMAE(Detector):
                 f"{source} is not a VideoMAE file: no fc_norm.weight and head.weight as in "
                 "DeepfakeBench's videomae_best.pth"
             )
-        if head.ndim == 2 and head.shape[0] == 2:
-            state["head.weight"] = (head[1] - head[0])[None]
-            bias = state.get("head.bias")
-            if torch.is_tensor(bias) and bias.shape == (2,):
-                state["head.bias"] = bias[1:] - bias[:1]
-            log.info("VideoMAE: DeepfakeBench weights %s (2-class head -> fake logit)", path)
+        two_class_head_as_fake_logit(state, "VideoMAE", path)
         load_state_dict_strict(self, state, source)

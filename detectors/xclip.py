@@ -23,23 +23,23 @@ from torch import nn
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
 from deepsift.core.errors import UserError
 from detectors.base import DEEPFAKEBENCH_ADAM, Detector
-from detectors.layers.clips import cv2_normalised_clip
+from detectors.layers.clips import checked_clip, clip_sampling, cv2_clip_preprocessing
+from detectors.layers.hf_files import hf_weight_file
+from detectors.layers.hf_video import (
+    check_start,
+    face_clip,
+    start_backbone,
+    two_class_head_as_fake_logit,
+)
 from detectors.preprocessing import Preprocessing, merge_preprocessing
 
 log = logging.getLogger(__name__)
 
 #: DeepfakeBench ``xclip.yaml``: ``resolution`` 224, ``mean`` = ``std`` = 0.5; frames resized
 #: by ``cv2.resize`` (``INTER_CUBIC``)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "size": 224,
-    "resize": "square",
-    "resize_to": 224,
-    "resize_backend": "cv2",
-    "interpolation": "bicubic",
-    "crop": "none",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
+DEFAULT_PREPROCESSING: dict[str, Any] = cv2_clip_preprocessing(
+    "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+)
 
 #: what to pass when the X-CLIP start is asked for (nothing is downloaded)
 BACKBONE_HINT = (
@@ -134,22 +134,11 @@ class XCLIP(Detector):
             optimizer=optimizer or DEEPFAKEBENCH_ADAM,
             scheduler=scheduler,
         )
-        if clip_len < 1 or clip_stride < 1:
-            raise UserError(
-                f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, "
-                f"{clip_stride}"
-            )
-        if backbone and pretrained:
-            raise UserError(
-                "detector.backbone changes the architecture, so the X-CLIP checkpoint would "
-                "not fit; set detector.pretrained=false or drop detector.backbone"
-            )
-        if pretrained and not backbone_file:  # before building the 123M-parameter model
-            raise UserError(f"detector.pretrained=true needs an X-CLIP checkpoint: {BACKBONE_HINT}")
+        self.clip_len, self.clip_stride = clip_sampling(clip_len, clip_stride)
+        # before building the 123M-parameter model
+        check_start(backbone, pretrained, backbone_file, "an X-CLIP checkpoint", BACKBONE_HINT)
         from transformers import XCLIPVisionConfig, XCLIPVisionModel
 
-        self.clip_len = int(clip_len)
-        self.clip_stride = int(clip_stride)
         fields = dict(backbone or {})
         fields.setdefault("image_size", self.preprocessing.size)
         config = XCLIPVisionConfig(**fields)
@@ -162,12 +151,7 @@ class XCLIP(Detector):
         self.backbone = XCLIPVisionModel(config)
         self.fc_norm = nn.LayerNorm(config.hidden_size)
         self.head = nn.Linear(config.hidden_size, 1)
-        if pretrained:
-            self.load_backbone(str(backbone_file))
-        elif backbone_file:
-            log.warning(
-                "detector.backbone_file=%s is ignored: detector.pretrained=false", backbone_file
-            )
+        start_backbone(self.load_backbone, pretrained, backbone_file)
 
     # -- data ------------------------------------------------------------------
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
@@ -175,30 +159,12 @@ class XCLIP(Detector):
 
         The same at training time: DeepfakeBench trains X-CLIP without augmentation.
         """
-        frames = sample.get("frames")
-        if frames is not None and len(frames) != self.clip_len:
-            raise UserError(
-                f"X-CLIP: got {len(frames)} frames, the config says "
-                f"detector.clip_len={self.clip_len}"
-            )
-        clip = cv2_normalised_clip(
-            frames,
-            self.preprocessing.size,
-            "bicubic",
-            self.preprocessing.mean,
-            self.preprocessing.std,
-            None,
-            "X-CLIP",
-        )
-        return {"clip": clip}
+        p = self.preprocessing
+        return {"clip": face_clip(sample, self.clip_len, p.size, p.mean, p.std, None, "X-CLIP")}
 
     # -- model -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clip = batch["clip"]
-        if clip.ndim != 5 or clip.shape[2] != 3:
-            raise UserError(
-                f"X-CLIP expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
-            )
+        clip = checked_clip(batch["clip"], "X-CLIP")
         b, t = clip.shape[:2]
         if t % self.backbone.config.num_frames:
             raise UserError(
@@ -213,19 +179,7 @@ class XCLIP(Detector):
         """An ``XCLIPModel`` file's vision tower into ``backbone``, strictly."""
         from deepsift.core.hub import sha256_file
 
-        file = Path(path).expanduser()
-        if file.is_dir():
-            found = [
-                file / n for n in ("model.safetensors", "pytorch_model.bin") if (file / n).is_file()
-            ]
-            if not found:
-                raise UserError(
-                    f"detector.backbone_file {file} holds no model.safetensors or "
-                    f"pytorch_model.bin; {BACKBONE_HINT}"
-                )
-            file = found[0]
-        if not file.is_file():
-            raise UserError(f"detector.backbone_file {file} does not exist; {BACKBONE_HINT}")
+        file = hf_weight_file(path, BACKBONE_HINT)
         state = read_state_dict(file)
         if not any(k.startswith("vision_model.") for k in state):
             raise UserError(
@@ -255,10 +209,5 @@ class XCLIP(Detector):
         )
         state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
         state |= {f"backbone.{k}": v for k, v in tower.items()}
-        if head.ndim == 2 and head.shape[0] == 2:
-            state["head.weight"] = (head[1] - head[0])[None]
-            bias = state.get("head.bias")
-            if torch.is_tensor(bias) and bias.shape == (2,):
-                state["head.bias"] = bias[1:] - bias[:1]
-            log.info("X-CLIP: DeepfakeBench weights %s (2-class head -> fake logit)", path)
+        two_class_head_as_fake_logit(state, "X-CLIP", path)
         load_state_dict_strict(self, state, source)

@@ -8,7 +8,6 @@ import zipfile
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from deepsift.core.errors import UserError
@@ -20,18 +19,11 @@ from tests.detector_checks import (
     random_images,
     transformed_batch,
 )
+from tests.hf_clip_checks import TINY_VISION, clip_vit_pooled
 from tests.official.weights import key_spec, seeded_state_dict
 
 #: a 2 x 2 grid of 14 px patches, 2 layers of width 32, 16-d projection
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 28,
-    "patch_size": 14,
-    "projection_dim": 16,
-}
+VISION = {**TINY_VISION, "projection_dim": 16}
 TINY = {"vision": VISION, "preprocessing": {"size": 28, "resize_to": 28}}
 
 
@@ -47,28 +39,7 @@ def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int
     """Independent: OpenAI CLIP's ViT written out from the official tensors (``model.*``)."""
     v = "model.vision_model."
     w = lambda name: state[v + name]  # noqa: E731
-    patches = F.conv2d(x, w("embeddings.patch_embedding.weight"), stride=VISION["patch_size"])
-    tokens = patches.flatten(2).transpose(1, 2)
-    cls = w("embeddings.class_embedding").expand(x.shape[0], 1, -1)
-    h = torch.cat([cls, tokens], 1) + w("embeddings.position_embedding.weight")
-    ln = lambda t, n: F.layer_norm(t, t.shape[-1:], w(f"{n}.weight"), w(f"{n}.bias"))  # noqa: E731
-    h = ln(h, "pre_layrnorm")
-    for i in range(VISION["num_hidden_layers"]):
-        p = f"encoder.layers.{i}."
-        a = ln(h, p + "layer_norm1")
-        q, k, val = (
-            F.linear(a, w(f"{p}self_attn.{n}_proj.weight"), w(f"{p}self_attn.{n}_proj.bias"))
-            for n in "qkv"
-        )
-        b, n, c = q.shape
-        split = lambda t, b=b, n=n, c=c: t.view(b, n, heads, c // heads).transpose(1, 2)  # noqa: E731
-        att = (split(q) @ split(k).transpose(-1, -2) / (c // heads) ** 0.5).softmax(-1)
-        o = (att @ split(val)).transpose(1, 2).reshape(b, n, c)
-        h = h + F.linear(o, w(p + "self_attn.out_proj.weight"), w(p + "self_attn.out_proj.bias"))
-        m = F.linear(ln(h, p + "layer_norm2"), w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))
-        m = m * torch.sigmoid(1.702 * m)  # QuickGELU
-        h = h + F.linear(m, w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"))
-    pooled = ln(h[:, 0], "post_layernorm")
+    pooled = clip_vit_pooled(x, w, VISION["num_hidden_layers"], heads, VISION["patch_size"])
     e = pooled @ state["model.visual_projection.weight"].T
     e = e / e.norm(dim=-1, keepdim=True)
     return (e @ state["model.fc.weight"].T + state["model.fc.bias"])[:, 0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from deepsift.core.errors import UserError
@@ -18,17 +17,11 @@ from tests.detector_checks import (
     random_images,
     transformed_batch,
 )
+from tests.hf_clip_checks import TINY_VISION, clip_vit_pooled
 from tests.official.weights import key_spec, seeded_state_dict
 
 #: a 2 x 2 grid of 14 px patches, 2 layers of width 32 (rank 32: 31 frozen, 1 trained)
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 28,
-    "patch_size": 14,
-}
+VISION = TINY_VISION
 TINY = {"vision": VISION, "preprocessing": {"size": 28}}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -50,12 +43,6 @@ def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
     """Independent: OpenAI CLIP's ViT from the file's tensors, each attention weight rebuilt
     as ``weight_main + U_residual diag(S_residual) V_residual``; ``head`` logit z1 - z0."""
     w = lambda name: state["backbone." + name]  # noqa: E731
-    heads = VISION["num_attention_heads"]
-    patches = F.conv2d(x, w("embeddings.patch_embedding.weight"), stride=VISION["patch_size"])
-    cls = w("embeddings.class_embedding").expand(x.shape[0], 1, -1)
-    h = torch.cat([cls, patches.flatten(2).transpose(1, 2)], 1)
-    h = h + w("embeddings.position_embedding.weight")
-    ln = lambda t, n: F.layer_norm(t, t.shape[-1:], w(f"{n}.weight"), w(f"{n}.bias"))  # noqa: E731
 
     def linear(t: torch.Tensor, name: str) -> torch.Tensor:
         weight = w(f"{name}.weight_main") + w(f"{name}.U_residual") @ torch.diag(
@@ -63,19 +50,15 @@ def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
         ) @ w(f"{name}.V_residual")
         return t @ weight.T + w(f"{name}.bias")
 
-    h = ln(h, "pre_layrnorm")
-    for i in range(VISION["num_hidden_layers"]):
-        p = f"encoder.layers.{i}."
-        a = ln(h, p + "layer_norm1")
-        q, k, v = (linear(a, f"{p}self_attn.{n}_proj") for n in "qkv")
-        b, n, c = q.shape
-        split = lambda t, b=b, n=n, c=c: t.view(b, n, heads, c // heads).transpose(1, 2)  # noqa: E731
-        att = (split(q) @ split(k).transpose(-1, -2) / (c // heads) ** 0.5).softmax(-1)
-        h = h + linear((att @ split(v)).transpose(1, 2).reshape(b, n, c), p + "self_attn.out_proj")
-        m = F.linear(ln(h, p + "layer_norm2"), w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))
-        m = m * torch.sigmoid(1.702 * m)  # QuickGELU
-        h = h + F.linear(m, w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"))
-    scores = ln(h[:, 0], "post_layernorm") @ state["head.weight"].T + state["head.bias"]
+    pooled = clip_vit_pooled(
+        x,
+        w,
+        VISION["num_hidden_layers"],
+        VISION["num_attention_heads"],
+        VISION["patch_size"],
+        linear,
+    )
+    scores = pooled @ state["head.weight"].T + state["head.bias"]
     return scores[:, 1] - scores[:, 0]
 
 

@@ -126,6 +126,23 @@ class ClipPreprocessing:
 CV2_INTERPOLATION = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC"}
 
 
+def cv2_clip_preprocessing(
+    interpolation: str, mean: Sequence[float], std: Sequence[float], size: int = 224
+) -> dict[str, Any]:
+    """The preprocessing fields of a clip detector read by :func:`cv2_normalised_clip`: every
+    frame ``cv2.resize``-d to ``size`` x ``size`` (``interpolation``), no crop, ``mean``/``std``."""
+    return {
+        "size": size,
+        "resize": "square",
+        "resize_to": size,
+        "resize_backend": "cv2",
+        "interpolation": interpolation,
+        "crop": "none",
+        "mean": tuple(mean),
+        "std": tuple(std),
+    }
+
+
 def cv2_normalised_clip(
     frames: Sequence[Image.Image] | None,
     size: int,
@@ -166,15 +183,31 @@ def cv2_normalised_clip(
     return (clip - mean_t) / std_t
 
 
-def channels_first_clip(clip: torch.Tensor, name: str = "this detector") -> torch.Tensor:
-    """``batch["clip"]`` (B, T, 3, H, W) -> (B, 3, T, H, W) for 3D convolutions, or one UserError."""
+def clip_sampling(clip_len: int, clip_stride: int) -> tuple[int, int]:
+    """``detector.clip_len`` and ``detector.clip_stride`` as ints, or one UserError if < 1."""
+    from deepsift.core.errors import UserError
+
+    if clip_len < 1 or clip_stride < 1:
+        raise UserError(
+            f"detector.clip_len and detector.clip_stride must be >= 1, got {clip_len}, {clip_stride}"
+        )
+    return int(clip_len), int(clip_stride)
+
+
+def checked_clip(clip: torch.Tensor, name: str = "this detector") -> torch.Tensor:
+    """``batch["clip"]`` if it is (B, T, 3, H, W), else one UserError."""
     from deepsift.core.errors import UserError
 
     if clip.ndim != 5 or clip.shape[2] != 3:
         raise UserError(
             f"{name} expects batch['clip'] of shape (B, T, 3, H, W), got {tuple(clip.shape)}"
         )
-    return clip.permute(0, 2, 1, 3, 4)
+    return clip
+
+
+def channels_first_clip(clip: torch.Tensor, name: str = "this detector") -> torch.Tensor:
+    """``batch["clip"]`` (B, T, 3, H, W) -> (B, 3, T, H, W) for 3D convolutions, or one UserError."""
+    return checked_clip(clip, name).permute(0, 2, 1, 3, 4)
 
 
 def deepfakebench_clip_augment() -> Any:

@@ -57,3 +57,13 @@ def cnndetection_train_transform(image: Image.Image, p: Preprocessing) -> torch.
     image = cnndetection_augment(image, p)
     tail = dataclasses.replace(p, resize="none", blur_prob=0.0, jpeg_prob=0.0)
     return tail(image, train=True)
+
+
+def cnndetection_sample(
+    sample: dict, train: bool, test: Preprocessing, training: Preprocessing
+) -> dict[str, torch.Tensor]:
+    """``{"image": ...}`` of a detector trained with CNNDetection's pipeline: in training
+    :func:`cnndetection_train_transform` with ``training``, else ``test`` (no augmentation)."""
+    if train:
+        return {"image": cnndetection_train_transform(sample["image"], training)}
+    return {"image": test(sample["image"], train=False)}

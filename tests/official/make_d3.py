@@ -44,10 +44,13 @@ import types
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from tests.official.images import reference_images
-from tests.official.make_univfd import dump_reference
+from tests.official.make_univfd import (
+    dump_reference,
+    openai_vit_l14_companion,
+    reference_inputs,
+    reference_tail,
+)
 from tests.official.weights import HERE, key_spec, write_official_file
 
 NAME = "d3_classifier"
@@ -76,17 +79,7 @@ def main() -> None:
     from models.clip_models import CLIPModelShuffleAttentionPenultimateLayer
     from validate_for_robustness import RealFakeDataset
 
-    with torch.device("meta"):
-        shell = CLIP(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12)
-        convert_weights(shell)
-    backbone = {
-        "filename": "ViT-L-14.pt",
-        "save": {"container": "torchscript"},
-        "seed": BACKBONE_SEED,
-        "keys": key_spec(shell.state_dict())
-        + [[name, [], "int64"] for name in ("input_resolution", "context_length", "vocab_size")],
-    }
-    del shell
+    backbone = openai_vit_l14_companion(CLIP, convert_weights, BACKBONE_SEED)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -102,17 +95,9 @@ def main() -> None:
         model.attention_head.load_state_dict(torch.load(ckpt, map_location="cpu"))
         model.eval()
 
-        pictures = reference_images(IMAGES_SEED)
-        for folder in ("real", "fake"):
-            (scratch / folder).mkdir()
-            for i, array in enumerate(pictures):
-                Image.fromarray(array).save(scratch / folder / f"{i}.png")
-        dataset = RealFakeDataset(str(scratch / "real"), str(scratch / "fake"), None, "clip")
-        by_index = {}
-        for idx, path in enumerate(dataset.total_list):
-            if "/real/" in path:
-                by_index[int(Path(path).stem)] = dataset[idx][0]
-        x = torch.stack([by_index[i] for i in range(len(pictures))])
+        x = reference_inputs(
+            scratch, IMAGES_SEED, lambda real, fake: RealFakeDataset(real, fake, None, "clip")
+        )
         with torch.no_grad():
             torch.manual_seed(SHUFFLE_SEED)  # the order of shuffle_patches' randperm
             logits = model(x).flatten()
@@ -138,16 +123,7 @@ def main() -> None:
         f"torch.manual_seed({SHUFFLE_SEED}) then randperm(256)",
         "save": head["save"],
         "filename": "classifier.pth",
-        "seed": SEED,
-        "images_seed": IMAGES_SEED,
-        "dtype": "float32",
-        "tolerance": {"logit": 2e-3, "prob": 1e-4},
-        "keys": head["keys"],
-        "companions": {"backbone_file": backbone},
-        "outputs": {
-            "logits": [round(float(v), 7) for v in logits],
-            "probs": [round(float(v), 7) for v in probs],
-        },
+        **reference_tail(SEED, IMAGES_SEED, head, backbone, logits, probs),
     }
     args.out.write_text(dump_reference(reference))
     print(args.out, reference["outputs"])

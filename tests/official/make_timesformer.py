@@ -3,7 +3,8 @@
 Runs the authors' own code (github.com/SCLBD/DeepfakeBench, commit
 8a4a7bf5e966c5c5618bc27d1719c3683eae9a04) from a checkout given with ``--repo``:
 ``training/detectors/timesformer_detector.py``'s ``TimeSformerDetector`` (imported on its
-own by :mod:`tests.official.deepfakebench_import`), whose ``build_backbone`` calls
+own by :mod:`tests.official.deepfakebench_import`; built and run by
+:mod:`tests.official.hf_video_reference`), whose ``build_backbone`` calls
 ``transformers.TimesformerModel.from_pretrained(config['pretrained'])``. Offline,
 ``from_pretrained`` is replaced by ``TimesformerModel(TimesformerConfig(**variant))``
 (the architecture only; every tensor is then overwritten). ``forward({'image': x})``
@@ -26,16 +27,13 @@ transformers is in deepsift's environment).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "video" / "timesformer_dfb.json"
-COMMIT = "8a4a7bf5e966c5c5618bc27d1719c3683eae9a04"
 TINY = {
     "hidden_size": 768,  # the detector's head is nn.Linear(768, 2)
     "num_hidden_layers": 2,
@@ -48,62 +46,37 @@ TINY = {
 SEED = 21
 
 
-def build(module, variant: dict) -> torch.nn.Module:
-    import transformers
+def build(module: Any, variant: dict[str, Any]) -> torch.nn.Module:
+    """``TimeSformerDetector`` with ``from_pretrained`` building ``TimesformerConfig(**variant)``
+    (also what ``full_size_video.py`` builds)."""
+    from tests.official.hf_video_reference import build_detector
 
-    config = transformers.TimesformerConfig(**variant)
-    original = transformers.TimesformerModel.from_pretrained
-    transformers.TimesformerModel.from_pretrained = classmethod(
-        lambda cls, *args, **kwargs: cls(config)
+    return build_detector(
+        module,
+        "TimeSformerDetector",
+        "TimesformerModel",
+        "TimesformerConfig",
+        variant,
+        {
+            "pretrained": "facebook/timesformer-base-finetuned-k400",
+            "loss_func": "cross_entropy",
+        },
     )
-    try:
-        detector = module.TimeSformerDetector(
-            {"pretrained": "facebook/timesformer-base-finetuned-k400", "loss_func": "cross_entropy"}
-        )
-    finally:
-        transformers.TimesformerModel.from_pretrained = original
-    return detector.eval()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repo", type=Path, required=True)
-    args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.official.deepfakebench_import import import_detector
-    from tests.official.weights import key_spec, seeded_state_dict
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.official.hf_video_reference import make_reference
 
-    module = import_detector(args.repo, "timesformer_detector")
-    torch.set_num_threads(1)
-    out: dict = {
-        "commit": COMMIT,
-        "seed": SEED,
-        "input": "torch.manual_seed(0); randn(2, T, 3, S, S)",
-    }
-    tiny = build(module, TINY)
-    spec = key_spec(tiny.state_dict())
-    tiny.load_state_dict(seeded_state_dict(spec, seed=SEED), strict=True)
-    torch.manual_seed(0)
-    x = torch.randn(2, TINY["num_frames"], 3, TINY["image_size"], TINY["image_size"])
-    with torch.no_grad():
-        pred = tiny({"image": x})
-    out["tiny"] = {
-        "config": TINY,
-        "parameters": sum(p.numel() for p in tiny.parameters()),
-        "cls": pred["cls"].tolist(),
-        "prob": pred["prob"].tolist(),
-        "key_spec": spec,
-    }
-    with torch.device("meta"):
-        full = build(module, {})
-    out["full"] = {
-        "config": "transformers.TimesformerConfig() (facebook/timesformer-base-finetuned-k400)",
-        "parameters": sum(p.numel() for p in full.parameters()),
-        "keys": list(full.state_dict()),
-    }
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    make_reference(
+        detector_module="timesformer_detector",
+        build=build,
+        tiny=TINY,
+        full={},
+        full_description="transformers.TimesformerConfig() (facebook/timesformer-base-finetuned-k400)",
+        seed=SEED,
+        out=OUT,
+    )
 
 
 if __name__ == "__main__":

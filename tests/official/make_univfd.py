@@ -37,7 +37,9 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -74,6 +76,56 @@ def dump_reference(reference: dict) -> str:
     return "{\n" + ",\n".join(block(reference, " ")) + "\n}\n"
 
 
+def openai_vit_l14_companion(clip_class: Any, convert_weights: Any, seed: int) -> dict:
+    """The spec of OpenAI's ``ViT-L-14.pt`` (a TorchScript archive) for the authors' ``CLIP``
+    class (``models/clip/model.py``, ``build_model``'s hyper-parameters read off that file),
+    built on the meta device: fp16 like ``convert_weights``, plus its three int64 scalars."""
+    with torch.device("meta"):
+        shell = clip_class(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12)
+        convert_weights(shell)
+    return {
+        "filename": "ViT-L-14.pt",
+        "save": {"container": "torchscript"},
+        "seed": seed,
+        "keys": key_spec(shell.state_dict())
+        + [[name, [], "int64"] for name in ("input_resolution", "context_length", "vocab_size")],
+    }
+
+
+def reference_inputs(scratch: Path, images_seed: int, dataset: Callable[[str, str], Any]) -> Any:
+    """``reference_images(images_seed)`` saved as ``scratch/{real,fake}/<i>.png``, read by the
+    authors' ``dataset(real, fake)`` (a ``RealFakeDataset``); the real ones stacked in order."""
+    pictures = reference_images(images_seed)
+    for folder in ("real", "fake"):
+        (scratch / folder).mkdir()
+        for i, array in enumerate(pictures):
+            Image.fromarray(array).save(scratch / folder / f"{i}.png")
+    data = dataset(str(scratch / "real"), str(scratch / "fake"))
+    by_index = {}
+    for idx, path in enumerate(data.total_list):
+        if "/real/" in path:
+            by_index[int(Path(path).stem)] = data[idx][0]
+    return torch.stack([by_index[i] for i in range(len(pictures))])
+
+
+def reference_tail(
+    seed: int, images_seed: int, head: dict, backbone: dict, logits: Any, probs: Any
+) -> dict:
+    """The fields after ``filename`` of a UnivFD-family reference, in their order."""
+    return {
+        "seed": seed,
+        "images_seed": images_seed,
+        "dtype": "float32",
+        "tolerance": {"logit": 2e-3, "prob": 1e-4},
+        "keys": head["keys"],
+        "companions": {"backbone_file": backbone},
+        "outputs": {
+            "logits": [round(float(v), 7) for v in logits],
+            "probs": [round(float(v), 7) for v in probs],
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True)
@@ -89,18 +141,7 @@ def main() -> None:
     from models.clip.model import CLIP, convert_weights
     from validate import RealFakeDataset
 
-    # OpenAI's ViT-L/14 hyper-parameters (what build_model reads off ViT-L-14.pt)
-    with torch.device("meta"):
-        shell = CLIP(768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12)
-        convert_weights(shell)
-    backbone = {
-        "filename": "ViT-L-14.pt",
-        "save": {"container": "torchscript"},
-        "seed": BACKBONE_SEED,
-        "keys": key_spec(shell.state_dict())
-        + [[name, [], "int64"] for name in ("input_resolution", "context_length", "vocab_size")],
-    }
-    del shell
+    backbone = openai_vit_l14_companion(CLIP, convert_weights, BACKBONE_SEED)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -114,19 +155,11 @@ def main() -> None:
         model.fc.load_state_dict(torch.load(ckpt, map_location="cpu"))  # validate.py
         model.eval()
 
-        pictures = reference_images(IMAGES_SEED)
-        for folder in ("real", "fake"):
-            (scratch / folder).mkdir()
-            for i, array in enumerate(pictures):
-                Image.fromarray(array).save(scratch / folder / f"{i}.png")
-        dataset = RealFakeDataset(
-            str(scratch / "real"), str(scratch / "fake"), "ours", None, "CLIP:ViT-L/14"
+        x = reference_inputs(
+            scratch,
+            IMAGES_SEED,
+            lambda real, fake: RealFakeDataset(real, fake, "ours", None, "CLIP:ViT-L/14"),
         )
-        by_index = {}
-        for idx, path in enumerate(dataset.total_list):
-            if "/real/" in path:
-                by_index[int(Path(path).stem)] = dataset[idx][0]
-        x = torch.stack([by_index[i] for i in range(len(pictures))])
         with torch.no_grad():
             logits = model(x).flatten()
             probs = logits.sigmoid()  # validate(): model(in_tens).sigmoid()
@@ -149,16 +182,7 @@ def main() -> None:
         "resizing (zero-padded when smaller), ToTensor, Normalize(CLIP mean/std)",
         "save": head["save"],
         "filename": "fc_weights.pth",
-        "seed": SEED,
-        "images_seed": IMAGES_SEED,
-        "dtype": "float32",
-        "tolerance": {"logit": 2e-3, "prob": 1e-4},
-        "keys": head["keys"],
-        "companions": {"backbone_file": backbone},
-        "outputs": {
-            "logits": [round(float(v), 7) for v in logits],
-            "probs": [round(float(v), 7) for v in probs],
-        },
+        **reference_tail(SEED, IMAGES_SEED, head, backbone, logits, probs),
     }
     args.out.write_text(dump_reference(reference))
     print(args.out, reference["outputs"])

@@ -23,16 +23,13 @@ Run: ``python tests/official/make_xclip.py --repo /path/to/DeepfakeBench``
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "video" / "xclip_dfb.json"
-COMMIT = "8a4a7bf5e966c5c5618bc27d1719c3683eae9a04"
 TINY = {
     "hidden_size": 768,  # the detector's fc_norm / head are LayerNorm(768) / Linear(768, 2)
     "num_hidden_layers": 2,
@@ -46,63 +43,38 @@ CLIP_LEN = 8
 SEED = 51
 
 
-def build(module, variant: dict) -> torch.nn.Module:
-    import transformers
+def build(module: Any, variant: dict[str, Any]) -> torch.nn.Module:
+    """``XCLIPDetector`` with ``from_pretrained`` building ``XCLIPVisionConfig(**variant)``
+    (also what ``full_size_video.py`` builds)."""
+    from tests.official.hf_video_reference import build_detector
 
-    config = transformers.XCLIPVisionConfig(**variant)
-    original = transformers.XCLIPVisionModel.from_pretrained
-    transformers.XCLIPVisionModel.from_pretrained = classmethod(
-        lambda cls, *args, **kwargs: cls(config)
+    return build_detector(
+        module,
+        "XCLIPDetector",
+        "XCLIPVisionModel",
+        "XCLIPVisionConfig",
+        variant,
+        {
+            "pretrained": "microsoft/xclip-base-patch32",
+            "loss_func": "cross_entropy",
+        },
     )
-    try:
-        detector = module.XCLIPDetector(
-            {"pretrained": "microsoft/xclip-base-patch32", "loss_func": "cross_entropy"}
-        )
-    finally:
-        transformers.XCLIPVisionModel.from_pretrained = original
-    return detector.eval()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repo", type=Path, required=True)
-    args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.official.deepfakebench_import import import_detector
-    from tests.official.weights import key_spec, seeded_state_dict
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.official.hf_video_reference import make_reference
 
-    module = import_detector(args.repo, "xclip_detector")
-    torch.set_num_threads(1)
-    out: dict = {
-        "commit": COMMIT,
-        "seed": SEED,
-        "input": "torch.manual_seed(0); randn(2, T, 3, S, S)",
-    }
-    tiny = build(module, TINY)
-    spec = key_spec(tiny.state_dict())
-    tiny.load_state_dict(seeded_state_dict(spec, seed=SEED), strict=True)
-    torch.manual_seed(0)
-    x = torch.randn(2, CLIP_LEN, 3, TINY["image_size"], TINY["image_size"])
-    with torch.no_grad():
-        pred = tiny({"image": x})
-    out["tiny"] = {
-        "config": TINY,
-        "clip_len": CLIP_LEN,
-        "parameters": sum(p.numel() for p in tiny.parameters()),
-        "cls": pred["cls"].tolist(),
-        "prob": pred["prob"].tolist(),
-        "key_spec": spec,
-    }
-    with torch.device("meta"):
-        full = build(module, {})
-    out["full"] = {
-        "config": "transformers.XCLIPVisionConfig() (microsoft/xclip-base-patch32's vision tower)",
-        "parameters": sum(p.numel() for p in full.parameters()),
-        "keys": list(full.state_dict()),
-    }
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    make_reference(
+        detector_module="xclip_detector",
+        build=build,
+        tiny=TINY,
+        full={},
+        full_description="transformers.XCLIPVisionConfig() (microsoft/xclip-base-patch32's vision tower)",
+        seed=SEED,
+        out=OUT,
+        clip_len=CLIP_LEN,
+    )
 
 
 if __name__ == "__main__":
