@@ -71,6 +71,8 @@ def build_detector(config: Mapping[str, Any] | DictConfig, name: str | None = No
         detector.config["face_crop"] = face_crop
     if weights:
         detector.load_weights(weights)
+    # after the file's protocol: a user's field is judged against the backend that results
+    detector.preprocessing.validate()
     return detector
 
 

@@ -109,10 +109,6 @@ class Preprocessing:
             raise ValueError(
                 f"preprocessing.resize_backend must be pil or cv2, not {self.resize_backend!r}"
             )
-        if self.interpolation == "area" and self.resize_backend != "cv2":
-            raise ValueError(
-                "preprocessing.interpolation=area needs preprocessing.resize_backend=cv2"
-            )
         if self.pad not in ("none", "to_size"):
             raise ValueError(f"preprocessing.pad must be none or to_size, not {self.pad!r}")
         if self.crop not in ("none", "center"):
@@ -126,6 +122,23 @@ class Preprocessing:
             self.resize_to = self.size
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
+
+    def validate(self) -> None:
+        """Checks between fields that a weight file's protocol may still change.
+
+        ``interpolation=area`` exists only in OpenCV, so it needs ``resize_backend=cv2``.
+        This is not checked at construction: a detector's config is built before
+        ``load_weights`` applies a file's protocol (which may switch the backend to cv2,
+        see :meth:`detectors.base.Detector.use_protocol`), and a user's ``area`` must be
+        judged against the backend that results. :func:`detectors.factory.build_detector`
+        calls this once the weights are loaded, and :meth:`resize_image` before resizing.
+        """
+        if self.interpolation == "area" and self.resize_backend != "cv2":
+            raise UserError(
+                "preprocessing.interpolation=area needs preprocessing.resize_backend=cv2, "
+                f"but the backend is {self.resize_backend}; pass preprocessing.resize_backend=cv2 "
+                "or another preprocessing.interpolation (nearest, bilinear, bicubic)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -171,6 +184,7 @@ class Preprocessing:
     def resize_image(self, image: Image.Image) -> Image.Image:
         if self.resize == "none":
             return image
+        self.validate()
         width, height = self.target_size(*image.size)
         if self.resize_backend == "cv2":
             import cv2

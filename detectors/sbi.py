@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from deepsift.core.checkpoint import load_state_dict_strict, read_state_dict, strip_prefixes
@@ -34,7 +35,6 @@ from detectors.layers.blending import (
     flip_landmarks,
     gaussian_blur,
     hull_mask,
-    image_tensor,
     pair_augment,
     paired_inputs,
     random_affine,
@@ -44,6 +44,7 @@ from detectors.layers.blending import (
     sample_pair_augment,
     sample_source_augment,
     source_augment,
+    to_uint8,
     warn_landmark_status,
     weighted_bce,
 )
@@ -59,8 +60,10 @@ log = logging.getLogger(__name__)
 #: the official inference (``src/inference/preprocess.py::extract_face``): the face crop
 #: resized to 380 x 380 with ``cv2.resize(crop, dsize=(380, 380))`` (OpenCV's default
 #: ``INTER_LINEAR``, fixed-point on the uint8 array), pixels / 255, no mean/std
-#: normalisation; the test transform (:func:`detectors.layers.blending.image_tensor`)
-#: is that resize bit for bit, and ``size``, ``mean``, ``std`` are the fields it reads
+#: normalisation. The transform applies ``self.preprocessing`` (:class:`Preprocessing`)
+#: to the uint8 face, so these defaults are that resize bit for bit, and an override
+#: (``interpolation``, ``resize_backend``, ``size``, ``mean``/``std`` ...) changes the
+#: input as it says, with the departure warning of ``use_protocol`` for official weights
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "size": 380,
     "resize": "square",
@@ -261,8 +264,9 @@ class SBI(Detector):
 
     # -- data ---------------------------------------------------------------------
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        p = self.preprocessing
-        return image_tensor(image, p.size, p.mean, p.std)
+        """A uint8 (H, W, 3) face -> the network input, by ``self.preprocessing`` (no
+        augmentation: training's randomness is SBI's own recipe, applied before)."""
+        return self.preprocessing(Image.fromarray(to_uint8(image)), train=False)
 
     def transform(self, sample: dict[str, Any], train: bool = False) -> dict[str, Any]:
         """Test: the face resized to ``size``. Training: a (real, self-blended) pair.

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deepsift.core.errors import UserError
 from detectors.preprocessing import Preprocessing
 
 FLAGS = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
@@ -66,8 +67,14 @@ def test_the_two_backends_differ_so_the_choice_matters() -> None:
 
 
 def test_area_needs_cv2() -> None:
-    with pytest.raises(ValueError, match="resize_backend=cv2"):
-        Preprocessing(interpolation="area", resize="square")
+    """Checked when used (and by build_detector after the weights' protocol), not at
+    construction: a file's protocol may still switch the backend to cv2."""
+    pil_area = Preprocessing(interpolation="area", resize="square")
+    for check in (pil_area.validate, lambda: pil_area(Image.fromarray(photo_like(40, 30)))):
+        with pytest.raises(
+            UserError, match=r"needs preprocessing\.resize_backend=cv2.*backend is pil"
+        ):
+            check()
     array = photo_like(400, 300)
     pre = plain(size=100, resize="square", resize_backend="cv2", interpolation="area")
     expected = cv2.resize(array, (100, 100), interpolation=cv2.INTER_AREA)

@@ -97,6 +97,36 @@ def test_test_transform_is_the_reference_cv2_resize_bit_for_bit(
         assert (pil != want.transpose(1, 2, 0)).mean() > 0.01
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"interpolation": "bicubic"}, "cv2_cubic"),
+        ({"interpolation": "area"}, "cv2_area"),
+        ({"resize_backend": "pil"}, "pil_bilinear"),
+    ],
+)
+def test_interpolation_and_backend_overrides_change_the_input_as_they_say(
+    override: dict[str, str], expected: str
+) -> None:
+    """An override of the official protocol is honoured (and warned about), not ignored:
+    the input is OpenCV's / Pillow's own resize with the chosen kernel, bit for bit."""
+    import cv2
+
+    array = np.random.default_rng(5).integers(0, 256, (97, 83, 3), np.uint8)
+    want = {
+        "cv2_cubic": lambda: cv2.resize(array, (48, 48), interpolation=cv2.INTER_CUBIC),
+        "cv2_area": lambda: cv2.resize(array, (48, 48), interpolation=cv2.INTER_AREA),
+        "pil_bilinear": lambda: np.asarray(
+            Image.fromarray(array).resize((48, 48), Image.Resampling.BILINEAR)
+        ),
+    }[expected]()
+    default = tiny().transform({"image": Image.fromarray(array)}, train=False)["image"]
+    model = tiny(preprocessing={"size": 48, **override})
+    x = model.transform({"image": Image.fromarray(array)}, train=False)["image"]
+    assert torch.equal(x, torch.tensor(want.transpose(2, 0, 1)).float() / 255)
+    assert not torch.equal(x, default)
+
+
 def test_backward_reaches_every_parameter(sbi: SBI) -> None:
     batch = {
         "image": torch.rand(1, 3, 32, 32),

@@ -290,6 +290,24 @@ def test_a_deepfakebench_file_brings_its_input_and_a_users_setting_wins(
     assert "interpolation=nearest departs" in caplog.text
 
 
+def test_area_is_judged_against_the_backend_of_the_files_protocol(
+    transfer_model: TransferModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The defaults resize with PIL, where ``area`` does not exist; a DeepfakeBench file
+    switches to cv2, so ``interpolation=area`` with that file is a valid departure."""
+    state = {f"backbone.{k}": v for k, v in transfer_model.model.state_dict().items()}
+    state = {k.replace("last_linear.1.", "last_linear."): v for k, v in state.items()}
+    torch.save(state, tmp_path / "xception_best.pth")
+    area = {"preprocessing": {"interpolation": "area"}}
+    with caplog.at_level(logging.WARNING, logger="detectors.base"):
+        det = load_detector("xception", weights=tmp_path / "xception_best.pth", **area)
+    p = det.preprocessing
+    assert (p.interpolation, p.resize_backend, p.size) == ("area", "cv2", 256)
+    assert "interpolation=area departs" in caplog.text
+    with pytest.raises(UserError, match=r"pass preprocessing\.resize_backend=cv2"):
+        load_detector("xception", **area)  # no file: the PIL defaults stay
+
+
 def test_faceforensics_pickled_transfer_model(
     detector: XceptionDetector,
     transfer_model: TransferModel,

@@ -205,6 +205,16 @@ def icpr(repo: Path):
     return reference, model, tensors, run
 
 
+#: the parity test's bounds. DeepfakeBench: measured 4.8e-6 in logit (float32, torch
+#: 2.14.1, benchmarks/official_parity.py) where one flipped resize kernel already costs
+#: 8.4e-3, so 1e-4 leaves a 20x margin and still catches a one-grey-level input error;
+#: icpr2020dfdc (6.0e-5 and 7.6e-5 measured) keeps the issue's general 2e-3
+TOLERANCES = {
+    "deepfakebench": {"logit": 1e-4, "prob": 1e-4},
+    "icpr": {"logit": 2e-3, "prob": 1e-4},
+}
+
+
 def _version(package: str) -> str:
     from importlib.metadata import version
 
@@ -241,7 +251,7 @@ def main() -> None:
         images_seed=0,
         image_sizes=[list(s) for s in SIZES],
         dtype=args.dtype,
-        tolerance={"logit": 2e-3, "prob": 1e-4},
+        tolerance=TOLERANCES[args.which],
         keys=key_spec(model.state_dict()),
     )
     with tempfile.TemporaryDirectory() as tmp:  # saved and reloaded as the official code does
