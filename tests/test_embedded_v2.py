@@ -222,6 +222,12 @@ def test_spectrum_matcher_closes_the_gap_on_held_out_images() -> None:
     # the clip keeps the gain within [1 / limit, limit]
     assert matcher.gain.max() <= 8 and matcher.gain.min() >= 1 / 8
 
+    # a step after matching (here: halving the amplitude) is corrected by a refinement round
+    lost = spectrum_gap(reals[32:], 0.5 * matcher.apply(blur[32:]))
+    matcher.refine(reals[:32], 0.5 * matcher.apply(blur[:32]))
+    refined = spectrum_gap(reals[32:], 0.5 * matcher.apply(blur[32:]))
+    assert lost["all"] > 0.5 and refined["all"] < 0.05
+
 
 def test_balanced_assignment_beats_v1_on_val_test_difficulty() -> None:
     names = [p.name for p in CATALOGUE]

@@ -13,8 +13,9 @@ for all radii (1 .. H/2 - 1) and for the upper half (H/4 .. H/2 - 1).
 
 :class:`SpectrumMatcher` is embedded v2's post-processing: a fixed 2-D gain
 ``sqrt(P_real / P_fake)`` (per frequency, clipped) fitted on the *train* crops of a
-family and applied to all its fakes, so that their average power spectrum matches
-the reals' while the phase (where the generator puts its artefacts) is untouched.
+family, refined on what is stored after rounding and JPEG, and applied to all its
+fakes, so that their average power spectrum matches the reals' while the phase
+(where the generator puts its artefacts) is untouched.
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ class SpectrumMatcher:
     def fit(self, reals: np.ndarray, fakes: np.ndarray) -> SpectrumMatcher:
         ratio = self._power(reals) / np.maximum(self._power(fakes), 1e-12)
         self.gain = np.clip(np.sqrt(ratio), 1 / self.limit, self.limit)
+        return self
+
+    def refine(self, reals: np.ndarray, matched: np.ndarray) -> SpectrumMatcher:
+        """Correct the gain by what is left between ``reals`` and ``matched`` fakes.
+
+        ``matched`` are fakes after :meth:`apply` and whatever follows it (rounding,
+        JPEG), so a refinement round corrects the power those steps remove.
+        """
+        if self.gain is None:
+            raise RuntimeError("SpectrumMatcher.refine before fit")
+        ratio = self._power(reals) / np.maximum(self._power(matched), 1e-12)
+        self.gain = np.clip(self.gain * np.sqrt(ratio), 1 / self.limit, self.limit)
         return self
 
     def apply(self, fakes: np.ndarray) -> np.ndarray:

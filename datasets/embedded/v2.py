@@ -76,11 +76,12 @@ class BuildSettingsV2:
     ae_batch: int = 32
     ae_patch: int = 32
     ae_lr: float = 3e-3
-    ae_width: int = 32
+    ae_width: int = 24
     diffusion_sigma: tuple[float, float] = (0.01, 0.3)
     diffusion_strength: float = 0.15
     diffusion_steps: int = 3
     match_spectrum: bool = True
+    match_rounds: int = 2
     gain_limit: float = 6.0
     jpeg_quality: tuple[int, int] = (80, 95)
     family_jpeg_quality: tuple[int, int] = (60, 85)
@@ -98,6 +99,8 @@ class BuildSettingsV2:
             "split_trials",
             "diffusion_steps",
         )
+        if self.match_rounds < 0:
+            raise UserError(f"match_rounds={self.match_rounds} must be >= 0")
         bad = [name for name in positive if getattr(self, name) < 1]
         if bad or self.ae_steps < 0:
             raise UserError(f"embedded benchmark settings {bad or ['ae_steps']} must be positive")
@@ -235,6 +238,14 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def family_output(family: str, images: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """Float images -> the family's uint8 output: rounded, and for ``jpeg`` JPEG-compressed."""
+    out = quantise(images)
+    if family != "jpeg":
+        return out
+    return np.stack([decode_jpeg(encode_jpeg(img, q)) for img, q in zip(out, quality, strict=True)])
+
+
 def _rel(generator: str, crop: Crop) -> str:
     return f"images/{generator}/{crop.photo}/{crop.index:04d}.jpg"
 
@@ -349,24 +360,28 @@ def build_into(
     for i, family in enumerate(FAMILIES_V2):
         t0 = time.perf_counter()
         raw, losses[family] = _family_outputs(family, i, pixels, train, config, progress)
+        matched = raw
         if config.match_spectrum:
             matcher = SpectrumMatcher(config.gain_limit).fit(
                 pixels[train].astype(np.float32), raw[train]
             )
-            matched = matcher.apply(raw)
-        else:
-            matched = raw
-        outputs = {"unmatched": quantise(raw), "stored": quantise(matched)}
-        if family == "jpeg":
-            outputs = {
-                k: np.stack(
+            for _ in range(config.match_rounds):
+                stored_train = np.stack(
                     [
                         decode_jpeg(encode_jpeg(img, q))
-                        for img, q in zip(v, family_quality, strict=True)
+                        for img, q in zip(
+                            family_output(family, matcher.apply(raw[train]), family_quality[train]),
+                            quality[train],
+                            strict=True,
+                        )
                     ]
                 )
-                for k, v in outputs.items()
-            }
+                matcher.refine(stored_reals[train], stored_train)
+            matched = matcher.apply(raw)
+        outputs = {
+            "unmatched": family_output(family, raw, family_quality),
+            "stored": family_output(family, matched, family_quality),
+        }
         _, unmatched = store(family, outputs["unmatched"])
         blobs, stored = store(family, outputs["stored"])
         write(family, blobs)
