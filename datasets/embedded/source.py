@@ -65,7 +65,7 @@ class EmbeddedBenchmark:
     ``train`` and ``val`` hold reals plus fakes of ``train_generators``; ``test``
     holds reals plus fakes of ``test_generators`` (``None``: all of the version). Splits are
     by source photograph. Nothing happens at construction: the benchmark is built
-    (about 3-4 minutes on 2 CPU cores) or found in the cache on the first
+    (v1: about 1-3 minutes on 2 CPU cores; v2: see benchmarks/README.md) or found in the cache on the first
     :meth:`records` call. ``root`` is the cache root (default
     ``$DEEPSIFT_CACHE_DIR`` or the user cache folder); the other keyword
     arguments are build settings (see :class:`~datasets.embedded.build.BuildSettings`).
