@@ -59,16 +59,17 @@ class EmbeddedBenchmark:
     What it is not: a substitute for FaceForensics++, GenImage, ForenSynths or any
     benchmark of real generators. Twelve photos, tiny one-layer generators and
     64-pixel crops say little about detection of modern GANs or diffusion models;
-    JPEG traces of some source photos are absent from their fakes; numbers on it
-    are sanity checks, not results to publish.
+    in v1, JPEG traces of some source photos are absent from their fakes (v2 stores
+    every image as JPEG); numbers on it are sanity checks, not results to publish.
 
     ``train`` and ``val`` hold reals plus fakes of ``train_generators``; ``test``
     holds reals plus fakes of ``test_generators`` (``None``: all of the version). Splits are
     by source photograph. Nothing happens at construction: the benchmark is built
-    (v1: about 1-3 minutes on 2 CPU cores; v2: see benchmarks/README.md) or found in the cache on the first
-    :meth:`records` call. ``root`` is the cache root (default
-    ``$DEEPSIFT_CACHE_DIR`` or the user cache folder); the other keyword
-    arguments are build settings (see :class:`~datasets.embedded.build.BuildSettings`).
+    (v1: about 1-3 minutes on 2 CPU cores; v2: see benchmarks/README.md) or found in
+    the cache on the first :meth:`records` call. ``root`` is the cache root (default
+    ``$DEEPSIFT_CACHE_DIR`` or the user cache folder); the other keyword arguments are
+    build settings (:class:`~datasets.embedded.build.BuildSettings` for v1,
+    :class:`~datasets.embedded.v2.BuildSettingsV2` for v2).
     """
 
     name = "embedded"
