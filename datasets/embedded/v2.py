@@ -327,7 +327,8 @@ def build_into(
     timings["crop"] = time.perf_counter() - start
     log.info("%d real crops from %d photos; splits %s", len(crops), len(sizes), splits)
 
-    def store(generator: str, images: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    def store(images: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """JPEG bytes at each crop's storage quality, and what they decode to."""
         blobs = [encode_jpeg(img, q) for img, q in zip(images, quality, strict=True)]
         return blobs, np.stack([decode_jpeg(b) for b in blobs])
 
@@ -352,7 +353,7 @@ def build_into(
             )
 
     rows: list[tuple[Any, ...]] = []
-    real_blobs, stored_reals = store("real", pixels)
+    real_blobs, stored_reals = store(pixels)
     write("real", real_blobs)
     losses: dict[str, float] = {}
     gaps: dict[str, dict[str, dict[str, float]]] = {}
@@ -382,8 +383,8 @@ def build_into(
             "unmatched": family_output(family, raw, family_quality),
             "stored": family_output(family, matched, family_quality),
         }
-        _, unmatched = store(family, outputs["unmatched"])
-        blobs, stored = store(family, outputs["stored"])
+        _, unmatched = store(outputs["unmatched"])
+        blobs, stored = store(outputs["stored"])
         write(family, blobs)
         gaps[family] = {
             "unmatched": spectrum_gap(stored_reals, unmatched),
