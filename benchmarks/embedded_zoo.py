@@ -1,7 +1,7 @@
 """In-family and cross-family ROC-AUC of each detector on the embedded benchmark.
 
     python -m benchmarks.embedded_zoo [--detectors npr cnnspot ...] [--epochs 3]
-        [--limit-train-batches 40] [--train-family tconv] [--out runs/zoo]
+        [--limit-train-batches 40] [--train-family tconv] [--data-version 2] [--out runs/zoo]
 
 Each detector is trained with ``train.py``'s own code path (``deepsift.app.training.train``)
 on one generator family of the embedded benchmark, selected on that family's
@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from datasets.embedded import families
 from detectors import detector_config, list_detectors
 from detectors.base import count_parameters
 
-FAMILIES = ("tconv", "nearest", "bilinear", "pixelshuffle")
 CLIP_DETECTORS = {"univfd", "clipbased", "clip_face", "rine"}
 #: detectors with a head or teacher per manipulation method (UCF, LSDA): the training family
 #: is the one method
@@ -68,12 +68,13 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     overrides = [
         f"detector={name}",
         "data=embedded",
+        f"data.version={args.data_version}",
         f"data.train_generators=[{args.train_family}]",
         "trainer=cpu",
         f"trainer.max_epochs={args.epochs}",
         f"trainer.batch_size={args.batch_size}",
         f"trainer.num_workers={args.num_workers}",
-        "eval_splits=[test]",
+        "eval_splits=[val,test]",
         "logger=none",
         "metrics.plots=false",
         f"seed={args.seed}",
@@ -90,7 +91,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     results = train(compose("train", overrides, run_dir=run_dir))
     minutes = (time.perf_counter() - start) / 60
     test = results["test"]
-    by_family = {f: test["by_generator"].get(f, {}).get("auc", math.nan) for f in FAMILIES}
+    val_auc = (results.get("val") or {}).get("frame", {}).get("auc", math.nan)
+    by_family = {
+        f: test["by_generator"].get(f, {}).get("auc", math.nan) for f in families(args.data_version)
+    }
     cross = [v for f, v in by_family.items() if f != args.train_family]
     params = count_parameters(
         load_detector(name, **({"random_init": True} if name in CLIP_DETECTORS else {}))
@@ -102,6 +106,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "cross_family_auc": sum(cross) / len(cross),
         "by_family_auc": by_family,
         "test_auc_all": test["frame"]["auc"],
+        "val_auc": val_auc,
         "minutes": minutes,
         "budget": f"{args.epochs}x{args.limit_train_batches or 'all'}",
         "overrides": overrides,
@@ -109,11 +114,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def table(rows: list[dict[str, Any]], train_family: str) -> str:
-    others = [f for f in FAMILIES if f != train_family]
+def table(rows: list[dict[str, Any]], train_family: str, version: int = 2) -> str:
+    others = [f for f in families(version) if f != train_family]
     head = [
         "detector",
         "params",
+        f"val ({train_family})",
         f"in-family ({train_family})",
         "cross-family (mean)",
         *others,
@@ -128,6 +134,7 @@ def table(rows: list[dict[str, Any]], train_family: str) -> str:
         cells = [
             r["detector"],
             f"{r['parameters']:,}",
+            f"{r.get('val_auc', math.nan):.3f}",
             f"{r['in_family_auc']:.3f}",
             f"{r['cross_family_auc']:.3f}",
             *(f"{r['by_family_auc'][f]:.3f}" for f in others),
@@ -147,7 +154,8 @@ def main() -> None:
     parser.add_argument("--limit-train-batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--train-family", default="tconv", choices=FAMILIES)
+    parser.add_argument("--data-version", type=int, default=2, choices=(1, 2))
+    parser.add_argument("--train-family", default="tconv", choices=families(2))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-file", default=None, help="local CLIP weights for CLIP detectors")
     parser.add_argument("--out", default="runs/zoo")
@@ -167,13 +175,14 @@ def main() -> None:
             # the last line of a worker's traceback is the error itself; one line keeps the table
             last = (str(exc).strip().splitlines() or [""])[-1]
             rows.append({"detector": name, "error": f"{type(exc).__name__}: {last}"[:160]})
-        print(table(rows, args.train_family), flush=True)
+        print(table(rows, args.train_family, args.data_version), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(rows, args.train_family)
+    text = table(rows, args.train_family, args.data_version)
     budget = (
         f"seed {args.seed}; {args.epochs} epochs x at most {args.limit_train_batches} batches of "
-        f"{args.batch_size}; trained on {args.train_family}, selected on its val split; "
+        f"{args.batch_size}; embedded v{args.data_version}; trained on {args.train_family}, "
+        "selected on its val split (val = that AUC); "
         "64 px, no resize (CLIP: 224 px resize; MesoNet: its own 256 px resize); min = wall minutes"
     )
     (out / "zoo.md").write_text(f"{text}\n\n{budget}\n")

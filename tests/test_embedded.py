@@ -1,4 +1,5 @@
-"""The embedded benchmark, on tiny builds (4 photos, a few crops, a few generator steps)."""
+"""The embedded benchmark v1 (``data.version=1``), on tiny builds (4 photos, a few crops, a few
+generator steps). v2, the default, is tested in tests/test_embedded_v2.py."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ TINY = {
 
 
 def tiny(root: Path, **overrides) -> Path:
-    return build_embedded_benchmark(root, progress=False, **{**TINY, **overrides})
+    return build_embedded_benchmark(root, progress=False, version=1, **{**TINY, **overrides})
 
 
 def read_index(folder: Path) -> list[dict[str, str]]:
@@ -152,7 +153,7 @@ def test_source_is_lazy_and_uses_env_cache(
     built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DEEPSIFT_CACHE_DIR", str(built.parents[1]))
-    data = EmbeddedBenchmark(progress=False, **TINY)
+    data = EmbeddedBenchmark(progress=False, version=1, **TINY)
     assert data.name == "embedded" and data._path is None
     train = data.records("train")
     assert data.path == built
@@ -169,7 +170,7 @@ def test_source_is_lazy_and_uses_env_cache(
     assert real == fake
 
     monkeypatch.setenv("DEEPSIFT_CACHE_DIR", str(tmp_path))
-    EmbeddedBenchmark(progress=False, **TINY)
+    EmbeddedBenchmark(progress=False, version=1, **TINY)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -179,6 +180,7 @@ def test_generator_choice(built: Path) -> None:
         progress=False,
         train_generators=["nearest", "bilinear"],
         test_generators=["pixelshuffle"],
+        version=1,
         **TINY,
     )
     assert {r.generator for r in data.records("train")} == {"real", "nearest", "bilinear"}
@@ -186,10 +188,15 @@ def test_generator_choice(built: Path) -> None:
 
 
 def test_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="valid generators: tconv, nearest, bilinear, pixelshuffle"):
-        EmbeddedBenchmark(str(tmp_path), train_generators=["stylegan"])
+    with pytest.raises(
+        UserError,
+        match=r"valid generators of data\.version=1: tconv, nearest, bilinear, pixelshuffle$",
+    ):
+        EmbeddedBenchmark(str(tmp_path), train_generators=["stylegan"], version=1)
     with pytest.raises(UserError, match="valid generators"):
-        EmbeddedBenchmark(str(tmp_path), test_generators=["tconv", "dalle"])
+        EmbeddedBenchmark(str(tmp_path), test_generators=["tconv", "dalle"], version=1)
+    with pytest.raises(UserError, match=r"valid generators of data\.version=1"):
+        EmbeddedBenchmark(str(tmp_path), train_generators=["diffusion"], version=1)
     with pytest.raises(UserError, match="split"):
         EmbeddedBenchmark(str(tmp_path)).records("holdout")
     with pytest.raises(UserError, match="unknown embedded photo"):

@@ -8,7 +8,7 @@ import logging
 import time
 
 from datasets.embedded.build import SPLITS, build_embedded_benchmark
-from datasets.embedded.generators import FAMILIES
+from datasets.embedded.source import families
 from deepsift.core.errors import user_errors
 
 
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datasets.embedded", description=__doc__)
     parser.add_argument(
         "--root", default=None, help="cache root (default: $DEEPSIFT_CACHE_DIR or the user cache)"
+    )
+    parser.add_argument(
+        "--data-version", type=int, default=2, choices=(1, 2), help="benchmark version"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crops-per-photo", type=int, default=300)
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         path = build_embedded_benchmark(
             args.root,
             force=args.force,
+            version=args.data_version,
             progress=not args.quiet,
             seed=args.seed,
             crops_per_photo=args.crops_per_photo,
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     print(f"embedded benchmark: {path}")
     print(f"build time {manifest['build_seconds']:.1f}s (this call {elapsed:.1f}s)")
-    header = ["split", "real", *FAMILIES]
+    header = ["split", "real", *families(args.data_version)]
     print("  ".join(f"{h:>12}" for h in header))
     for split in SPLITS:
         counts = manifest["counts"][split]
@@ -57,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         "mean |fake - real| (grey levels): "
         + ", ".join(f"{g} {v:.2f}" for g, v in manifest["mean_abs_diff"].items())
     )
+    for family, gap in manifest.get("spectrum_gap", {}).items():
+        print(
+            f"spectrum gap {family}: all radii {gap['unmatched']['all']:.3f} -> "
+            f"{gap['stored']['all']:.3f}, upper half {gap['unmatched']['upper']:.3f} -> "
+            f"{gap['stored']['upper']:.3f} (unmatched -> stored)"
+        )
 
 
 if __name__ == "__main__":

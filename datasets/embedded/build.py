@@ -40,10 +40,10 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import platformdirs
@@ -51,6 +51,7 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
+from datasets.embedded import v2
 from datasets.embedded.generators import FAMILIES, synthesise, train_autoencoder
 from datasets.embedded.photos import (
     Crop,
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 
 # Bump when a code change alters the images a given set of settings produces.
 VERSION = "v1"
+#: data.version -> its settings; 2 (datasets.embedded.v2) is the default
+DEFAULT_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 INDEX_COLUMNS = ("path", "label", "split", "source", "generator", "x", "y")
 
@@ -88,6 +91,8 @@ class BuildSettings:
     ae_lr: float = 3e-3
     ae_width: int = 32
     threads: int = 2
+
+    tag: ClassVar[str] = VERSION
 
     def validate(self) -> None:
         positive = (
@@ -131,19 +136,36 @@ def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("deepsift"))
 
 
-def benchmark_dir(settings: BuildSettings, root: str | os.PathLike[str] | None = None) -> Path:
+SETTINGS: dict[int, type[BuildSettings] | type[v2.BuildSettingsV2]] = {
+    1: BuildSettings,
+    2: v2.BuildSettingsV2,
+}
+
+
+def settings_class(version: int) -> type[BuildSettings] | type[v2.BuildSettingsV2]:
+    """The settings dataclass of ``data.version``; an unknown version is a UserError."""
+    if version not in SETTINGS:
+        raise UserError(
+            f"data.version={version!r} is not an embedded benchmark version; choose 1 or 2"
+        )
+    return SETTINGS[version]
+
+
+def benchmark_dir(
+    settings: BuildSettings | v2.BuildSettingsV2, root: str | os.PathLike[str] | None = None
+) -> Path:
     """Where a build with ``settings`` lives (whether or not it exists yet)."""
     photos = select_photos(settings.photos)
-    return cache_root(root) / "embedded" / f"{VERSION}-{settings.key(photos)}"
+    return cache_root(root) / "embedded" / f"{settings.tag}-{settings.key(photos)}"
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a complete build in ``folder``, or None."""
+def read_manifest(folder: Path, version: str = VERSION) -> dict[str, Any] | None:
+    """The manifest of a complete build of ``version`` ("v1", "v2") in ``folder``, or None."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    if manifest.get("version") != VERSION or not (folder / "index.csv").is_file():
+    if manifest.get("version") != version or not (folder / "index.csv").is_file():
         return None
     return manifest
 
@@ -153,37 +175,46 @@ def build_embedded_benchmark(
     *,
     force: bool = False,
     progress: bool = True,
+    version: int = DEFAULT_VERSION,
     **settings: Any,
 ) -> Path:
-    """Build (or reuse) the embedded benchmark and return its folder.
+    """Build (or reuse) the embedded benchmark ``version`` (1 or 2) and return its folder.
 
-    ``settings`` are the fields of :class:`BuildSettings` (``seed``,
-    ``crop_size``, ``crops_per_photo``, ``photos``, ``ae_steps``, ...). A complete
-    build with the same settings is reused unless ``force``.
+    ``settings`` are the fields of :class:`BuildSettings` (v1) or
+    :class:`~datasets.embedded.v2.BuildSettingsV2` (v2): ``seed``, ``crop_size``,
+    ``crops_per_photo``, ``photos``, ``ae_steps``, ... A complete build with the same
+    settings is reused unless ``force``.
     """
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(BuildSettings)})
+    cls = settings_class(version)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise UserError(f"unknown embedded benchmark setting(s) {unknown}")
+        raise UserError(f"unknown embedded benchmark v{version} setting(s) {unknown}")
+    for name, value in settings.items():
+        if isinstance(value, Sequence) and not isinstance(value, str):  # lists, ListConfig
+            settings[name] = tuple(value)
     if settings.get("photos") is not None:
         settings["photos"] = tuple(settings["photos"])
     if settings.get("split_fractions") is not None:
         settings["split_fractions"] = tuple(settings["split_fractions"])
-    config = BuildSettings(**settings)
+    config = cls(**settings)
     config.validate()
     photos = select_photos(config.photos)
-    target = cache_root(root) / "embedded" / f"{VERSION}-{config.key(photos)}"
-    if not force and read_manifest(target) is not None:
+    target = cache_root(root) / "embedded" / f"{config.tag}-{config.key(photos)}"
+    if not force and read_manifest(target, config.tag) is not None:
         log.info("embedded benchmark: reusing %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f"{target.name}.lock")):
-        if not force and read_manifest(target) is not None:
+        if not force and read_manifest(target, config.tag) is not None:
             log.info("embedded benchmark: built by another process, reusing %s", target)
             return target
         _remove_stale(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            _build_into(tmp, config, photos, progress)
+            if isinstance(config, v2.BuildSettingsV2):
+                _build_v2(tmp, config, photos, progress)
+            else:
+                _build_into(tmp, config, photos, progress)
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 os.replace(target, old)
@@ -369,6 +400,25 @@ def _build_into(folder: Path, config: BuildSettings, photos: list[Photo], progre
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("embedded benchmark built in %.1fs: %s", seconds, counts)
+
+
+def _build_v2(
+    folder: Path, config: v2.BuildSettingsV2, photos: list[Photo], progress: bool
+) -> None:
+    """Write a complete v2 benchmark into ``folder`` (:func:`datasets.embedded.v2.build_into`)."""
+    log.info(
+        "building the embedded benchmark v2 (%d photos, seed %d) in %s",
+        len(photos),
+        config.seed,
+        folder,
+    )
+    with _torch_threads(config.threads):
+        manifest = v2.build_into(folder, config, photos, progress)
+    manifest["content_sha256"] = content_hash(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info(
+        "embedded benchmark v2 built in %.1fs: %s", manifest["build_seconds"], manifest["counts"]
+    )
 
 
 def folder_key(config: BuildSettings, photos: list[Photo]) -> str:

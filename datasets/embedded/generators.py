@@ -35,6 +35,10 @@ from deepsift.core.errors import UserError
 from deepsift.core.progress import progress_bar
 
 FAMILIES: tuple[str, ...] = ("tconv", "nearest", "bilinear", "pixelshuffle")
+#: embedded v2's families: v1's four, an iterative denoiser with no up-sampling at all
+#: (``diffusion``) and a bicubic-up-sampling autoencoder whose output is JPEG-compressed
+#: (``jpeg``); see :mod:`datasets.embedded.v2`.
+FAMILIES_V2: tuple[str, ...] = (*FAMILIES, "diffusion", "jpeg")
 
 
 def upsample(family: str, cin: int, cout: int) -> nn.Module:
@@ -52,6 +56,11 @@ def upsample(family: str, cin: int, cout: int) -> nn.Module:
         )
     if family == "pixelshuffle":
         return nn.Sequential(nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2))
+    if family == "bicubic":  # v2's jpeg family
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False),
+            nn.Conv2d(cin, cout, 3, padding=1),
+        )
     raise ValueError(f"unknown generator family {family!r}; choose from {', '.join(FAMILIES)}")
 
 
@@ -148,6 +157,16 @@ def train_autoencoder(
             bar.set_postfix(l1=f"{loss.item():.4f}")
     model.eval()
     return model, float(np.mean(tail)) if tail else float("nan")
+
+
+@torch.no_grad()
+def synthesise_float(model: nn.Module, crops: np.ndarray, batch: int = 128) -> np.ndarray:
+    """The generator's output for each uint8 crop as float32 ``(N, H, W, 3)`` on 0-255, unclipped."""
+    out = np.empty(crops.shape, dtype=np.float32)
+    for start in range(0, len(crops), batch):
+        y = model(_to_tensor(crops[start : start + batch])).mul_(255)
+        out[start : start + batch] = y.permute(0, 2, 3, 1).numpy()
+    return out
 
 
 @torch.no_grad()

@@ -8,24 +8,44 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.embedded.build import SPLITS, build_embedded_benchmark
-from datasets.embedded.generators import FAMILIES
+from datasets.embedded.build import (
+    DEFAULT_VERSION,
+    SPLITS,
+    build_embedded_benchmark,
+    settings_class,
+)
+from datasets.embedded.generators import FAMILIES, FAMILIES_V2
 from deepsift.core.errors import UserError
 from deepsift.core.records import Record
 
 
-def _check_generators(names: Sequence[str], what: str) -> list[str]:
+def families(version: int = DEFAULT_VERSION) -> tuple[str, ...]:
+    """The generator families of embedded benchmark ``version`` (1: four, 2: six)."""
+    settings_class(version)
+    return FAMILIES if version == 1 else FAMILIES_V2
+
+
+def _check_generators(names: Sequence[str], what: str, version: int) -> list[str]:
     names = [str(n) for n in names]
-    unknown = [n for n in names if n not in FAMILIES]
+    valid = families(version)
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise UserError(
-            f"data.{what}={names}: unknown or empty generator list; valid generators: {', '.join(FAMILIES)}"
+            f"data.{what}={names}: unknown or empty generator list; valid generators of "
+            f"data.version={version}: {', '.join(valid)}"
         )
     return names
 
 
 class EmbeddedBenchmark:
-    """Real photo crops vs. their re-synthesis by four up-sampling families, built offline.
+    """Real photo crops vs. their re-synthesis by small generators, built offline.
+
+    ``version=2`` (the default, :mod:`datasets.embedded.v2`): six families (the four
+    up-sampling autoencoders below, an iterative denoiser without up-sampling and a
+    JPEG-compressed bicubic autoencoder), spectrum-matched fakes, every image stored as
+    JPEG at a per-crop quality shared by both labels, and a photo assignment with val
+    and test of comparable difficulty. ``version=1``: the original benchmark, described
+    next, rebuilt exactly as before so old results stay reproducible.
 
     What it is: a small, fully offline, deterministic benchmark for checking that
     a detector, a training loop or an evaluation pipeline works end to end, and
@@ -39,16 +59,17 @@ class EmbeddedBenchmark:
     What it is not: a substitute for FaceForensics++, GenImage, ForenSynths or any
     benchmark of real generators. Twelve photos, tiny one-layer generators and
     64-pixel crops say little about detection of modern GANs or diffusion models;
-    JPEG traces of some source photos are absent from their fakes; numbers on it
-    are sanity checks, not results to publish.
+    in v1, JPEG traces of some source photos are absent from their fakes (v2 stores
+    every image as JPEG); numbers on it are sanity checks, not results to publish.
 
     ``train`` and ``val`` hold reals plus fakes of ``train_generators``; ``test``
-    holds reals plus fakes of ``test_generators`` (``None``: all four). Splits are
+    holds reals plus fakes of ``test_generators`` (``None``: all of the version). Splits are
     by source photograph. Nothing happens at construction: the benchmark is built
-    (about 3-4 minutes on 2 CPU cores) or found in the cache on the first
-    :meth:`records` call. ``root`` is the cache root (default
-    ``$DEEPSIFT_CACHE_DIR`` or the user cache folder); the other keyword
-    arguments are build settings (see :class:`~datasets.embedded.build.BuildSettings`).
+    (v1: about 1-3 minutes on 2 CPU cores; v2: see benchmarks/README.md) or found in
+    the cache on the first :meth:`records` call. ``root`` is the cache root (default
+    ``$DEEPSIFT_CACHE_DIR`` or the user cache folder); the other keyword arguments are
+    build settings (:class:`~datasets.embedded.build.BuildSettings` for v1,
+    :class:`~datasets.embedded.v2.BuildSettingsV2` for v2).
     """
 
     name = "embedded"
@@ -65,15 +86,22 @@ class EmbeddedBenchmark:
         photos: Sequence[str] | None = None,
         ae_steps: int = 350,
         progress: bool = True,
+        version: int = DEFAULT_VERSION,
         **build_settings: Any,
     ) -> None:
         self.root = root
-        self.train_generators = _check_generators(train_generators, "train_generators")
+        self.version = int(version)
+        self.train_generators = _check_generators(
+            train_generators, "train_generators", self.version
+        )
         self.test_generators = _check_generators(
-            FAMILIES if test_generators is None else test_generators, "test_generators"
+            families(self.version) if test_generators is None else test_generators,
+            "test_generators",
+            self.version,
         )
         self.progress = progress
         self.settings: dict[str, Any] = {
+            "version": self.version,
             "seed": int(seed),
             "crop_size": int(crop_size),
             "stride": int(stride),
