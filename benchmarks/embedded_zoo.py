@@ -37,6 +37,10 @@ CLIP_DETECTORS = {"univfd", "clipbased", "clip_face", "rine"}
 METHOD_HEADS = {"lsda", "ucf"}
 #: fixed input size (dense layers): keep their own preprocessing (resize to native size)
 NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
+#: detector-specific overrides at 64 px: B-Free tiles a patch grid smaller than its 504 px
+#: crop up to 36 x 36 patches (five ViT passes over 1,296 tokens per image); a 56 px crop
+#: (4 x 4 patches) reads the 64 px image as it is
+EXTRA_OVERRIDES = {"bfree": ["detector.crop_size=56"]}
 
 
 def size_overrides(name: str, size: int) -> list[str]:
@@ -86,6 +90,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"detector.backbone_file={args.clip_file}")
     if name in METHOD_HEADS:
         overrides.append(f"detector.methods=[{args.train_family}]")
+    overrides += EXTRA_OVERRIDES.get(name, [])
     run_dir = Path(args.out) / name
     start = time.perf_counter()
     results = train(compose("train", overrides, run_dir=run_dir))
