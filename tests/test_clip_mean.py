@@ -61,6 +61,7 @@ def test_clip_cost_benchmark_finds_clip_detectors(tmp_path):
     names = clip_detectors()
     assert "clip_mean" in names and "univfd" not in names
     video = tmp_path / "v.avi"
-    write_video(video, frames=12, side=128)
-    t, prep, fwd = clip_cost("clip_mean", video, batch=1, repeats=1, device="cpu")
-    assert t == 8 and prep > 0 and fwd > 0
+    write_video(video)
+    cost = clip_cost("clip_mean", video, batch=1, repeats=1, device="cpu", overrides={})
+    assert cost["T"] == 8 and cost["input"] == (8, 3, 112, 112)
+    assert cost["prepare"] > 0 and cost["forward"] > 0
