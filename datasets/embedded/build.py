@@ -265,18 +265,7 @@ def assign_splits(
     order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
     total = sum(sizes.values())
     target = {s: f / sum(fractions) * total for s, f in zip(SPLITS, fractions, strict=True)}
-    filled = dict.fromkeys(SPLITS, 0)
-    out: dict[str, str] = {}
-    for i, scene in enumerate(order):
-        split = (
-            ("test", "val", "train")[i]
-            if i < 3
-            else max(SPLITS, key=lambda s: target[s] - filled[s])
-        )
-        for photo in groups[scene]:
-            out[photo] = split
-            filled[split] += sizes[photo]
-    return out
+    return v2.fill_splits(order, groups, sizes, target)[0]
 
 
 def _save_png(pixels: np.ndarray, path: Path) -> None:

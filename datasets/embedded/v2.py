@@ -200,17 +200,7 @@ def assign_splits_balanced(
     best: tuple[float, dict[str, str]] | None = None
     for _ in range(trials):
         order = [names[i] for i in rng.permutation(len(names))]
-        filled = dict.fromkeys(SPLITS, 0)
-        splits: dict[str, str] = {}
-        for i, scene in enumerate(order):
-            split = (
-                ("test", "val", "train")[i]
-                if i < 3
-                else max(SPLITS, key=lambda s: target[s] - filled[s])
-            )
-            for photo in groups[scene]:
-                splits[photo] = split
-                filled[split] += sizes[photo]
+        splits, filled = fill_splits(order, groups, sizes, target)
         stats = split_stats(splits, sizes, detail, jpeg)
         cost = sum(abs(filled[s] - target[s]) / total for s in SPLITS)
         cost += abs(stats["val"]["detail"] - stats["test"]["detail"]) / spread
@@ -219,6 +209,26 @@ def assign_splits_balanced(
             best = (cost, splits)
     assert best is not None
     return best[1]
+
+
+def fill_splits(
+    order: list[str], groups: dict[str, list[str]], sizes: dict[str, int], target: dict[str, float]
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Scenes in ``order``: the first three seed test, val and train, each further one goes
+    to the split furthest below its ``target`` crop count. Returns photo -> split and the
+    crops per split."""
+    filled = dict.fromkeys(SPLITS, 0)
+    out: dict[str, str] = {}
+    for i, scene in enumerate(order):
+        split = (
+            ("test", "val", "train")[i]
+            if i < 3
+            else max(SPLITS, key=lambda s: target[s] - filled[s])
+        )
+        for photo in groups[scene]:
+            out[photo] = split
+            filled[split] += sizes[photo]
+    return out, filled
 
 
 def quantise(images: np.ndarray) -> np.ndarray:
