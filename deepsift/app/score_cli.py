@@ -251,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast (auto: bf16 on CUDA where supported, else fp16; fp32 on CPU; "
         "bf16 also on CPU; fp16 on CPU is refused)",
     )
+    g.add_argument(
+        "--decode-device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where JPEGs are decoded and preprocessed: cuda = in the model process on the "
+        "GPU (nvJPEG, tensor transforms; other items stay on the CPU path); auto = cuda when "
+        "the model is on CUDA and nothing needs CPU pixels (faces, PDQ, provenance, "
+        "--stability) and every member's transform has a tensor version; else cpu",
+    )
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument(
         "--workers",
@@ -331,6 +340,27 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any]:
     else:
         raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     return device, resolve_precision(args.precision, device)
+
+
+def decode_choice(args: argparse.Namespace, ensemble: Any, device: Any, engine: str) -> Any:
+    """``--decode-device`` for this run (:func:`deepsift.scoring.decode_device.resolve_decode_device`)."""
+    from deepsift.scoring.decode_device import cpu_pixel_needs, resolve_decode_device
+
+    members = ensemble.members
+    needs = cpu_pixel_needs(
+        faces=any(m.faces for m in members),
+        pdq=not args.no_pdq,
+        provenance=not args.no_provenance,
+        stability=args.stability,
+        clips=any(getattr(m.detector, "input_kind", "image") == "clip" for m in members),
+    )
+    return resolve_decode_device(
+        getattr(args, "decode_device", "auto"),
+        device,
+        [(m.label, m.detector) for m in members],
+        needs,
+        engine,
+    )
 
 
 def summary_path(out: Path) -> Path:
@@ -488,6 +518,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         else DEFAULT_BANDS
     )
     options = run_options(args, inputs, device, amp)
+    choice = decode_choice(args, ensemble, device, "local")  # before --out is opened
+    options.decode_on_device = choice.on_device
     out = Path(args.out)
     staging = out.with_name(out.name + ".part.jsonl")  # --format parquet
     options.input_options.exclude = frozenset(
@@ -509,6 +541,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if callable(settings):
         summary["face_detector"] = settings()
     summary["device"] = str(device)
+    summary["decode_device"] = {**choice.to_dict(), **summary["decode_device"]}
     summary["batch_size"] = options.batch_size
     summary["workers"] = options.workers
     path = summary_path(out)
@@ -563,6 +596,10 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             f"--engine ray --resume continues from {shard_dir}, which does not exist "
             "(the run finished, or never started); pass --overwrite to score again"
         )
+    if getattr(args, "decode_device", "auto") == "cuda":  # before Ray starts
+        from deepsift.scoring.decode_device import resolve_decode_device
+
+        resolve_decode_device("cuda", torch.device("cuda"), [], [], engine="ray")
     named = _named_clip_detector(args)
     if named:
         raise UserError(
@@ -596,6 +633,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     resolve_precision(args.precision, device, bf16_supported=True)  # fp16 on CPU: refused here
     options = run_options(args, inputs, device, None)
     options.workers = 0
+    choice = decode_choice(args, ensemble, device, "ray")  # cuda: refused before --out opens
     options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
     stats = Stats()
     # --resume: --out is rewritten whole from the committed shards
@@ -634,6 +672,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         "gpus_per_worker": args.gpus_per_worker,
         "items_per_shard": args.items_per_shard,
         "precision": args.precision,
+        "decode_device": choice.to_dict(),
         "batch_size": options.batch_size,
         **extras_status(args),
     }

@@ -36,6 +36,7 @@ from deepsift.scoring.decode import (
     frame_count,
     open_image,
 )
+from deepsift.scoring.decode_device import device_jpeg
 from deepsift.scoring.extras import load_optional, safe_pdq, safe_provenance
 from deepsift.scoring.faces import FaceDetectorLike, crop_slots, cut_faces, find_faces
 from deepsift.scoring.inputs import HEAD_BYTES, WorkItem, is_video_head
@@ -77,6 +78,9 @@ class PrepareOptions:
     min_face: int = 64
     max_faces: int = 8
     clips: int = 4  # clips per video for a clip detector (``--clips``)
+    #: hand JPEGs the device decoder takes exactly to the model process undecoded
+    #: (``--decode-device cuda``, :mod:`deepsift.scoring.decode_device`)
+    defer_jpeg: bool = False
 
 
 @dataclass
@@ -122,6 +126,8 @@ class Prepared:
     stacks: list[Stack] = field(default_factory=list)
     not_image: bool = False
     reason: str | None = None  # why nothing was scored although the file was read
+    #: a JPEG left for the model process to decode on its device (``defer_jpeg``)
+    jpeg: bytes | None = None
 
 
 class PrepareContext:
@@ -145,6 +151,14 @@ class PrepareContext:
         self._provenance: Callable | None = None
         self._pdq: Callable | None = None
         self._loaded = False
+
+    @property
+    def defers_jpeg(self) -> bool:
+        """``defer_jpeg``, and nothing of this run reads CPU pixels (a safety net: the
+        command line refuses such runs, :func:`.decode_device.cpu_pixel_needs`)."""
+        o = self.options
+        cpu_pixels = o.pdq or o.provenance or o.stability or self.needs_faces
+        return o.defer_jpeg and not cpu_pixels and self.clip_member is None
 
     @property
     def needs_faces(self) -> bool:
@@ -259,6 +273,12 @@ def prepare(item: WorkItem, ctx: PrepareContext) -> Prepared:
 
 def _prepare_image(raw: bytes, ctx: PrepareContext, out: Prepared) -> None:
     options = ctx.options
+    if ctx.defers_jpeg:  # the header checks run here; the pixels are decoded on the device
+        opened = open_image(raw, options.max_pixels)
+        if device_jpeg(raw, opened) is None:
+            out.record.update(format=opened.format, width=opened.width, height=opened.height)
+            out.jpeg = raw
+            return
     k = options.video_frames if options.animated == "frames" else 1
     first, frames = decode_frames(raw, lambda n: frame_indices(n, k), options.max_pixels)
     record = out.record

@@ -19,6 +19,8 @@ record copies the original's (read back from the output) with their own path and
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -33,15 +35,26 @@ import torch
 
 from deepsift.core.inference import fake_probabilities
 from deepsift.core.progress import progress_bar
+from deepsift.scoring import stability
 from deepsift.scoring.accel import prepare_model
 from deepsift.scoring.assemble import assemble
 from deepsift.scoring.calibration import BANDS, Bands
+from deepsift.scoring.decode_device import NotExact, decode_batch, tensor_preprocess
 from deepsift.scoring.faces import FaceDetectorLike
-from deepsift.scoring.inputs import InputOptions, iter_items
+from deepsift.scoring.inputs import InputOptions, WorkItem, iter_items
 from deepsift.scoring.models import Ensemble
 from deepsift.scoring.output import PART_KINDS, ResumeState
 from deepsift.scoring.pool import InlinePool, WorkerPool
-from deepsift.scoring.prepare import MemberSpec, PrepareContext, Prepared, PrepareOptions, prepare
+from deepsift.scoring.prepare import (
+    Group,
+    MemberSpec,
+    PrepareContext,
+    Prepared,
+    PrepareOptions,
+    Stack,
+    Unit,
+    prepare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +78,10 @@ class RunOptions:
     progress: bool = True
     input_options: InputOptions = field(default_factory=InputOptions)
     prepare_options: PrepareOptions = field(default_factory=PrepareOptions)
+    #: JPEGs decoded in this process on ``device`` and preprocessed with tensor ops
+    #: (``--decode-device cuda``; on a CPU ``device`` the same code runs on the CPU, as the
+    #: tests do); :func:`deepsift.scoring.decode_device.resolve_decode_device` decides
+    decode_on_device: bool = False
 
 
 class Stats:
@@ -195,23 +212,28 @@ class Scorer:
         self.channels_last = {
             id(m.detector): prepare_model(m.detector, options.device) for m in ensemble.members
         }
-        self.ctx = PrepareContext(
-            [
-                MemberSpec(
-                    m.label,
-                    m.detector.eval_transform,
-                    m.faces,
-                    m.face_crop,
-                    _clip_spec(m.detector, m.frame_step),
-                    bool(getattr(m.detector, "needs_mouth", False)),
-                    m.frame_step,
-                    "checkpoint" in m.identity,
-                )
-                for m in ensemble.members
-            ],
-            options.prepare_options,
-            face_factory,
+        specs = [
+            MemberSpec(
+                m.label,
+                m.detector.eval_transform,
+                m.faces,
+                m.face_crop,
+                _clip_spec(m.detector, m.frame_step),
+                bool(getattr(m.detector, "needs_mouth", False)),
+                m.frame_step,
+                "checkpoint" in m.identity,
+            )
+            for m in ensemble.members
+        ]
+        prepare_options = dataclasses.replace(
+            options.prepare_options, defer_jpeg=options.decode_on_device
         )
+        self.ctx = PrepareContext(specs, prepare_options, face_factory)
+        # a JPEG the device decoder rejects is prepared again here, on the CPU path
+        cpu_options = dataclasses.replace(options.prepare_options, defer_jpeg=False)
+        self.cpu_ctx = PrepareContext(specs, cpu_options, face_factory)
+        self.jpegs: list[Prepared] = []  # JPEGs waiting to be decoded on the device
+        self.decoded = Counter({"jpegs_on_device": 0, "device_decode_fallbacks": 0})
         # dedupe: sha -> offset of the written original; sha -> duplicates waiting for it
         self.written: dict[bytes, int] = dict(self.state.sha_index)
         self.waiting: dict[bytes, list[Prepared]] = {}
@@ -260,6 +282,58 @@ class Scorer:
             return
         bar.total = total
         bar.refresh()
+
+    # -- decoding on the device ---------------------------------------------------------
+    def _take(self, prepared: Prepared) -> None:
+        """A worker's result: a JPEG left undecoded waits for a device batch (a duplicate
+        of an item already seen needs no pixels); anything else is accepted as it is."""
+        if prepared.jpeg is None:
+            self._accept(prepared)
+            return
+        sha_hex = prepared.record.get("sha256")
+        sha = bytes.fromhex(sha_hex) if sha_hex else None
+        if sha is not None and (sha in self.written or sha in self.waiting):
+            prepared.jpeg = None
+            self._accept(prepared)
+            return
+        self.jpegs.append(prepared)
+        if len(self.jpegs) >= self.options.batch_size:
+            self._decode_jpegs()
+
+    def _decode_jpegs(self) -> None:
+        """Decode the waiting JPEGs in one batch on the device, run each member's tensor
+        transform there, and accept them; a JPEG the decoder rejects, decodes to another size
+        than its header, or whose resize cannot be reproduced exactly
+        (:class:`.decode_device.NotExact`) is prepared again on the CPU path (the record of
+        ``--decode-device cpu``)."""
+        if not self.jpegs:
+            return
+        batch, self.jpegs = self.jpegs, []
+        images = decode_batch([p.jpeg or b"" for p in batch], self.options.device)
+        for prepared, image in zip(batch, images, strict=True):
+            raw, prepared.jpeg = prepared.jpeg or b"", None
+            width, height = prepared.record["width"], prepared.record["height"]
+            tensors = None
+            if image is not None and tuple(image.shape) == (3, height, width):
+                with contextlib.suppress(NotExact):  # a resize this Pillow does otherwise
+                    tensors = {
+                        label: tensor_preprocess(member.detector.preprocessing, image)[None]
+                        for label, member in self.members.items()
+                    }
+            if tensors is None:
+                self.decoded["device_decode_fallbacks"] += 1
+                item = prepared.item
+                again = WorkItem(item.path, item.member, item.member_index, data=raw)
+                self._accept(prepare(again, self.cpu_ctx))
+                continue
+            self.decoded["jpegs_on_device"] += 1
+            prepared.groups = [Group(None, width, height)]
+            prepared.units = [Unit(0, None, stability.ORIGINAL)]
+            prepared.stacks = [
+                Stack(label, np.zeros(1, dtype=np.int64), {"image": tensor})
+                for label, tensor in tensors.items()
+            ]
+            self._accept(prepared)
 
     # -- batching -------------------------------------------------------------------
     def _accept(self, prepared: Prepared) -> None:
@@ -320,7 +394,11 @@ class Scorer:
         self.row_counts[key] -= taken
         if not rows:  # shapes come and go (detectors without resizing): keep the maps small
             del self.rows[key], self.row_counts[key]
-        batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        if self.options.decode_on_device:  # rows decoded on the device and on the CPU mix
+            device = self.options.device
+            batch = {k: torch.cat([p[k].to(device) for p in parts]) for k in parts[0]}
+        else:
+            batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         probs = self._predict(self.members[label].detector, batch)
         self.pictures += taken
         offset = 0
@@ -448,10 +526,12 @@ class Scorer:
                     break
                 results = pool.poll(0.02 if self.pending_items else 0.1)
                 for prepared in results:
-                    self._accept(prepared)
+                    self._take(prepared)
                     self._forward_ready(partial=False)
                 if not results:
+                    self._decode_jpegs()
                     self._forward_ready(partial=True)
+            self._decode_jpegs()
             self._forward_ready(partial=True)
         except KeyboardInterrupt:
             interrupted = True
@@ -466,6 +546,7 @@ class Scorer:
 
     def summary(self, elapsed: float, interrupted: bool, crashes: int) -> dict[str, Any]:
         run = self.run_stats.to_dict()
+        on_cuda = self.options.decode_on_device and self.options.device.type == "cuda"
         return {
             **self.stats.to_dict(),
             "this_run": {
@@ -503,6 +584,12 @@ class Scorer:
             "combine": self.ensemble.combine,
             "video_aggregation": self.options.aggregation,
             "stability": self.options.prepare_options.stability,
+            "decode_device": {
+                "decode_device": "cuda" if on_cuda else "cpu",
+                # JPEGs decoded in this process with tensor transforms (on CPU: the test hook)
+                "tensor_path": self.options.decode_on_device,
+                **self.decoded,
+            },
         }
 
 
