@@ -48,6 +48,16 @@ CONFIGS = [
         ],
     ),
     (
+        "timm_classifier (shorter 224, pil bicubic, crop 224)",
+        "timm_classifier",
+        [
+            "backbone=resnet18",
+            "preprocessing.size=224",
+            "preprocessing.resize=shorter",
+            "preprocessing.interpolation=bicubic",
+        ],
+    ),
+    (
         "timm_classifier (square 256, cv2 bicubic)",
         "timm_classifier",
         [
@@ -78,16 +88,6 @@ CONFIGS = [
 ]
 #: measured only with --all: no tensor implementation (auto picks cpu)
 UNSUPPORTED = [
-    (
-        "timm_classifier (shorter 224, pil bicubic, crop 224) [none]",
-        "timm_classifier",
-        [
-            "backbone=resnet18",
-            "preprocessing.size=224",
-            "preprocessing.resize=shorter",
-            "preprocessing.interpolation=bicubic",
-        ],
-    ),
     (
         "timm_classifier (square 224, pil nearest) [none]",
         "timm_classifier",

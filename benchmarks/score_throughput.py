@@ -2,6 +2,7 @@
 
     python -m benchmarks.score_throughput [--n 256] [--size 256] [--batch 32]
         [--detector cnnspot] [--set key=value ...] [--device auto] [--workers N]
+        [--decode-device cpu|cuda|both|auto]
         [--engine ray [--model-workers 1] [--items-per-shard 32] [--manifest 100000]]
 
 Generates ``--n`` JPEG files (photo-like content, quality 90, ``--size`` pixels
@@ -12,6 +13,9 @@ square) in a temporary folder, then measures images per second for:
 * **score.py**: the full pipeline (enumeration, reading, sha256, decoding,
   preprocessing in worker processes, batching, forward, JSONL writing), with
   provenance and PDQ off (``--extras`` also times them on);
+* with ``--decode-device cuda`` (or ``both``): score.py with the JPEGs decoded by nvJPEG
+  in the model process and preprocessed on the GPU (:mod:`deepsift.scoring.decode_device`);
+  ``both`` times the CPU-decoding and GPU-decoding pipelines side by side;
 * **naive loop**: one process, ``batch`` images at a time: PIL decode, the
   detector's transform, stack, forward.
 
@@ -99,7 +103,15 @@ def naive_loop(detector, paths: list[Path], batch: int, device, amp) -> float:
 
 
 def end_to_end(
-    ensemble, folder: Path, out: Path, batch: int, workers: int, device, amp, extras: bool
+    ensemble,
+    folder: Path,
+    out: Path,
+    batch: int,
+    workers: int,
+    device,
+    amp,
+    extras: bool,
+    decode_on_device: bool = False,
 ) -> float:
     from deepsift.scoring.calibration import DEFAULT_BANDS
     from deepsift.scoring.output import OutputFile
@@ -114,6 +126,7 @@ def end_to_end(
         amp_dtype=amp,
         progress=False,
         prepare_options=PrepareOptions(provenance=extras, pdq=extras),
+        decode_on_device=decode_on_device,
     )
     sink = OutputFile(out, overwrite=True)
     try:
@@ -197,6 +210,24 @@ def manifest_rss(load, tmp: Path, n: int, batch: int, model_workers: int, shard:
     )
 
 
+def _decode_modes(requested: str, ensemble, device) -> list[bool]:
+    """``--decode-device`` as the pipelines to time: False = CPU decoding, True = on the GPU
+    (refused in one line, as score.py refuses it, where it cannot run)."""
+    from deepsift.core.errors import UserError
+    from deepsift.scoring.decode_device import resolve_decode_device
+
+    members = [(m.label, m.detector) for m in ensemble.members]
+    try:
+        if requested == "cpu":
+            return [False]
+        if requested == "auto":
+            return [resolve_decode_device("auto", device, members, []).on_device]
+        resolve_decode_device("cuda", device, members, [])
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return [True] if requested == "cuda" else [False, True]
+
+
 def _peak_rss_mib() -> float:
     import resource
 
@@ -223,6 +254,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--decode-device",
+        choices=("cpu", "cuda", "both", "auto"),
+        default="cpu",
+        help="where score.py decodes the JPEGs (cuda: nvJPEG in the model process; both: "
+        "time both pipelines; auto: as score.py's default would choose)",
+    )
     parser.add_argument(
         "--extras", action="store_true", help="also time score.py with provenance and PDQ"
     )
@@ -251,6 +289,7 @@ def main() -> None:
     workers = default_workers(device.type) if args.workers is None else args.workers
     ensemble = load_ensemble(detector=args.detector, overrides=args.set).to(device)
     detector = ensemble.members[0].detector
+    decode_modes = _decode_modes(args.decode_device, ensemble, device)
     best: dict[str, float] = {}
     ray_mode = f"score.py --engine ray ({args.model_workers} model workers)"
     if args.engine == "ray":
@@ -276,16 +315,29 @@ def main() -> None:
         batch = ready_batch(detector, paths[: args.batch])
         shape = tuple(batch.shape[1:])
         # warm-up pass of the pipeline (first forward, worker start-up, page cache)
-        end_to_end(
-            ensemble, folder, Path(tmp) / "warm.jsonl", args.batch, workers, device, amp, False
-        )
+        for on_device in decode_modes:
+            end_to_end(
+                ensemble,
+                folder,
+                Path(tmp) / "warm.jsonl",
+                args.batch,
+                workers,
+                device,
+                amp,
+                False,
+                on_device,
+            )
         for _ in range(args.repeats):  # modes interleaved, best of each: load spikes hit all alike
             keep(
                 "model only (forward on ready tensors)",
                 model_only(detector, batch, args.n, device, amp),
             )
             out = Path(tmp) / "e2e.jsonl"
-            keep(e2e, end_to_end(ensemble, folder, out, args.batch, workers, device, amp, False))
+            for on_device in decode_modes:
+                rate = end_to_end(
+                    ensemble, folder, out, args.batch, workers, device, amp, False, on_device
+                )
+                keep(f"{e2e}, JPEGs decoded on {'the GPU' if on_device else 'CPU'}", rate)
             if args.extras:
                 out = Path(tmp) / "x.jsonl"
                 keep(
@@ -307,6 +359,7 @@ def main() -> None:
             manifest = manifest_rss(
                 load, Path(tmp), args.manifest, args.batch, args.model_workers, 4096
             )
+    local = next(name for name in best if name.startswith(e2e))
     rows = list(best.items())
     base = rows[0][1]
     print(
@@ -319,7 +372,7 @@ def main() -> None:
         print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
     if args.engine == "ray":
         print(
-            f"\nscore.py --engine ray / local: {best[ray_mode] / best[e2e]:.2f}; "
+            f"\nscore.py --engine ray / local: {best[ray_mode] / best[local]:.2f}; "
             f"peak RSS of this process {_peak_rss_mib():.0f} MiB (Ray workers not included)"
         )
     if manifest:
