@@ -524,3 +524,10 @@ def test_cli_ray_engine_refuses_cuda_before_ray_starts(
     assert refused(argv, out, capsys).startswith(
         "error: --decode-device cuda runs on the local engine only"
     )
+
+
+def test_scorer_refuses_to_hand_tensors_to_a_member_without_a_tensor_transform() -> None:
+    """The Python API's guard (the command line refuses first, in one line)."""
+    ensemble = Ensemble([Member("two", _TwoInputs(), False, {})])
+    with pytest.raises(ValueError, match="decode_on_device: two: "):
+        Scorer(ensemble, DEFAULT_BANDS, RunOptions(inputs=[], decode_on_device=True), MemorySink())

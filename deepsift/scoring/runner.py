@@ -39,7 +39,12 @@ from deepsift.scoring import stability
 from deepsift.scoring.accel import prepare_model
 from deepsift.scoring.assemble import assemble
 from deepsift.scoring.calibration import BANDS, Bands
-from deepsift.scoring.decode_device import NotExact, decode_batch, tensor_preprocess
+from deepsift.scoring.decode_device import (
+    NotExact,
+    decode_batch,
+    member_support,
+    tensor_preprocess,
+)
 from deepsift.scoring.faces import FaceDetectorLike
 from deepsift.scoring.inputs import InputOptions, WorkItem, iter_items
 from deepsift.scoring.models import Ensemble
@@ -225,6 +230,11 @@ class Scorer:
             )
             for m in ensemble.members
         ]
+        if options.decode_on_device:  # the command line refuses these in its own words
+            for m in ensemble.members:
+                why = member_support(m.detector)
+                if why is not None:
+                    raise ValueError(f"decode_on_device: {m.label}: {why}")
         prepare_options = dataclasses.replace(
             options.prepare_options, defer_jpeg=options.decode_on_device
         )
