@@ -531,3 +531,21 @@ def test_scorer_refuses_to_hand_tensors_to_a_member_without_a_tensor_transform()
     ensemble = Ensemble([Member("two", _TwoInputs(), False, {})])
     with pytest.raises(ValueError, match="decode_on_device: two: "):
         Scorer(ensemble, DEFAULT_BANDS, RunOptions(inputs=[], decode_on_device=True), MemorySink())
+
+
+def test_a_batch_of_one_size_is_transformed_as_each_picture_alone() -> None:
+    """The model process stacks the JPEGs of one size (one set of kernels per batch); the
+    stacked result is each picture's own, for Pillow's resize, cv2's and none."""
+    images = torch.stack(
+        [torch.from_numpy(noise(i, 50, 70)).permute(2, 0, 1).contiguous() for i in range(3)]
+    )
+    for fields in (
+        {"size": 32, "resize": "square", "interpolation": "bicubic", "crop": "none"},
+        {"size": 32, "resize": "square", "resize_backend": "cv2", "crop": "none"},
+        {"size": 48, "crop": "center"},
+    ):
+        pre = Preprocessing(**fields)
+        batch = tensor_preprocess(pre, images)
+        assert batch.shape[0] == 3
+        for i in range(3):
+            assert torch.equal(batch[i], tensor_preprocess(pre, images[i])), fields

@@ -107,16 +107,17 @@ def tensor_support(pre: Preprocessing) -> str | None:
 
 
 def tensor_preprocess(pre: Preprocessing, image: torch.Tensor) -> torch.Tensor:
-    """``pre`` at test time on a uint8 ``(3, H, W)`` RGB tensor, on the tensor's device:
-    pad, resize (rounded to uint8, as the PIL/cv2 paths are), scale to [0, 1], centre
-    crop (zero-padding a smaller image, as ``TF.center_crop``), normalise. Refuses a
-    configuration :func:`tensor_support` refuses."""
+    """``pre`` at test time on a uint8 ``(3, H, W)`` RGB tensor, or a batch ``(N, 3, H, W)``
+    of pictures of one size, on the tensor's device: pad, resize (rounded to uint8, as the
+    PIL/cv2 paths are), scale to [0, 1], centre crop (zero-padding a smaller image, as
+    ``TF.center_crop``), normalise. Refuses a configuration :func:`tensor_support` refuses."""
     why = tensor_support(pre)
     if why is not None:
         raise ValueError(why)
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+    if image.dtype != torch.uint8 or image.ndim not in (3, 4) or image.shape[-3] != 3:
         raise ValueError(
-            f"expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}"
+            f"expected a uint8 (3, H, W) or (N, 3, H, W) tensor, got {image.dtype} "
+            f"{tuple(image.shape)}"
         )
     height, width = image.shape[-2:]
     if pre.pad == "to_size" and (height < pre.size or width < pre.size):
@@ -150,14 +151,17 @@ def _resize(x: torch.Tensor, pre: Preprocessing, height: int, width: int) -> tor
     ``F.interpolate(antialias=False)`` (OpenCV's half-pixel centres), rounded; OpenCV
     computes in 11-bit fixed point, so this is within 1 grey level, not equal.
     ``nearest``: only for the parity benchmark (``nearest-exact``)."""
-    if pre.interpolation == "nearest":
-        return F.interpolate(x[None], size=(height, width), mode="nearest-exact")[0]
-    if pre.resize_backend == "pil":
+    if pre.resize_backend == "pil" and pre.interpolation != "nearest":
         return pillow_resize(x, width, height, pre.interpolation)
-    out = F.interpolate(x[None], size=(height, width), mode=pre.interpolation, align_corners=False)[
-        0
-    ]
-    return out.round().clamp(0, 255)
+    batch = x if x.ndim == 4 else x[None]
+    if pre.interpolation == "nearest":
+        out = F.interpolate(batch, size=(height, width), mode="nearest-exact")
+    else:
+        out = F.interpolate(
+            batch, size=(height, width), mode=pre.interpolation, align_corners=False
+        )
+        out = out.round().clamp(0, 255)
+    return out if x.ndim == 4 else out[0]
 
 
 # -- Pillow's resampling in tensor ops -------------------------------------------------------
@@ -209,10 +213,21 @@ def _taps(in_size: int, out_size: int, interpolation: str) -> tuple[torch.Tensor
     return torch.from_numpy(index), torch.from_numpy(weight)
 
 
+@functools.lru_cache(maxsize=256)
+def _taps_on(
+    in_size: int, out_size: int, interpolation: str, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    index, weight = _taps(in_size, out_size, interpolation)
+    return index.to(device), weight.to(device)
+
+
 def _pass(x: torch.Tensor, out_size: int, interpolation: str) -> torch.Tensor:
     """One Pillow pass along the last dimension of float64 ``x`` (integer values 0..255)."""
-    index, weight = _taps(x.shape[-1], out_size, interpolation)
-    index, weight = index.to(x.device), weight.to(x.device)
+    index, weight = _taps_on(x.shape[-1], out_size, interpolation, str(x.device))
+    rows = x.numel() // x.shape[-1]
+    if rows * out_size * index.shape[1] <= 1 << 24:  # one gather (few launches: GPU batches)
+        acc = (x[..., index] * weight).sum(-1) + float(1 << (_PRECISION_BITS - 1))
+        return torch.floor(acc / (1 << _PRECISION_BITS)).clamp_(0, 255)
     acc = torch.full(
         (*x.shape[:-1], out_size),
         float(1 << (_PRECISION_BITS - 1)),
@@ -262,8 +277,8 @@ def _pillow_order(
 
 
 def pillow_resize(x: torch.Tensor, width: int, height: int, interpolation: str) -> torch.Tensor:
-    """Pillow's ``resize((width, height), BILINEAR | BICUBIC)`` of a ``(3, H, W)`` tensor of
-    uint8 values, bit for bit, on the tensor's device (float64 values 0..255 back);
+    """Pillow's ``resize((width, height), BILINEAR | BICUBIC)`` of a ``(..., 3, H, W)`` tensor
+    of uint8 values, bit for bit, on the tensor's device (float64 values 0..255 back);
     :class:`NotExact` when the installed Pillow resizes this geometry some other way."""
     in_h, in_w = x.shape[-2:]
     if in_h != height and in_w != width:

@@ -320,28 +320,36 @@ class Scorer:
             return
         batch, self.jpegs = self.jpegs, []
         images = decode_batch([p.jpeg or b"" for p in batch], self.options.device)
-        for prepared, image in zip(batch, images, strict=True):
+        # pictures of one size are transformed together (one set of kernels per batch)
+        sizes: dict[tuple[int, ...], list[int]] = {}
+        for i, (prepared, image) in enumerate(zip(batch, images, strict=True)):
+            header = (3, prepared.record["height"], prepared.record["width"])
+            if image is not None and tuple(image.shape) == header:
+                sizes.setdefault(header, []).append(i)
+        tensors: dict[int, dict[str, torch.Tensor]] = {}
+        for rows in sizes.values():
+            stacked = torch.stack([images[i] for i in rows])  # type: ignore[misc]
+            with contextlib.suppress(NotExact):  # a resize this Pillow does otherwise
+                out = {
+                    label: tensor_preprocess(member.detector.preprocessing, stacked)
+                    for label, member in self.members.items()
+                }
+                for k, i in enumerate(rows):
+                    tensors[i] = {label: t[k : k + 1] for label, t in out.items()}
+        for i, prepared in enumerate(batch):
             raw, prepared.jpeg = prepared.jpeg or b"", None
-            width, height = prepared.record["width"], prepared.record["height"]
-            tensors = None
-            if image is not None and tuple(image.shape) == (3, height, width):
-                with contextlib.suppress(NotExact):  # a resize this Pillow does otherwise
-                    tensors = {
-                        label: tensor_preprocess(member.detector.preprocessing, image)[None]
-                        for label, member in self.members.items()
-                    }
-            if tensors is None:
+            if i not in tensors:
                 self.decoded["device_decode_fallbacks"] += 1
                 item = prepared.item
                 again = WorkItem(item.path, item.member, item.member_index, data=raw)
                 self._accept(prepare(again, self.cpu_ctx))
                 continue
             self.decoded["jpegs_on_device"] += 1
-            prepared.groups = [Group(None, width, height)]
+            prepared.groups = [Group(None, prepared.record["width"], prepared.record["height"])]
             prepared.units = [Unit(0, None, stability.ORIGINAL)]
             prepared.stacks = [
                 Stack(label, np.zeros(1, dtype=np.int64), {"image": tensor})
-                for label, tensor in tensors.items()
+                for label, tensor in tensors[i].items()
             ]
             self._accept(prepared)
 
