@@ -13,7 +13,8 @@ detector, randomly initialised with seed 0 (no weights needed; a trained detecto
 scores move by the same input difference). The configurations without a tensor
 implementation are measured too (``--all``), to show why they have none.
 
-nvJPEG on a GPU is not measured here (no GPU lent): its IDCT differs from libjpeg-turbo's.
+``--device cuda`` runs the same comparison with nvJPEG and the transforms on the GPU (its
+IDCT may differ from libjpeg-turbo's); not measured yet, no GPU having been lent.
 """
 
 from __future__ import annotations
@@ -135,22 +136,24 @@ def jpegs(n_sizes: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def measure(detector, files: list[tuple[str, bytes]]) -> tuple[float, float, float, float]:
+def measure(
+    detector, files: list[tuple[str, bytes]], device: torch.device
+) -> tuple[float, float, float, float]:
     """(max decode difference, max input difference, both in grey levels; the share of input
     values that differ; max |d score|)."""
     from deepsift.scoring.decode import decode_image
     from deepsift.scoring.decode_device import decode_batch, tensor_preprocess
 
     pre = detector.preprocessing
-    std = torch.tensor(pre.std)[:, None, None]
+    std = torch.tensor(pre.std, device=device)[:, None, None]
     d_decode = d_input = d_score = 0.0
     differ = total = 0
     for _, raw in files:
         pil = decode_image(raw).image
-        reference = detector.eval_transform({"image": pil, "record": None})["image"]
-        (decoded,) = decode_batch([raw], torch.device("cpu"))
+        reference = detector.eval_transform({"image": pil, "record": None})["image"].to(device)
+        (decoded,) = decode_batch([raw], device)
         assert decoded is not None
-        pixels = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(pil)).permute(2, 0, 1).to(device)
         d_decode = max(d_decode, (decoded.int() - pixels.int()).abs().max().item())
         tensor = tensor_preprocess(pre, decoded)
         if tensor.shape != reference.shape:
@@ -176,11 +179,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6, help="generated sizes (1-6), two JPEGs each")
     parser.add_argument("--all", action="store_true", help="also the unsupported configurations")
     parser.add_argument("--detectors", help="comma-separated detector names to keep")
+    parser.add_argument(
+        "--device", default="cpu", help="cuda: nvJPEG and the GPU transforms against Pillow"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = torch.device(args.device)
     files = jpegs(args.n)
     keep = set(args.detectors.split(",")) if args.detectors else None
-    print(f"{len(files)} JPEGs; random weights (seed 0); fp32 on the CPU\n")
+    print(f"{len(files)} JPEGs; random weights (seed 0); fp32 on {device}\n")
     print(
         "| configuration | tensor implementation | max Δ decode | max Δ input | "
         "inputs differing | max Δ score |"
@@ -191,6 +198,7 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         detector = load_ensemble(detector=detector_name, overrides=overrides).members[0].detector
+        detector.to(device)
         detector.eval()
         why = member_support(detector)
         if why is not None:
@@ -199,11 +207,11 @@ def main() -> None:
             support = decode_device.tensor_support
             decode_device.tensor_support = lambda pre: None  # measure it anyway
             try:
-                d_decode, d_input, share, d_score = measure(detector, files)
+                d_decode, d_input, share, d_score = measure(detector, files, device)
             finally:
                 decode_device.tensor_support = support
         else:
-            d_decode, d_input, share, d_score = measure(detector, files)
+            d_decode, d_input, share, d_score = measure(detector, files, device)
         print(
             f"| {name} | {'yes' if why is None else 'no'} | {d_decode:.0f} | {d_input:.2f} | "
             f"{100 * share:.3f}% | {d_score:.1e} |"

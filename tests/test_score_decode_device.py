@@ -498,6 +498,14 @@ def test_cli_cuda_with_options_that_need_cpu_pixels_is_refused(
     assert "(--no-provenance)" in line
     line = refused([*argv, "--no-pdq", "--no-provenance", "--stability"], out, capsys)
     assert "--stability launders CPU copies" in line
+    nearest = [
+        "--set",
+        "preprocessing.resize=square",
+        "--set",
+        "preprocessing.interpolation=nearest",
+    ]
+    line = refused([*argv, "--no-pdq", "--no-provenance", *nearest], out, capsys)
+    assert line.startswith("error: --decode-device cuda but timm_classifier: resize interpolation")
 
 
 def test_cli_ray_engine_refuses_cuda_before_ray_starts(

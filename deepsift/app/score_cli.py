@@ -510,6 +510,17 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if args.engine == "ray":
         return score_on_ray(args, inputs)
     device, amp = resolve(args)
+    if getattr(args, "decode_device", "auto") == "cuda":  # what is known before the model loads
+        from deepsift.scoring.decode_device import cpu_pixel_needs, resolve_decode_device
+
+        early = cpu_pixel_needs(
+            faces=False,
+            pdq=not args.no_pdq,
+            provenance=not args.no_provenance,
+            stability=args.stability,
+            clips=False,
+        )
+        resolve_decode_device("cuda", device, [], early)
     ensemble = ensemble_from_args(args, device)
     check_clip_options(ensemble, args)
     bands = (
