@@ -11,9 +11,10 @@
   non-JPEG data, CMYK/YCCK JPEGs, EXIF orientation other than 1 (nvJPEG ignores it),
   multi-picture (MPO) files, files that do not end in the EOI marker (Pillow refuses a
   truncated JPEG where libjpeg would pad it with grey), and any file the device decoder
-  rejects or decodes to another size than its header says. Modes other than 8-bit RGB
-  (YCbCr) and grey need none of :mod:`deepsift.core.images`' conversions beyond grey ->
-  RGB, which ``ImageReadMode.RGB`` does the same way (the grey value in all three channels).
+  rejects or decodes to another size than its header says. The JPEGs it takes (YCbCr or
+  grey, upright) need none of :mod:`deepsift.core.images`' conversions but grey -> RGB,
+  which ``ImageReadMode.RGB`` does the same way (the grey value in all three channels);
+  that module applies no ICC profile, so an embedded profile changes nothing on either path.
 * ``auto`` (the default): ``cuda`` only when the model runs on CUDA, on the local engine,
   nothing in the run needs CPU pixels (face members crop faces from them, PDQ hashes them,
   provenance reads the invisible watermark from them, ``--stability`` launders them,
