@@ -218,8 +218,11 @@ class PatchCraft(Detector):
     global generator (the reference's training path is not public); the texture measure
     runs on all crops at once (its float32 sums equal the reference's per-crop ones bit
     for bit on contiguous crops, so the ranking is the same, ties included); blur and JPEG
-    are PIL's (:meth:`Preprocessing.augment`); no released weights could be confirmed
-    from the authors themselves (the file above is a third party's copy).
+    are PIL's (:meth:`Preprocessing.augment`); ``preprocessing.resize``, ``crop`` and ``hflip``
+    are not used (the picture is read at its own size, as the reference reads it; ``size``
+    sets the reconstructed pictures' side, so ``size=64`` makes 8 px patches on a 64 px
+    canvas, with ``grid=2`` 32 px ones); no released weights could be confirmed
+    from the authors themselves (``RPTC.pth`` above is a third party's copy).
 
     Args:
         grid: patches per side of a reconstructed picture (``2 ** rate``, 8).
