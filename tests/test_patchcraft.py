@@ -3,6 +3,7 @@ and checkpoint, an independent forward pass, training, strict loading."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,12 @@ from tests.official.weights import load_reference, official_state_dict, write_of
 #: the reference ``RPTC.py`` ``Net``: 30 frozen 5 x 5 filters, 13 3 x 3 convolutions, fc2
 REFERENCE_PARAMETERS = 119_919
 REFERENCE = load_reference("patchcraft")
+
+
+@functools.cache
+def pictures() -> tuple[np.ndarray, ...]:
+    """The six pictures of ``images.py``, made once."""
+    return tuple(reference_images())
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ def test_crop_positions_are_random_crops_draws() -> None:
 def test_selection_is_the_authors_on_fixed_pictures(index: int) -> None:
     """``processing_RPTC(img, seed=42)``'s tiles (``patchcraft.json``, ``make_patchcraft.py``)."""
     expected = REFERENCE["selection"][index]
-    image = TF.to_tensor(Image.fromarray(reference_images()[index]))
+    image = TF.to_tensor(Image.fromarray(pictures()[index]))
     poor, rich = select_patches(image, generator=torch.Generator().manual_seed(42))
     assert poor.tolist() == expected["poor"]
     assert rich.tolist() == expected["rich"]
@@ -149,7 +156,7 @@ def test_reconstructions_tile_the_poorest_and_richest_crops_row_major() -> None:
 
 def test_test_time_crops_are_fixed_and_training_crops_are_fresh() -> None:
     det = PatchCraft()
-    picture = Image.fromarray(reference_images()[2])
+    picture = Image.fromarray(pictures()[2])
     state = torch.get_rng_state()
     first = det.eval_transform({"image": picture})["image"]
     assert torch.equal(torch.get_rng_state(), state)  # the private generator only
@@ -245,7 +252,7 @@ def test_official_checkpoint_predicts_like_the_authors_code(tmp_path: Path) -> N
     payload = torch.load(path, weights_only=True)
     assert list(payload) == ["netC"] and next(iter(payload["netC"])).startswith("module.")
     det = load_detector("patchcraft", weights=path).eval()
-    images = reference_images()[2:5]  # 208, 256 and 342 px: a smaller, equal and larger side
+    images = list(pictures()[2:5])  # 208, 256 and 342 px: a smaller, equal and larger side
     expected = np.array(REFERENCE["outputs"]["logits"][2:5])
     assert np.ptp(REFERENCE["outputs"]["logits"]) > 0.1  # the seeded weights tell pictures apart
     views = torch.stack(
