@@ -545,7 +545,7 @@ FORMATS: tuple[WeightFormat, ...] = (
             _shape("head.weight", 0, 2),
         ),
     ),
-    # -- AI-generated images, 2024-2025 (issue #16): D3, AIDE ---------------------------
+    # -- AI-generated images, 2024-2025 (issue #16): D3, AIDE, PatchCraft ----------------
     WeightFormat(
         "D3 (Yang et al.) attention head over CLIP ViT-L/14 original + patch-shuffled features",
         ("d3",),
@@ -575,6 +575,22 @@ FORMATS: tuple[WeightFormat, ...] = (
             _has("hpf.hpf.weight", "fc.fc1.weight", "convnext_proj.0.weight"),
         ),
         released=("progan_train.pth",),  # the README's name; others on the Drive unlisted here
+    ),
+    WeightFormat(
+        "PatchCraft (RPTC) SRM + CNN on the poor - rich texture contrast",
+        ("patchcraft",),
+        "PatchCraft's ModelScope test release as vendored by github.com/kylin0421/"
+        "AIGIDetectionZOO: aigidetection_zoo/PatchCraft/networks/RPTC.py Net, "
+        "patchcraft_api.py ({'netC': DataParallel state_dict})",
+        "ToTensor at the picture's size, 192 random 32 px crops (seed 42 per picture) "
+        "ranked by texture diversity, the 64 poorest and the 64 richest tiled into two "
+        "256 x 256 pictures, no normalisation",
+        matches=_all(
+            _shape("group1.hpf.weight", 0, 30),
+            _shape("group1_b.0.weight", 1, 90),
+            _has("group5.3.weight", "fc2.weight"),
+        ),
+        released=("RPTC.pth",),  # the vendored copy's name; not confirmed from the authors
     ),
     # -- face forgery, 2022-2025 (issue #16, face-b): Effort -----------------------------------
     WeightFormat(

@@ -32,7 +32,7 @@ from detectors.formats import FORMATS, WeightFormat, formats_for
 from detectors.layers.keras_h5 import is_hdf5
 
 #: containers whose one entry is the state dict (the trainers' ``torch.save({...})``)
-WRAPPERS = ("model", "state_dict", "model_state_dict", "net")
+WRAPPERS = ("model", "state_dict", "model_state_dict", "net", "netC")  # netC: PatchCraft
 
 
 @dataclass
