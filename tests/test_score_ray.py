@@ -743,3 +743,88 @@ def test_decode_on_device_on_the_ray_engine_gives_the_cpu_paths_records(
     assert fallback["error"] is None and fallback["score"] is not None
     scored = [r for r in remote if Path(r["path"]).name in ("extra0.jpg", "extra1.jpg")]
     assert all(r["scores"]["plain"] != r["scores"]["resized"] for r in scored)  # resized
+
+
+def test_a_retried_chunk_decodes_on_the_device_item_by_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model actor's retry of a chunk (an earlier attempt died on item 1) with
+    ``decode_on_device``, run in this process: the decode task left the JPEGs undecoded,
+    the retry decodes and scores them one at a time (so a death names its item), item 1
+    gets its error record, and the others the CPU path's records."""
+    import os
+    import pickle
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import torch
+    from PIL import Image
+
+    from deepsift.scoring import runner
+    from deepsift.scoring.inputs import iter_items
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.ray_engine import (
+        _chunk_row,
+        _prepare_chunk,
+        _ScoreShard,
+        member_specs,
+        shard_name,
+    )
+    from deepsift.scoring.runner import MemorySink
+    from tests.scoring_fixtures import encode, noise
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (height, width) in enumerate([(40, 48), (33, 60), (50, 41), (40, 48)]):
+        image = Image.fromarray(noise(60 + i, height, width))
+        (folder / f"{i}.jpg").write_bytes(encode(image, "JPEG", quality=90))
+    no_extras = PrepareOptions(pdq=False, provenance=False)
+    options = RunOptions(
+        inputs=[str(folder)], batch_size=4, workers=0, progress=False, prepare_options=no_extras
+    )
+    sink = MemorySink()
+    Scorer(_decode_ensemble(), DEFAULT_BANDS, options, sink).run()
+    cpu = {r["path"]: r for r in sink.records}
+    items = list(enumerate(iter_items([str(folder)], InputOptions())))
+    shards = tmp_path / "s"
+    shards.mkdir()
+    deferred = PrepareOptions(pdq=False, provenance=False, defer_jpeg=True)
+    specs = pickle.dumps((member_specs(_decode_ensemble()), None))
+    prepared = _prepare_chunk(pa.Table.from_pylist([_chunk_row(items)]), specs, deferred)
+    chunk = pickle.loads(prepared.column("prepared")[0].as_py())
+    assert all(p.jpeg is not None and not p.stacks for _, p in chunk)  # left undecoded
+    prefix = shards / ".attempt-score-000000000000-t"
+    (shards / f"{prefix.name}-0").write_bytes(b"")  # the first attempt
+    (shards / f"{prefix.name}-1").write_bytes(b"0\n1\n")  # a retry that died on item 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    batches: list[int] = []
+    real = runner.decode_batch
+
+    def counted(datas: list[bytes], device: Any) -> list[Any]:
+        batches.append(len(datas))
+        return real(datas, device)
+
+    monkeypatch.setattr(runner, "decode_batch", counted)
+    threads = torch.get_num_threads()
+    try:
+        actor = _ScoreShard(
+            _decode_ensemble,
+            DEFAULT_BANDS,
+            replace(options, decode_on_device=True),
+            str(shards),
+            use_gpu=False,
+            tag="t",
+        )
+        out = actor(prepared).to_pylist()
+    finally:
+        torch.set_num_threads(threads)
+    assert out[0]["jpegs_on_device"] == 3 and out[0]["device_decode_fallbacks"] == 0
+    assert out[0]["device"] == "cpu" and batches == [1, 1, 1]  # one item at a time
+    records = read_jsonl(shards / shard_name(0, 3, "t"))
+    died = items[1][1].path
+    for record in records:
+        if record["path"] == str(died):
+            assert record["error"].startswith("the model worker died while scoring it")
+        else:
+            assert _same(record, cpu[record["path"]], 1e-6), record
+    assert len(records) == 4 and os.path.exists(f"{prefix}-2")
