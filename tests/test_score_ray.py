@@ -749,7 +749,8 @@ def test_a_retried_chunk_decodes_on_the_device_item_by_item(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model actor's retry of a chunk (an earlier attempt died on item 1) with
-    ``decode_on_device``, run in this process: the decode task left the JPEGs undecoded,
+    ``decode_on_device``, run in this process: the decode task (in a process that ran the
+    same members without it before) left the JPEGs undecoded,
     the retry decodes and scores them one at a time (so a death names its item), item 1
     gets its error record, and the others the CPU path's records."""
     import os
@@ -790,7 +791,10 @@ def test_a_retried_chunk_decodes_on_the_device_item_by_item(
     shards.mkdir()
     deferred = PrepareOptions(pdq=False, provenance=False, defer_jpeg=True)
     specs = pickle.dumps((member_specs(_decode_ensemble()), None))
-    prepared = _prepare_chunk(pa.Table.from_pylist([_chunk_row(items)]), specs, deferred)
+    table = pa.Table.from_pylist([_chunk_row(items)])
+    chunk = pickle.loads(_prepare_chunk(table, specs, no_extras).column("prepared")[0].as_py())
+    assert all(p.jpeg is None and p.stacks for _, p in chunk)  # decoded in the task
+    prepared = _prepare_chunk(table, specs, deferred)  # the same process, other options
     chunk = pickle.loads(prepared.column("prepared")[0].as_py())
     assert all(p.jpeg is not None and not p.stacks for _, p in chunk)  # left undecoded
     prefix = shards / ".attempt-score-000000000000-t"

@@ -344,7 +344,9 @@ def _context(specs: bytes, prepare_options: Any) -> Any:
     and face detector factory (``(member_specs, face_factory)``)."""
     from deepsift.scoring.prepare import PrepareContext
 
-    key = hash(specs)
+    # the options too: a worker process runs the tasks of every run of its job (a run with
+    # --decode-device cuda after one without, in one Python session, must not reuse its context)
+    key = hash(specs + pickle.dumps(prepare_options))
     if key not in _CONTEXTS:
         import torch
         from PIL import Image
