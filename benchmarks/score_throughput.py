@@ -15,7 +15,8 @@ square) in a temporary folder, then measures images per second for:
   provenance and PDQ off (``--extras`` also times them on);
 * with ``--decode-device cuda`` (or ``both``): score.py with the JPEGs decoded by nvJPEG
   in the model process and preprocessed on the GPU (:mod:`deepsift.scoring.decode_device`);
-  ``both`` times the CPU-decoding and GPU-decoding pipelines side by side;
+  ``both`` times the CPU-decoding and GPU-decoding pipelines side by side (with
+  ``--engine ray`` on CUDA: also on Ray, one GPU per model actor, the actors decoding);
 * **naive loop**: one process, ``batch`` images at a time: PIL decode, the
   detector's transform, stack, forward.
 
@@ -137,10 +138,18 @@ def end_to_end(
 
 
 def end_to_end_ray(
-    load, inputs: list[str], out: Path, batch: int, model_workers: int, items_per_shard: int
+    load,
+    inputs: list[str],
+    out: Path,
+    batch: int,
+    model_workers: int,
+    items_per_shard: int,
+    gpus_per_worker: float = 0.0,
+    on_device: bool = False,
 ) -> tuple[float, int]:
     """``--engine ray`` on the local Ray that main() started (actor start-up included):
-    items/s and the items scored."""
+    items/s and the items scored. ``gpus_per_worker`` > 0: the model actors on GPUs;
+    ``on_device``: JPEGs decoded by the actors (``--decode-device cuda``)."""
     from deepsift.scoring.calibration import DEFAULT_BANDS
     from deepsift.scoring.output import OutputFile
     from deepsift.scoring.prepare import PrepareOptions
@@ -153,6 +162,7 @@ def end_to_end_ray(
         workers=0,
         progress=False,
         prepare_options=PrepareOptions(provenance=False, pdq=False),
+        decode_on_device=on_device,
     )
     sink = OutputFile(out, overwrite=True)
     try:
@@ -163,6 +173,7 @@ def end_to_end_ray(
             sink,
             shard_dir=out.with_name(out.name + ".shards"),
             model_workers=model_workers,
+            gpus_per_worker=gpus_per_worker,
             items_per_shard=items_per_shard,
         )
     finally:
@@ -344,12 +355,20 @@ def main() -> None:
                     "score.py with provenance + PDQ",
                     end_to_end(ensemble, folder, out, args.batch, workers, device, amp, True),
                 )
-            if args.engine == "ray":
+            if args.engine == "ray":  # the actors on GPUs when the model is on CUDA
                 out = Path(tmp) / "ray.jsonl"
-                rate, _ = end_to_end_ray(
-                    load, [str(folder)], out, args.batch, args.model_workers, args.items_per_shard
-                )
-                keep(ray_mode, rate)
+                for on_device in decode_modes:
+                    rate, _ = end_to_end_ray(
+                        load,
+                        [str(folder)],
+                        out,
+                        args.batch,
+                        args.model_workers,
+                        args.items_per_shard,
+                        1.0 if device.type == "cuda" else 0.0,
+                        on_device,
+                    )
+                    keep(f"{ray_mode}, JPEGs decoded on {'the GPU' if on_device else 'CPU'}", rate)
             keep(
                 "naive loop (PIL, transform, forward; 1 process)",
                 naive_loop(detector, paths, args.batch, device, amp),
@@ -360,6 +379,7 @@ def main() -> None:
                 load, Path(tmp), args.manifest, args.batch, args.model_workers, 4096
             )
     local = next(name for name in best if name.startswith(e2e))
+    on_ray = next((name for name in best if name.startswith(ray_mode)), None)
     rows = list(best.items())
     base = rows[0][1]
     print(
@@ -372,7 +392,7 @@ def main() -> None:
         print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
     if args.engine == "ray":
         print(
-            f"\nscore.py --engine ray / local: {best[ray_mode] / best[local]:.2f}; "
+            f"\nscore.py --engine ray / local: {best[on_ray] / best[local]:.2f}; "
             f"peak RSS of this process {_peak_rss_mib():.0f} MiB (Ray workers not included)"
         )
     if manifest:

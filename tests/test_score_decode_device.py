@@ -228,7 +228,9 @@ def test_cpu_pixel_needs() -> None:
         ("auto", CUDA, [], "local", True, "every member has a tensor transform"),
         ("cuda", CUDA, [], "local", True, "--decode-device cuda"),
         ("auto", CUDA, ["PDQ hashes CPU pixels (--no-pdq)"], "local", False, "PDQ hashes"),
-        ("auto", CUDA, [], "ray", False, "the Ray engine decodes in its CPU tasks"),
+        ("auto", CUDA, [], "ray", True, "every member has a tensor transform"),  # GPU actors
+        ("auto", CPU, [], "ray", False, "the model actors get no GPU (--gpus-per-worker 0)"),
+        ("auto", CUDA, ["PDQ hashes CPU pixels (--no-pdq)"], "ray", False, "PDQ hashes"),
         ("cpu", CUDA, ["PDQ hashes CPU pixels (--no-pdq)"], "ray", False, "--decode-device cpu"),
     ],
 )
@@ -266,7 +268,14 @@ def test_auto_keeps_a_member_without_tensor_transform_on_the_cpu(tiny: Ensemble)
             "--decode-device cuda but face members crop faces",
         ),
         (CUDA, [], "two", "local", "--decode-device cuda but two: _TwoInputs's transform"),
-        (CUDA, [], "tiny", "ray", "--decode-device cuda runs on the local engine only"),
+        (CPU, [], "tiny", "ray", "--decode-device cuda needs GPUs for the Ray engine's model"),
+        (
+            CUDA,
+            ["PDQ hashes CPU pixels (--no-pdq)"],
+            "tiny",
+            "ray",
+            "--decode-device cuda but PDQ hashes",
+        ),
     ],
 )
 def test_refusals(
@@ -508,7 +517,7 @@ def test_cli_cuda_with_options_that_need_cpu_pixels_is_refused(
     assert line.startswith("error: --decode-device cuda but timm_classifier: resize interpolation")
 
 
-def test_cli_ray_engine_refuses_cuda_before_ray_starts(
+def test_cli_ray_engine_refuses_cuda_without_gpu_actors_before_ray_starts(
     tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deepsift.scoring import ray_engine
@@ -530,8 +539,13 @@ def test_cli_ray_engine_refuses_cuda_before_ray_starts(
         "cuda",
     ]
     assert refused(argv, out, capsys).startswith(
-        "error: --decode-device cuda runs on the local engine only"
+        "error: --decode-device cuda needs GPUs for the Ray engine's model actors "
+        "(--gpus-per-worker 0); pass --gpus-per-worker 1"
     )
+    # GPU actors asked for, but PDQ and provenance (on by default) need CPU pixels
+    argv = [str(folder), "--out", str(out), *TINY, "--quiet", "--engine", "ray"]
+    line = refused([*argv, "--gpus-per-worker", "1", "--decode-device", "cuda"], out, capsys)
+    assert line.startswith("error: --decode-device cuda but PDQ hashes CPU pixels")
 
 
 def test_scorer_refuses_to_hand_tensors_to_a_member_without_a_tensor_transform() -> None:

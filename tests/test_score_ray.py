@@ -34,13 +34,13 @@ def _key(record: dict[str, Any]) -> tuple:
     return (record["path"], record["member"], record["member_index"], record["kind"])
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, tol: float = 1e-5) -> bool:
     if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=0, abs_tol=1e-5)
+        return math.isclose(a, b, rel_tol=0, abs_tol=tol)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -112,6 +112,14 @@ def test_ray_engine_writes_the_local_engines_records(cluster: Any, tmp_path: Pat
         (["--gpus-per-worker", "1"], "--gpus-per-worker 1.0 but the Ray cluster has 0 GPU(s)"),
         (["--model-workers", "0"], "--model-workers must be positive"),
         (["--precision", "fp16"], "--precision fp16 needs a CUDA device (scoring on cpu)"),
+        (
+            ["--decode-device", "cuda", "--no-pdq", "--no-provenance"],
+            "--decode-device cuda needs GPUs for the Ray engine's model actors",
+        ),
+        (  # GPU actors asked for on a cluster without GPUs: start_ray's line
+            ["--decode-device", "cuda", "--gpus-per-worker", "1", "--no-pdq", "--no-provenance"],
+            "--gpus-per-worker 1.0 but the Ray cluster has 0 GPU(s)",
+        ),
     ],
 )
 def test_bad_engine_settings_fail_in_one_line(
@@ -437,6 +445,14 @@ def test_driver_sigkill_then_resume_writes_each_item_once(cluster: Any, tmp_path
     assert sorted(r["path"] for r in records) == sorted(paths)  # each item exactly once
     assert all(r["error"] is None and r["score"] is not None for r in records)
     summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["decode_device"] == {  # CPU actors: auto decodes in the decode tasks
+        "requested": "auto",
+        "decode_device": "cpu",
+        "reason": "the model actors get no GPU (--gpus-per-worker 0)",
+        "tensor_path": False,
+        "jpegs_on_device": 0,
+        "device_decode_fallbacks": 0,
+    }
     assert summary["this_run"]["shards_resumed"] >= len(committed)
     assert (
         summary["this_run"]["items_listed"]
@@ -617,3 +633,202 @@ def test_a_decode_task_that_dies_twice_on_an_item_writes_its_error_record(tmp_pa
         "wide.png": f"the decoding worker died while scoring it ({wide}) on a retry of its chunk; not scored again",
     }
     assert all(p.stacks for _, p in prepared if p.record["error"] is None)
+
+
+# -- --decode-device on the Ray engine ------------------------------------------------------
+#: a JPEG comment: the model actors' decoder (patched by _RejectingLoad) refuses such a file
+_REJECT = b"deepsift test: the device decoder refuses this file"
+
+
+def _decode_ensemble() -> Any:
+    """Two brightness stubs with tensor transforms: no resize, and Pillow's square bilinear
+    resize to 24 px (pillow_resize in the model actors)."""
+    from deepsift.scoring.models import Ensemble, Member
+    from detectors.preprocessing import Preprocessing
+    from tests.scoring_fixtures import StubDetector
+
+    plain, resized = StubDetector("brightness"), StubDetector("brightness")
+    resized.preprocessing = Preprocessing(
+        size=24, resize="square", crop="none", mean=(0, 0, 0), std=(1, 1, 1)
+    )
+    return Ensemble(
+        [
+            Member("plain", plain, False, {"detector": "plain"}),
+            Member("resized", resized, False, {"detector": "resized"}),
+        ]
+    )
+
+
+class _RejectingLoad:
+    """The model actors' loader: also makes the device decoder of the actor's process refuse
+    (None) every JPEG holding :data:`_REJECT`, as nvJPEG refuses a file Pillow reads, so the
+    actor's per-item fallback runs. Only the actors call it (the driver gets ``ensemble``)."""
+
+    def __call__(self) -> Any:
+        from deepsift.scoring import runner
+
+        real = runner.decode_batch
+
+        def refusing(datas: list[bytes], device: Any) -> list[Any]:
+            out = real(datas, device)
+            return [None if _REJECT in d else t for d, t in zip(datas, out, strict=True)]
+
+        if not getattr(real, "refusing", False):
+            refusing.refusing = True  # type: ignore[attr-defined]
+            runner.decode_batch = refusing
+        return _decode_ensemble()
+
+
+def test_decode_on_device_on_the_ray_engine_gives_the_cpu_paths_records(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """``--decode-device``'s tensor path on the Ray engine, run on the CPU device as the local
+    tests run it (``RunOptions.decode_on_device``; torchvision's CPU decoder, the code the GPU
+    runs): the decode tasks ship the plain JPEGs undecoded, the model actor decodes and
+    preprocesses them; the bad-input zoo gets the records of the CPU path (the local engine,
+    ``--decode-device cpu``) with scores within 1e-6, across several shards; a JPEG the
+    actor's decoder refuses is prepared again there on the CPU path (the same record); the
+    counts are summed over the chunks."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.ray_engine import score_ray
+    from tests.scoring_fixtures import encode, noise
+
+    root = make_zoo(tmp_path / "in")["root"]
+    for i, (height, width) in enumerate([(60, 90), (47, 31)]):  # up- and downscaled to 24
+        image = Image.fromarray(noise(40 + i, height, width))
+        (root / f"extra{i}.jpg").write_bytes(encode(image, "JPEG", quality=90))
+    refused = encode(Image.fromarray(noise(50)), "JPEG", quality=90, comment=_REJECT)
+    (root / "refused.jpg").write_bytes(refused)
+    options = RunOptions(
+        inputs=[str(root)],
+        batch_size=4,
+        workers=0,
+        progress=False,
+        input_options=InputOptions(max_member_bytes=1_000_000),
+        prepare_options=PrepareOptions(pdq=False, provenance=False),
+    )
+    sink = OutputFile(tmp_path / "cpu.jsonl", overwrite=True)
+    Scorer(_decode_ensemble(), DEFAULT_BANDS, options, sink).run()
+    sink.close()
+    sink = OutputFile(tmp_path / "ray.jsonl", overwrite=True)
+    run = score_ray(
+        _RejectingLoad(),
+        DEFAULT_BANDS,
+        replace(options, decode_on_device=True),
+        sink,
+        shard_dir=tmp_path / "shards",
+        items_per_shard=10,
+        ensemble=_decode_ensemble(),
+    )
+    sink.close()
+    cpu = {_key(r): r for r in read_jsonl(tmp_path / "cpu.jsonl")}
+    remote = read_jsonl(tmp_path / "ray.jsonl")
+    assert run["shards"] > 1
+    assert len(remote) == len({_key(r) for r in remote}) == len(cpu)
+    for record in remote:
+        assert _same(record, cpu[_key(record)], 1e-6), (record, cpu[_key(record)])
+    # photo.jpg, lying.png, dir/b.jpg, extra0.jpg, extra1.jpg decoded in the actor;
+    # CMYK, EXIF-rotated and truncated JPEGs took the CPU path in the decode tasks
+    assert run["decode_device"] == {
+        "decode_device": "cpu",  # the CPU device: the test hook
+        "tensor_path": True,
+        "jpegs_on_device": 5,
+        "device_decode_fallbacks": 1,  # refused.jpg
+    }
+    (fallback,) = [r for r in remote if Path(r["path"]).name == "refused.jpg"]
+    assert fallback["error"] is None and fallback["score"] is not None
+    scored = [r for r in remote if Path(r["path"]).name in ("extra0.jpg", "extra1.jpg")]
+    assert all(r["scores"]["plain"] != r["scores"]["resized"] for r in scored)  # resized
+
+
+def test_a_retried_chunk_decodes_on_the_device_item_by_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model actor's retry of a chunk (an earlier attempt died on item 1) with
+    ``decode_on_device``, run in this process: the decode task (in a process that ran the
+    same members without it before) left the JPEGs undecoded,
+    the retry decodes and scores them one at a time (so a death names its item), item 1
+    gets its error record, and the others the CPU path's records."""
+    import os
+    import pickle
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import torch
+    from PIL import Image
+
+    from deepsift.scoring import runner
+    from deepsift.scoring.inputs import iter_items
+    from deepsift.scoring.prepare import PrepareOptions
+    from deepsift.scoring.ray_engine import (
+        _chunk_row,
+        _prepare_chunk,
+        _ScoreShard,
+        member_specs,
+        shard_name,
+    )
+    from deepsift.scoring.runner import MemorySink
+    from tests.scoring_fixtures import encode, noise
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (height, width) in enumerate([(40, 48), (33, 60), (50, 41), (40, 48)]):
+        image = Image.fromarray(noise(60 + i, height, width))
+        (folder / f"{i}.jpg").write_bytes(encode(image, "JPEG", quality=90))
+    no_extras = PrepareOptions(pdq=False, provenance=False)
+    options = RunOptions(
+        inputs=[str(folder)], batch_size=4, workers=0, progress=False, prepare_options=no_extras
+    )
+    sink = MemorySink()
+    Scorer(_decode_ensemble(), DEFAULT_BANDS, options, sink).run()
+    cpu = {r["path"]: r for r in sink.records}
+    items = list(enumerate(iter_items([str(folder)], InputOptions())))
+    shards = tmp_path / "s"
+    shards.mkdir()
+    deferred = PrepareOptions(pdq=False, provenance=False, defer_jpeg=True)
+    specs = pickle.dumps((member_specs(_decode_ensemble()), None))
+    table = pa.Table.from_pylist([_chunk_row(items)])
+    chunk = pickle.loads(_prepare_chunk(table, specs, no_extras).column("prepared")[0].as_py())
+    assert all(p.jpeg is None and p.stacks for _, p in chunk)  # decoded in the task
+    prepared = _prepare_chunk(table, specs, deferred)  # the same process, other options
+    chunk = pickle.loads(prepared.column("prepared")[0].as_py())
+    assert all(p.jpeg is not None and not p.stacks for _, p in chunk)  # left undecoded
+    prefix = shards / ".attempt-score-000000000000-t"
+    (shards / f"{prefix.name}-0").write_bytes(b"")  # the first attempt
+    (shards / f"{prefix.name}-1").write_bytes(b"0\n1\n")  # a retry that died on item 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    batches: list[int] = []
+    real = runner.decode_batch
+
+    def counted(datas: list[bytes], device: Any) -> list[Any]:
+        batches.append(len(datas))
+        return real(datas, device)
+
+    monkeypatch.setattr(runner, "decode_batch", counted)
+    threads = torch.get_num_threads()
+    try:
+        actor = _ScoreShard(
+            _decode_ensemble,
+            DEFAULT_BANDS,
+            replace(options, decode_on_device=True),
+            str(shards),
+            use_gpu=False,
+            tag="t",
+        )
+        out = actor(prepared).to_pylist()
+    finally:
+        torch.set_num_threads(threads)
+    assert out[0]["jpegs_on_device"] == 3 and out[0]["device_decode_fallbacks"] == 0
+    assert out[0]["device"] == "cpu" and batches == [1, 1, 1]  # one item at a time
+    records = read_jsonl(shards / shard_name(0, 3, "t"))
+    died = items[1][1].path
+    for record in records:
+        if record["path"] == str(died):
+            assert record["error"].startswith("the model worker died while scoring it")
+        else:
+            assert _same(record, cpu[record["path"]], 1e-6), record
+    assert len(records) == 4 and os.path.exists(f"{prefix}-2")

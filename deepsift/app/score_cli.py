@@ -255,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
-        help="where JPEGs are decoded and preprocessed: cuda = in the model process on the "
-        "GPU (nvJPEG, tensor transforms; other items stay on the CPU path); auto = cuda when "
-        "the model is on CUDA and nothing needs CPU pixels (faces, PDQ, provenance, "
+        help="where JPEGs are decoded and preprocessed: cuda = in the model process (Ray: "
+        "the model actors) on the GPU (nvJPEG, tensor transforms; other items stay on the "
+        "CPU path); auto = cuda when the model (Ray: --gpus-per-worker > 0) is on CUDA and "
+        "nothing needs CPU pixels (faces, PDQ, provenance, "
         "--stability) and every member's transform has a tensor version; else cpu",
     )
     g.add_argument("--batch-size", type=int, default=32)
@@ -361,6 +362,24 @@ def decode_choice(args: argparse.Namespace, ensemble: Any, device: Any, engine: 
         needs,
         engine,
     )
+
+
+def refuse_decode_cuda_early(args: argparse.Namespace, device: Any) -> None:
+    """An explicit ``--decode-device cuda`` that cannot run on ``device`` (the model's, or
+    the Ray model actors') or with these options: refused before a model loads (or Ray
+    starts); the member checks follow in :func:`decode_choice`."""
+    if getattr(args, "decode_device", "auto") != "cuda":
+        return
+    from deepsift.scoring.decode_device import cpu_pixel_needs, resolve_decode_device
+
+    early = cpu_pixel_needs(
+        faces=False,
+        pdq=not args.no_pdq,
+        provenance=not args.no_provenance,
+        stability=args.stability,
+        clips=False,
+    )
+    resolve_decode_device("cuda", device, [], early, getattr(args, "engine", "local"))
 
 
 def summary_path(out: Path) -> Path:
@@ -510,17 +529,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if args.engine == "ray":
         return score_on_ray(args, inputs)
     device, amp = resolve(args)
-    if getattr(args, "decode_device", "auto") == "cuda":  # what is known before the model loads
-        from deepsift.scoring.decode_device import cpu_pixel_needs, resolve_decode_device
-
-        early = cpu_pixel_needs(
-            faces=False,
-            pdq=not args.no_pdq,
-            provenance=not args.no_provenance,
-            stability=args.stability,
-            clips=False,
-        )
-        resolve_decode_device("cuda", device, [], early)
+    refuse_decode_cuda_early(args, device)
     ensemble = ensemble_from_args(args, device)
     check_clip_options(ensemble, args)
     bands = (
@@ -607,10 +616,8 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             f"--engine ray --resume continues from {shard_dir}, which does not exist "
             "(the run finished, or never started); pass --overwrite to score again"
         )
-    if getattr(args, "decode_device", "auto") == "cuda":  # before Ray starts
-        from deepsift.scoring.decode_device import resolve_decode_device
-
-        resolve_decode_device("cuda", torch.device("cuda"), [], [], engine="ray")
+    # the model actors' device: start_ray refuses --gpus-per-worker > 0 without cluster GPUs
+    refuse_decode_cuda_early(args, torch.device("cuda" if args.gpus_per_worker > 0 else "cpu"))
     named = _named_clip_detector(args)
     if named:
         raise UserError(
@@ -645,6 +652,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
     options = run_options(args, inputs, device, None)
     options.workers = 0
     choice = decode_choice(args, ensemble, device, "ray")  # cuda: refused before --out opens
+    options.decode_on_device = choice.on_device
     options.input_options.exclude = frozenset(os.path.realpath(p) for p in (out, summary_path(out)))
     stats = Stats()
     # --resume: --out is rewritten whole from the committed shards
@@ -669,6 +677,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
             sink.finish()  # parquet: merged records -> --out, atomically
     finally:
         sink.close()
+    decoded = run.pop("decode_device")
     summary = {
         "output": str(out),
         "format": sink.format,
@@ -683,7 +692,7 @@ def score_on_ray(args: argparse.Namespace, inputs: list[str]) -> dict[str, Any]:
         "gpus_per_worker": args.gpus_per_worker,
         "items_per_shard": args.items_per_shard,
         "precision": args.precision,
-        "decode_device": choice.to_dict(),
+        "decode_device": {**choice.to_dict(), **decoded},
         "batch_size": options.batch_size,
         **extras_status(args),
     }

@@ -15,12 +15,16 @@
   grey, upright) need none of :mod:`deepsift.core.images`' conversions but grey -> RGB,
   which ``ImageReadMode.RGB`` does the same way (the grey value in all three channels);
   that module applies no ICC profile, so an embedded profile changes nothing on either path.
-* ``auto`` (the default): ``cuda`` only when the model runs on CUDA, on the local engine,
-  nothing in the run needs CPU pixels (face members crop faces from them, PDQ hashes them,
+* ``auto`` (the default): ``cuda`` only when the model runs on CUDA (on the Ray engine:
+  the model actors get GPUs, ``--gpus-per-worker`` > 0 on a cluster with GPUs), nothing
+  in the run needs CPU pixels (face members crop faces from them, PDQ hashes them,
   provenance reads the invisible watermark from them, ``--stability`` launders them,
   clip detectors read videos) and every member's test-time transform has a tensor
   implementation (:func:`member_support`); else ``cpu``. The summary's ``decode_device``
   says which ran and why.
+* On the Ray engine (:mod:`deepsift.scoring.ray_engine`) the decode tasks play the
+  workers' part and each model actor the model process's, on the GPU Ray gave it; the
+  fallback item is prepared again in the actor, on the CPU path.
 
 Why torchvision's ``decode_jpeg`` rather than nvImageCodec or TorchCodec: it is already a
 dependency (no new package for one flag), it decodes a list of JPEGs in one batched nvJPEG
@@ -362,19 +366,22 @@ def resolve_decode_device(
 ) -> DecodeChoice:
     """``--decode-device`` for a run on ``device`` with ``members`` (``(label, detector)``)
     and the CPU-pixel ``needs`` of :func:`cpu_pixel_needs`; one UserError for an explicit
-    ``cuda`` that cannot run as asked."""
+    ``cuda`` that cannot run as asked. ``engine="ray"``: ``device`` is the model actors'
+    (CUDA when ``--gpus-per-worker`` > 0; :func:`.ray_engine.start_ray` refuses that on a
+    cluster without GPUs), the rest as on the local engine."""
     if requested not in DECODE_DEVICES:
         raise UserError(f"--decode-device {requested!r}: use auto, cpu or cuda")
     if requested == "cpu":
         return DecodeChoice(requested, False, "--decode-device cpu")
     explicit = requested == "cuda"
-    if engine != "local":
+    if device.type != "cuda" and engine == "ray":
         if explicit:
             raise UserError(
-                "--decode-device cuda runs on the local engine only (the Ray engine decodes "
-                "in its CPU tasks); use --engine local, or --decode-device auto or cpu"
+                "--decode-device cuda needs GPUs for the Ray engine's model actors "
+                "(--gpus-per-worker 0); pass --gpus-per-worker 1 on a cluster with GPUs, "
+                "or use --decode-device cpu or auto"
             )
-        return DecodeChoice(requested, False, "the Ray engine decodes in its CPU tasks")
+        return DecodeChoice(requested, False, "the model actors get no GPU (--gpus-per-worker 0)")
     if device.type != "cuda":
         if explicit:
             raise UserError(

@@ -7,11 +7,16 @@
       index, the pickled items) and one block, streamed out as it is listed
       -> map_batches task per chunk (num_cpus=1): prepare() per item (decode, limits,
          error records), as a local pool worker runs it, with the members' transforms
-         only (no network); as many at once as free CPUs
+         only (no network); as many at once as free CPUs. ``--decode-device cuda``:
+         a plain JPEG is read, hashed and header-checked but left undecoded
+         (:func:`~deepsift.scoring.decode_device.device_jpeg`, the local workers' guard)
       -> map_batches(_ScoreShard, ActorPoolStrategy(size=--model-workers),
          num_gpus=--gpus-per-worker): each actor loads the weights once, batches,
          forwards and assembles records with the local engine's
-         :class:`~deepsift.scoring.runner.Scorer`, then commits the chunk as one shard
+         :class:`~deepsift.scoring.runner.Scorer` (which decodes the undecoded JPEGs in
+         batches on the actor's GPU with the tensor transforms, and prepares a JPEG the
+         device path cannot take again on the CPU path, as the local model process
+         does), then commits the chunk as one shard
          file, atomically (tmp + os.replace), named by the chunk's first and last item
          index and the run's tag (so a retried chunk rewrites its own shard)
       -> driver: merges the committed shards into --out in index order (JSONL/CSV/Parquet)
@@ -339,7 +344,9 @@ def _context(specs: bytes, prepare_options: Any) -> Any:
     and face detector factory (``(member_specs, face_factory)``)."""
     from deepsift.scoring.prepare import PrepareContext
 
-    key = hash(specs)
+    # the options too: a worker process runs the tasks of every run of its job (a run with
+    # --decode-device cuda after one without, in one Python session, must not reuse its context)
+    key = hash(specs + pickle.dumps(prepare_options))
     if key not in _CONTEXTS:
         import torch
         from PIL import Image
@@ -431,6 +438,11 @@ class _ScoreShard:
         self.bands = bands
         amp = resolve_precision(precision, device)
         self.options = replace(options, device=device, amp_dtype=amp, progress=False, workers=0)
+        if options.decode_on_device:  # a JPEG the device path cannot take is decoded here
+            from PIL import Image
+
+            limit = options.prepare_options.max_pixels
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
         self.shard_dir = shard_dir
         self.tag = tag
         self.kill_marker = kill_marker
@@ -454,7 +466,7 @@ class _ScoreShard:
 
         from deepsift.scoring.runner import MemorySink, Scorer
 
-        names, counts, items = [], [], []
+        names, counts, items, decoded, fallbacks = [], [], [], [], []
         for row in batch.to_pylist():
             prepared = pickle.loads(row["prepared"])
             sink = MemorySink()
@@ -466,9 +478,12 @@ class _ScoreShard:
                     continue
                 attempts.start(index)
                 _poison_hook("score", ready.item, self.poison)
-                scorer._accept(ready)
+                scorer._take(ready)  # an undecoded JPEG waits for a device batch
                 # a retry scores its items one at a time, so a death names its item
+                if attempts.retry:
+                    scorer._decode_jpegs()
                 scorer._forward_ready(partial=attempts.retry)
+            scorer._decode_jpegs()
             scorer._forward_ready(partial=True)
             name = shard_name(row["first"], row["last"], self.tag)
             final = os.path.join(self.shard_dir, name)
@@ -486,7 +501,18 @@ class _ScoreShard:
             names.append(name)
             counts.append(len(sink.records))
             items.append(len(prepared))
-        return pa.table({"shard": names, "records": counts, "items": items})
+            decoded.append(scorer.decoded["jpegs_on_device"])
+            fallbacks.append(scorer.decoded["device_decode_fallbacks"])
+        return pa.table(
+            {
+                "shard": names,
+                "records": counts,
+                "items": items,
+                "jpegs_on_device": decoded,
+                "device_decode_fallbacks": fallbacks,
+                "device": [self.options.device.type] * len(names),
+            }
+        )
 
 
 # -- driver side ----------------------------------------------------------------------------
@@ -609,6 +635,10 @@ def score_ray(
     ``resume``: the shards a killed run committed in ``shard_dir`` are kept and their
     items are not listed again (not even read); the rest is scored, then all are merged.
     Shards that a killed run's actors commit after this run has started are ignored.
+    ``options.decode_on_device``: the decode tasks leave plain JPEGs undecoded and the
+    model actors decode them on their device (CUDA with ``gpus_per_worker`` > 0; on a CPU
+    actor the same code runs on the CPU, as the tests do); the summary's
+    ``decode_device`` holds the counts of the chunks this run scored, summed over actors.
     """
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -638,7 +668,9 @@ def score_ray(
         _prepare_chunk,
         fn_kwargs={
             "specs": pickle.dumps((member_specs(ensemble or load()), face_factory)),
-            "prepare_options": options.prepare_options,
+            "prepare_options": replace(
+                options.prepare_options, defer_jpeg=options.decode_on_device
+            ),
             "shard_dir": str(shard_dir),
             "tag": tag,
             "poison": poison,
@@ -670,9 +702,14 @@ def score_ray(
     )
     listed = 0
     names = list(resumed)
+    decoded = {"jpegs_on_device": 0, "device_decode_fallbacks": 0}
+    actor_devices: set[str] = set()
     for out in ds.iter_rows():
         names.append(str(out["shard"]))
         listed += int(out["items"])
+        for key in decoded:
+            decoded[key] += int(out[key])
+        actor_devices.add(str(out["device"]))
     items = 0
     for record in _merged(shard_dir, names):
         sink.write([record])
@@ -691,4 +728,13 @@ def score_ray(
         "shards": len(set(names)),
         "shards_resumed": len(resumed),
         "items_listed": listed,
+        "decode_device": {
+            # as the local engine's: "cuda" when the JPEGs were decoded by CUDA actors
+            "decode_device": "cuda"
+            if options.decode_on_device
+            and (actor_devices == {"cuda"} or (not actor_devices and gpus_per_worker > 0))
+            else "cpu",
+            "tensor_path": options.decode_on_device,
+            **decoded,
+        },
     }
