@@ -1,6 +1,7 @@
 """Forward time per image and parameter count of each detector at its native input size.
 
     python -m benchmarks.forward_speed [--detectors a b] [--batch 16] [--repeats 5] [--device cpu]
+        [--threads 1] [--clock wall|cpu]
 
 Prints a Markdown table. Closed-form detectors that need fitting are fitted on
 random data first, and CLIP-based detectors use a random encoder (speed depends
@@ -28,7 +29,9 @@ def is_clip_detector(name: str) -> bool:
     return getattr(getattr(importlib.import_module(module), cls), "input_kind", "image") == "clip"
 
 
-def time_forward(name: str, batch: int, repeats: int, device: str) -> tuple[int, int, float]:
+def time_forward(
+    name: str, batch: int, repeats: int, device: str, clock: str = "wall"
+) -> tuple[int, int, float]:
     # CLIP-based detectors need local encoder weights; speed does not depend on them
     overrides = {"random_init": True} if "random_init" in detector_config(name) else {}
     detector = load_detector(name, **overrides).to(device).eval()
@@ -49,13 +52,16 @@ def time_forward(name: str, batch: int, repeats: int, device: str) -> tuple[int,
         detector.eval()
     with torch.no_grad():
         detector({"image": images})  # warm-up
+        # process CPU time (all threads) is what one forward costs whatever else runs on the
+        # machine; wall time is what a user waits on an idle one
+        timer = time.process_time if clock == "cpu" else time.perf_counter
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = timer()
             detector({"image": images})
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(timer() - start)
     return count_parameters(detector), size, statistics.median(times) / batch * 1000
 
 
@@ -70,11 +76,21 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a shared machine; use with "
+        "--threads 1; CPU only)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures CPU time: use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}\n"
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"batch {args.batch}, {args.clock} clock\n"
     )
     print("| detector | parameters | input | ms / image |")
     print("|---|---:|---:|---:|")
@@ -82,7 +98,7 @@ def main() -> None:
         if is_clip_detector(name):  # clips of T frames: benchmarks.clip_cost times those
             print(f"| {name} | clip detector: see python -m benchmarks.clip_cost | | |")
             continue
-        params, size, ms = time_forward(name, args.batch, args.repeats, args.device)
+        params, size, ms = time_forward(name, args.batch, args.repeats, args.device, args.clock)
         print(f"| {name} | {params:,} | {size}×{size} | {ms:.2f} |", flush=True)
 
 
