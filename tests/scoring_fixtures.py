@@ -28,6 +28,18 @@ from PIL import Image
 from deepsift.scoring.models import Ensemble, Member
 from detectors.base import Detector
 
+
+def tiny_ensemble() -> Ensemble:
+    """One ResNet-18 timm_classifier at 32 px with seeded weights: the scoring tests' model."""
+    from detectors import load_detector
+
+    torch.manual_seed(0)
+    detector = load_detector(
+        "timm_classifier", backbone="resnet18", preprocessing={"size": 32}
+    ).eval()
+    return Ensemble([Member("tiny", detector, False, {"detector": "tiny"})])
+
+
 TINY = [
     "--detector",
     "timm_classifier",

@@ -43,6 +43,7 @@ from tests.scoring_fixtures import (
     make_zoo,
     noise,
     one_thread,  # noqa: F401 - a fixture
+    tiny_ensemble,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,11 +78,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny() -> Ensemble:
-    torch.manual_seed(0)
-    detector = load_detector(
-        "timm_classifier", backbone="resnet18", preprocessing={"size": 32}
-    ).eval()
-    return Ensemble([Member("tiny", detector, False, {"detector": "tiny"})])
+    return tiny_ensemble()
 
 
 # -- the tensor transform against the PIL path --------------------------------------------

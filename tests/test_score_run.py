@@ -14,10 +14,9 @@ import torch
 
 from deepsift.scoring.calibration import BANDS, DEFAULT_BANDS
 from deepsift.scoring.inputs import InputOptions
-from deepsift.scoring.models import Ensemble, Member
+from deepsift.scoring.models import Ensemble
 from deepsift.scoring.output import FIELDS, OutputFile, decode_csv_row
 from deepsift.scoring.runner import RunOptions, Scorer
-from detectors import load_detector
 from tests.scoring_fixtures import (
     BAD,
     GOOD,
@@ -25,6 +24,7 @@ from tests.scoring_fixtures import (
     make_zoo,
     one_thread,  # noqa: F401 - a fixture
     read_jsonl,
+    tiny_ensemble,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,11 +37,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny() -> Ensemble:
-    torch.manual_seed(0)
-    detector = load_detector(
-        "timm_classifier", backbone="resnet18", preprocessing={"size": 32}
-    ).eval()
-    return Ensemble([Member("tiny", detector, False, {"detector": "tiny"})])
+    return tiny_ensemble()
 
 
 def score(
