@@ -40,7 +40,13 @@ NATIVE_SIZE_ONLY = {"meso4", "mesoinception4"}
 #: detector-specific overrides at 64 px: B-Free tiles a patch grid smaller than its 504 px
 #: crop up to 36 x 36 patches (five ViT passes over 1,296 tokens per image); a 56 px crop
 #: (4 x 4 patches) reads the 64 px image as it is
-EXTRA_OVERRIDES = {"bfree": ["detector.crop_size=56"]}
+EXTRA_OVERRIDES = {
+    "bfree": ["detector.crop_size=56"],
+    # UIA-ViT's ViT-B/16 at 64 px: a 4 x 4 patch grid (its position embeddings are built for
+    # img_size), the fake Gaussian's inner rows/columns scaled from 3..11 of 14 to 1..3 of 4,
+    # and its progressive schedule counted in this budget's batches
+    "uia_vit": ["detector.img_size=64", "detector.inner=[1,3]", "detector.batch_per_epoch=20"],
+}
 
 
 def size_overrides(name: str, size: int) -> list[str]:
