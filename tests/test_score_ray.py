@@ -832,3 +832,26 @@ def test_a_retried_chunk_decodes_on_the_device_item_by_item(
         else:
             assert _same(record, cpu[record["path"]], 1e-6), record
     assert len(records) == 4 and os.path.exists(f"{prefix}-2")
+
+
+def test_a_cpu_model_actor_runs_the_threads_it_is_given(tmp_path: Path) -> None:
+    """score_ray gives CPU actors the cluster's CPUs per actor (one thread held Ray at 0.59x the
+    local engine on 2 cores); GPU actors and the default keep one CPU thread."""
+    import torch
+
+    from deepsift.scoring.ray_engine import _ScoreShard
+
+    threads = torch.get_num_threads()
+    try:
+        for given, expected in ((3, 3), (0, 1)):
+            _ScoreShard(
+                _decode_ensemble,
+                DEFAULT_BANDS,
+                RunOptions(inputs=[], workers=0, progress=False),
+                str(tmp_path),
+                use_gpu=False,
+                cpu_threads=given,
+            )
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(threads)
