@@ -84,6 +84,13 @@ def load_frame(image: Image.Image, frame: int = 0) -> Image.Image:
     return image
 
 
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's decompression-bomb limit to ``max_pixels`` (never lower it): Pillow
+    refuses above twice its own limit, and ``--max-pixels``, checked from the header before
+    decoding, must stay the binding one in every process that decodes."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+
+
 def decode_image(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0) -> DecodedImage:
     """``raw`` bytes as an 8-bit RGB image of frame ``frame``, EXIF orientation applied."""
     opened = open_image(raw, max_pixels)

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from deepsift.core.runtime import fork_safe_opencv
+from deepsift.scoring.decode import allow_pixels
 from deepsift.scoring.inputs import WorkItem
 from deepsift.scoring.prepare import PrepareContext, Prepared, error_prepared, prepare
 
@@ -45,7 +46,6 @@ def _worker_main(
     tasks, results, ctx: PrepareContext, parent_pid: int, inherited: list, nice: int = 0
 ) -> None:
     import torch
-    from PIL import Image
 
     # a forked worker inherits the reading ends of the result pipes: close them, or a
     # send would block forever on a full pipe once the main process is gone
@@ -57,7 +57,7 @@ def _worker_main(
         with contextlib.suppress(OSError):
             os.nice(nice)
     torch.set_num_threads(1)
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, ctx.options.max_pixels)
+    allow_pixels(ctx.options.max_pixels)
     while True:
         try:
             message = tasks.get(timeout=_POLL_PARENT_S)
@@ -246,7 +246,7 @@ class InlinePool:
         self.crashes = 0
         # Pillow refuses above twice its limit: keep --max-pixels the binding one, as in workers
         self._pillow_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, ctx.options.max_pixels)
+        allow_pixels(ctx.options.max_pixels)
 
     def capacity(self) -> int:
         return self.in_flight - len(self.queue)

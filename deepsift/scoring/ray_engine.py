@@ -349,10 +349,11 @@ def _context(specs: bytes, prepare_options: Any) -> Any:
     key = hash(specs + pickle.dumps(prepare_options))
     if key not in _CONTEXTS:
         import torch
-        from PIL import Image
+
+        from deepsift.scoring.decode import allow_pixels
 
         torch.set_num_threads(1)
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, prepare_options.max_pixels)
+        allow_pixels(prepare_options.max_pixels)
         _CONTEXTS.clear()
         members, face_factory = pickle.loads(specs)
         _CONTEXTS[key] = PrepareContext(members, prepare_options, face_factory)
@@ -440,10 +441,9 @@ class _ScoreShard:
         amp = resolve_precision(precision, device)
         self.options = replace(options, device=device, amp_dtype=amp, progress=False, workers=0)
         if options.decode_on_device:  # a JPEG the device path cannot take is decoded here
-            from PIL import Image
+            from deepsift.scoring.decode import allow_pixels
 
-            limit = options.prepare_options.max_pixels
-            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
+            allow_pixels(options.prepare_options.max_pixels)
         self.shard_dir = shard_dir
         self.tag = tag
         self.kill_marker = kill_marker
