@@ -667,7 +667,7 @@ def score_ray(
     decoders = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # a CPU model actor reserves one CPU but runs on the cluster's CPUs per actor, as the local
     # engine's model uses every core beside its decode workers: on 2 cores one thread per actor
-    # held the Ray engine at 0.59x the local engine (the decode tasks need ~5 % of their CPU)
+    # held the Ray engine at 0.59x the local engine (decoding is a small share of the work)
     cpu_threads = 1 if gpus_per_worker > 0 else max(1, decoders // max(1, model_workers))
     ds = ds.map_batches(
         _prepare_chunk,
